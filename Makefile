@@ -1,0 +1,63 @@
+# SatSeg — one-command setup. `make demo` and `make test` install whatever is missing first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYS_PY := /usr/bin/python3
+APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv gdal-bin python3-gdal xauth
+STAMP := $(VENV)/.satseg-installed
+SITE := $(CURDIR)/$(VENV)/lib/python3.11/site-packages
+# Headless Qt for QGIS; the plugin folder is found through QGIS_PLUGINPATH.
+export QT_QPA_PLATFORM ?= offscreen
+export QGIS_OPTS :=
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install system-packages demo test test-unit test-qgis bench qgis package clean sample-data
+
+install: system-packages $(STAMP)
+
+# Debian packages (QGIS 3.22, GDAL, Xvfb): installed only when one is missing.
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(SYS_PY) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -c "import qgis.core, osgeo.gdal, rasterio, torch, faiss, segmentation_models_pytorch, shapely, sklearn; print('SatSeg environment OK')"
+	@touch $@
+
+sample-data: install
+	$(PY) -m sample_data.generate
+
+demo: install
+	$(PY) scripts/demo.py --out demo_out
+
+test: install
+	$(PY) -m pytest tests/unit tests/qgis -p no:cacheprovider
+
+test-unit: install
+	$(PY) -m pytest tests/unit -p no:cacheprovider
+
+test-qgis: install
+	$(PY) -m pytest tests/qgis -p no:cacheprovider
+
+bench: install
+	$(PY) bench/bench_patching.py --write-results bench/RESULTS.md
+
+# QGIS desktop with the plugin enabled and the venv's packages importable.
+qgis: install
+	QT_QPA_PLATFORM= PYTHONPATH=$(SITE) $(PY) scripts/plugin_env.py --enable-only
+	QT_QPA_PLATFORM= QGIS_PLUGINPATH=$(CURDIR) PYTHONPATH=$(SITE) qgis
+
+package:
+	rm -f satseg_plugin.zip
+	zip -qr satseg_plugin.zip satseg_plugin -x '*/__pycache__/*' '*.pyc'
+	@echo "Wrote satseg_plugin.zip (QGIS: Plugins > Manage and Install Plugins > Install from ZIP)"
+
+clean:
+	rm -rf demo_out bench/out sample_data/generated satseg_plugin.zip .pytest_cache

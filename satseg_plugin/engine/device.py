@@ -1,0 +1,66 @@
+"""Choose the torch device a model runs on.
+
+``auto`` picks CUDA when ``torch.cuda.is_available()``, else the CPU; ``cpu`` and ``cuda`` / ``cuda:N``
+force one. Asking for CUDA where there is none is a :class:`DeviceError` that says what to choose instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Tuple
+
+from .deps import require
+from .errors import DeviceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["DEVICE_CHOICES", "resolve_device", "describe_device"]
+
+#: The values offered in the Processing DEVICE parameter (any ``cuda:N`` is accepted too).
+DEVICE_CHOICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
+
+_SPEC = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
+
+
+def resolve_device(spec: str = "auto") -> "torch.device":
+    """Turn a device spec into a ``torch.device``.
+
+    Args:
+        spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (case-insensitive).
+
+    Returns:
+        The device to use.
+
+    Raises:
+        DeviceError: if the spec is malformed or names a CUDA device that does not exist.
+    """
+    torch = require("torch")
+    text = (spec or "auto").strip().lower()
+    match = _SPEC.match(text)
+    if not match:
+        raise DeviceError(f"Unknown device '{spec}'. Use one of: auto, cpu, cuda, cuda:N (N = GPU index).")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"Device '{spec}' was asked for, but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). Choose 'auto' or 'cpu'."
+        )
+    index = int(match.group(2) or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceError(f"Device '{spec}' does not exist: this machine has {count} CUDA GPU(s), "
+                          f"numbered 0..{count - 1}.")
+    return torch.device(f"cuda:{index}")
+
+
+def describe_device(device: "torch.device") -> str:
+    """A one-line description for the log, e.g. ``cuda:0 (NVIDIA H100, 79.1 GiB)`` or ``cpu (2 threads)``."""
+    torch = require("torch")
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
+    return f"cpu ({torch.get_num_threads()} threads)"

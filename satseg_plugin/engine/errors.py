@@ -1,0 +1,75 @@
+"""Errors the engine raises: each message says what went wrong and what to do next.
+
+The Processing layer turns :class:`SatSegError` into ``QgsProcessingException`` unchanged, so the text
+here is exactly what a QGIS user reads in the log panel.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "SatSegError",
+    "InputError",
+    "OutputError",
+    "CanceledError",
+    "MissingDependencyError",
+    "DeviceError",
+]
+
+
+class SatSegError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InputError(SatSegError, ValueError):
+    """An input or parameter value cannot be used.
+
+    Args:
+        message: what is wrong and how to fix it.
+        parameter: the name of the parameter at fault (e.g. ``"STRIDE_X"``), if one is.
+    """
+
+    def __init__(self, message: str, parameter: Optional[str] = None) -> None:
+        self.parameter = parameter
+        text = f"{parameter}: {message}" if parameter else message
+        super().__init__(text)
+
+
+class OutputError(SatSegError, OSError):
+    """An output cannot be written where it was asked to be (exists, not writable, disk full)."""
+
+    def __init__(self, message: str, parameter: Optional[str] = None) -> None:
+        self.parameter = parameter
+        text = f"{parameter}: {message}" if parameter else message
+        super().__init__(text)
+
+
+class CanceledError(SatSegError):
+    """The user canceled the run; nothing half-written was left behind."""
+
+    def __init__(self, message: str = "Canceled by the user; previous outputs were left as they were.") -> None:
+        super().__init__(message)
+
+
+class MissingDependencyError(SatSegError, ImportError):
+    """A Python package SatSeg needs is not importable by QGIS's interpreter.
+
+    Args:
+        package: the name pip installs (``faiss-cpu``), not the import name.
+        command: the exact command that installs it for the running interpreter.
+        reason: the original import error text.
+    """
+
+    def __init__(self, package: str, command: str, reason: str = "") -> None:
+        self.package = package
+        self.command = command
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"SatSeg needs the Python package '{package}', which QGIS's Python cannot import{detail}. "
+            f"Install it with:\n    {command}\nthen restart QGIS."
+        )
+
+
+class DeviceError(SatSegError):
+    """The requested compute device is not available."""

@@ -1,0 +1,160 @@
+"""Raster access shared by every pipeline: opening with clear errors, georeferencing checks,
+nodata masks and GeoTIFF creation options.
+
+rasterio does the IO; this module only adds the checks and defaults SatSeg applies everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from .errors import InputError
+from .progress import Feedback
+
+__all__ = [
+    "open_raster",
+    "check_georeferencing",
+    "resolve_bands",
+    "nodata_pixels",
+    "geotiff_profile",
+    "copy_band_metadata",
+    "window_footprint",
+    "raster_env",
+]
+
+# GDAL's block cache defaults to 5 % of RAM; cap it so streaming keeps a small, size-independent footprint.
+_GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+
+
+def raster_env(**options: Any) -> rasterio.Env:
+    """A ``rasterio.Env`` with SatSeg's GDAL settings (bounded block cache) plus ``options``."""
+    return rasterio.Env(**{**_GDAL_ENV, **options})
+
+
+def open_raster(path: str, parameter: str = "INPUT") -> rasterio.DatasetReader:
+    """Open a raster for reading, or raise an :class:`InputError` that names the parameter.
+
+    Args:
+        path: a file path or GDAL dataset name.
+        parameter: the Processing parameter that gave ``path``.
+    """
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read raster '{path}' ({exc}). Check that the file exists, is a raster "
+                         "GDAL can open, and is readable.", parameter) from exc
+
+
+def check_georeferencing(src: rasterio.DatasetReader, feedback: Feedback, parameter: str = "INPUT") -> None:
+    """Refuse rasters whose pixels cannot be placed by an affine transform; warn when the CRS is missing.
+
+    Any affine geotransform is supported (north-up, south-up, rotated): outputs compose it exactly.
+    """
+    has_transform = src.transform != Affine.identity()
+    if not has_transform and src.gcps[0]:
+        raise InputError("the raster is georeferenced by ground control points only, which SatSeg cannot "
+                         "carry onto its outputs exactly. Warp it first (Raster > Projections > Warp, or "
+                         "gdalwarp) and use the warped raster.", parameter)
+    if src.crs is None:
+        feedback.warning("The input raster has no CRS: outputs will carry its geotransform but no CRS. "
+                         "Assign one (Raster > Projections > Assign Projection) to place them on a map.")
+    if not has_transform:
+        feedback.warning("The input raster has no geotransform: outputs are placed in pixel coordinates.")
+    if abs(src.transform.determinant) == 0:
+        raise InputError("the raster's geotransform is degenerate (zero pixel size).", parameter)
+
+
+def resolve_bands(src: rasterio.DatasetReader, bands: Optional[Sequence[int]], parameter: str = "BANDS") -> Tuple[int, ...]:
+    """Validate a 1-based band subset (order kept); ``None`` or empty means all bands."""
+    if not bands:
+        return tuple(range(1, src.count + 1))
+    out = tuple(int(b) for b in bands)
+    bad = [b for b in out if not 1 <= b <= src.count]
+    if bad:
+        raise InputError(f"band(s) {bad} do not exist; the raster has bands 1..{src.count}.", parameter)
+    if len(set(out)) != len(out):
+        raise InputError(f"band list {list(out)} repeats a band; list each band once.", parameter)
+    return out
+
+
+def nodata_pixels(data: np.ndarray, nodata: Optional[float]) -> np.ndarray:
+    """Boolean ``(H, W)`` mask of pixels that hold no data in any band.
+
+    With a nodata value, a pixel is nodata when every band equals it (NaN-aware). Without one, NaN in
+    every band counts, and, for integer rasters, 0 in every band (ClusterNet's dark-region filter).
+
+    Args:
+        data: ``(C, H, W)`` pixel values.
+        nodata: the raster's nodata value, or None.
+    """
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        return np.all(data == nodata, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        empty = np.isnan(data)
+        if nodata is None:
+            empty |= data == 0
+        return np.all(empty, axis=0)
+    return np.all(data == 0, axis=0)
+
+
+def _block(size: int) -> int:
+    """Tile edge for a GeoTIFF side: 256, or the side rounded up to GDAL's multiple of 16."""
+    return min(256, max(16, -(-size // 16) * 16))
+
+
+def geotiff_profile(width: int, height: int, count: int, dtype: str, crs: Any, transform: Affine,
+                    nodata: Optional[float], compress: str = "DEFLATE") -> Dict[str, Any]:
+    """Creation profile for a tiled, compressed GeoTIFF (predictor chosen by data type)."""
+    profile: Dict[str, Any] = {
+        "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
+        "crs": crs, "transform": transform, "nodata": nodata,
+        "tiled": True, "blockxsize": _block(width), "blockysize": _block(height),
+        "compress": compress, "interleave": "pixel" if count <= 4 else "band",
+    }
+    if compress.upper() in ("DEFLATE", "LZW", "ZSTD"):
+        profile["predictor"] = 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2
+    if width * height * count * np.dtype(dtype).itemsize > 3.5 * 2**30:
+        profile["BIGTIFF"] = "YES"
+    return profile
+
+
+def copy_band_metadata(src: rasterio.DatasetReader, dst: rasterio.io.DatasetWriter, bands: Sequence[int]) -> None:
+    """Carry band descriptions, colour interpretation, palette, scale/offset and units to ``dst``."""
+    for i, band in enumerate(bands, start=1):
+        desc = src.descriptions[band - 1]
+        if desc:
+            dst.set_band_description(i, desc)
+        unit = src.units[band - 1]
+        if unit:
+            dst.set_band_unit(i, unit)
+    scales = [src.scales[b - 1] for b in bands]
+    offsets = [src.offsets[b - 1] for b in bands]
+    if any(s != 1.0 for s in scales) or any(o != 0.0 for o in offsets):
+        dst.scales, dst.offsets = scales, offsets
+    interp = [src.colorinterp[b - 1] for b in bands]
+    if interp != [ColorInterp.undefined] * len(interp):
+        try:
+            dst.colorinterp = interp
+        except (ValueError, rasterio.errors.RasterioError):
+            pass  # an order GeoTIFF cannot express (e.g. B,G,R); the pixels are still right
+    if len(bands) == 1:
+        try:
+            dst.write_colormap(1, src.colormap(bands[0]))
+        except ValueError:
+            pass  # no palette on that band
+    tags = src.tags()
+    if tags:
+        dst.update_tags(**tags)
+
+
+def window_footprint(transform: Affine, x_off: int, y_off: int, width: int, height: int) -> Tuple[Tuple[float, float], ...]:
+    """Closed ring of a pixel window's four corners in map coordinates (any affine transform)."""
+    corners = ((x_off, y_off), (x_off + width, y_off), (x_off + width, y_off + height), (x_off, y_off + height))
+    ring = tuple(transform * c for c in corners)
+    return ring + (ring[0],)

@@ -1,0 +1,1 @@
+"""Torch modules, losses and the checkpoint format (QGIS-free, imported lazily)."""

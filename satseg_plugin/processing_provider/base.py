@@ -1,0 +1,94 @@
+"""Boilerplate shared by every SatSeg Processing algorithm, written once.
+
+Subclasses set ``group_id`` and ``requirements``, define parameters, and implement :meth:`run`, which
+parses parameters, makes one engine call and returns the outputs. This base class checks the
+Python packages the algorithm needs, adapts the feedback, and turns engine errors into
+``QgsProcessingException`` with the engine's message unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Tuple
+
+from qgis.core import (QgsProcessingAlgorithm, QgsProcessingContext, QgsProcessingException,
+                       QgsProcessingFeedback, QgsProcessingParameterDefinition, QgsProcessingParameterEnum)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..engine.deps import require
+from ..engine.errors import CanceledError, SatSegError
+from .feedback import QgisFeedback
+
+__all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH"]
+
+ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ui", "icons", "satseg.svg")
+
+#: Stable group ids -> untranslated display names.
+GROUPS: Dict[str, str] = {
+    "patching": "Patching",
+    "clustering": "Clustering",
+    "segmentation": "Segmentation",
+    "population": "Population",
+}
+
+
+class SatSegAlgorithm(QgsProcessingAlgorithm):
+    """Base class of SatSeg's Processing algorithms."""
+
+    DEVICE = "DEVICE"
+    #: One of :data:`GROUPS`' keys.
+    group_id: str = "patching"
+    #: Import names of the Python packages :meth:`run` needs (checked before it starts).
+    requirements: Tuple[str, ...] = ("numpy", "rasterio")
+
+    def tr(self, text: str) -> str:  # noqa: D102
+        return QCoreApplication.translate("SatSeg", text)
+
+    def createInstance(self) -> "SatSegAlgorithm":  # noqa: N802, D102
+        return type(self)()
+
+    def group(self) -> str:  # noqa: D102
+        return self.tr(GROUPS[self.group_id])
+
+    def groupId(self) -> str:  # noqa: N802, D102
+        return self.group_id
+
+    def icon(self) -> QIcon:  # noqa: D102
+        return QIcon(ICON_PATH)
+
+    def add_device_parameter(self) -> None:
+        """Add the advanced DEVICE parameter (auto / cpu / cuda) every model-running algorithm has."""
+        from ..engine.device import DEVICE_CHOICES  # noqa: PLC0415  (pure Python, no torch import)
+
+        param = QgsProcessingParameterEnum(self.DEVICE, self.tr("Compute device"), options=list(DEVICE_CHOICES),
+                                           defaultValue=0)
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
+    def device(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgisFeedback):
+        """Resolve the DEVICE parameter to a ``torch.device`` and log which device is used."""
+        from ..engine.device import DEVICE_CHOICES, describe_device, resolve_device  # noqa: PLC0415
+
+        choice = DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        device = resolve_device(choice)
+        feedback.info(self.tr("Device: {}").format(describe_device(device)))
+        return device
+
+    def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> Dict[str, Any]:
+        """Check requirements, run :meth:`run`, translate engine errors for the Processing log."""
+        engine_feedback = QgisFeedback(feedback)
+        try:
+            for module in self.requirements:
+                require(module)
+            return self.run(parameters, context, engine_feedback)
+        except CanceledError as exc:
+            raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.")) from exc
+        except SatSegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    def run(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+            feedback: QgisFeedback) -> Dict[str, Any]:
+        """Parse parameters, make one engine call, return the outputs. Implemented by each algorithm."""
+        raise QgsProcessingException(self.tr("Algorithm {} does not implement run().").format(self.id()))

@@ -1,0 +1,59 @@
+"""Conversions between QGIS layers and the engine's plain inputs (paths, shapely geometries)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeatureRequest,
+                       QgsProcessingContext, QgsProcessingException, QgsProcessingFeatureSource,
+                       QgsProviderRegistry, QgsRasterLayer)
+
+__all__ = ["raster_path", "source_to_shapely"]
+
+
+def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
+    """The GDAL dataset name of a file-based raster layer (what rasterio opens).
+
+    Raises:
+        QgsProcessingException: for layers that are not read by GDAL from a file (WMS, XYZ, ...).
+    """
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; SatSeg reads "
+            "rasters through GDAL files. Save it first (right-click > Export > Save As...) and use the saved file.")
+    parts: Dict[str, Any] = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or layer.source()
+    if parts.get("layerName") and path.lower().endswith(".gpkg"):
+        return f"GPKG:{path}:{parts['layerName']}"
+    if not os.path.exists(path) and ":" not in path:
+        raise QgsProcessingException(f"{parameter}: raster file '{path}' does not exist.")
+    return path
+
+
+def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoordinateReferenceSystem,
+                      context: QgsProcessingContext, parameter: str):
+    """Union of a polygon source's geometries, reprojected into ``crs``, as one shapely geometry.
+
+    Returns None when ``source`` is None. Invalid geometries are repaired with ``make_valid``.
+    """
+    if source is None:
+        return None
+    import shapely  # noqa: PLC0415  (lazy: QGIS starts without shapely)
+
+    request = QgsFeatureRequest().setNoAttributes()
+    transform = None
+    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
+        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    parts = []
+    for feature in source.getFeatures(request):
+        geom = feature.geometry()
+        if geom.isNull() or geom.isEmpty():
+            continue
+        if transform is not None:
+            geom.transform(transform)
+        parts.append(shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb()))))
+    if not parts:
+        raise QgsProcessingException(f"{parameter}: the layer holds no geometries. Draw or select polygons, "
+                                     "or leave it empty.")
+    return shapely.union_all(parts)

@@ -1,0 +1,44 @@
+"""The ``satseg`` Processing provider: lists SatSeg's algorithms in the toolbox, modeler and qgis_process."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..engine.version import __version__
+from .base import ICON_PATH
+from .patch_raster import PatchRasterAlgorithm
+
+__all__ = ["SatSegProvider", "ALGORITHMS"]
+
+#: Every algorithm class the provider offers.
+ALGORITHMS = (PatchRasterAlgorithm,)
+
+
+class SatSegProvider(QgsProcessingProvider):
+    """Processing provider with id ``satseg``."""
+
+    def id(self) -> str:  # noqa: D102
+        return "satseg"
+
+    def name(self) -> str:  # noqa: D102
+        return "SatSeg"
+
+    def longName(self) -> str:  # noqa: N802, D102
+        return QCoreApplication.translate(
+            "SatSeg", "SatSeg {} — segmentation, clustering and population tracking of satellite imagery"
+        ).format(__version__)
+
+    def versionInfo(self) -> str:  # noqa: N802, D102
+        return __version__
+
+    def icon(self) -> QIcon:  # noqa: D102
+        return QIcon(ICON_PATH)
+
+    def svgIconPath(self) -> str:  # noqa: N802, D102
+        return ICON_PATH
+
+    def loadAlgorithms(self) -> None:  # noqa: N802, D102
+        for algorithm in ALGORITHMS:
+            self.addAlgorithm(algorithm())
