@@ -1,6 +1,6 @@
 """Boilerplate shared by every SatSeg Processing algorithm, written once.
 
-Subclasses set ``group_id`` and ``requirements``, define parameters, and implement :meth:`run`, which
+Subclasses set ``group_id`` and ``requirements``, define parameters, and implement :meth:`run_algorithm`, which
 parses parameters, makes one engine call and returns the outputs. This base class checks the
 Python packages the algorithm needs, adapts the feedback, and turns engine errors into
 ``QgsProcessingException`` with the engine's message unchanged.
@@ -39,7 +39,7 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     #: One of :data:`GROUPS`' keys.
     group_id: str = "patching"
-    #: Import names of the Python packages :meth:`run` needs (checked before it starts).
+    #: Import names of the Python packages :meth:`run_algorithm` needs (checked before it starts).
     requirements: Tuple[str, ...] = ("numpy", "rasterio")
 
     def tr(self, text: str) -> str:  # noqa: D102
@@ -77,18 +77,18 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        """Check requirements, run :meth:`run`, translate engine errors for the Processing log."""
+        """Check requirements, run :meth:`run_algorithm`, translate engine errors for the Processing log."""
         engine_feedback = QgisFeedback(feedback)
         try:
             for module in self.requirements:
                 require(module)
-            return self.run(parameters, context, engine_feedback)
+            return self.run_algorithm(parameters, context, engine_feedback)
         except CanceledError as exc:
             raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.")) from exc
         except SatSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
-    def run(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+    def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
             feedback: QgisFeedback) -> Dict[str, Any]:
         """Parse parameters, make one engine call, return the outputs. Implemented by each algorithm."""
-        raise QgsProcessingException(self.tr("Algorithm {} does not implement run().").format(self.id()))
+        raise QgsProcessingException(self.tr("Algorithm {} does not implement run_algorithm().").format(self.id()))

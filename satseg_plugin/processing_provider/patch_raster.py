@@ -119,7 +119,7 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
         fields.append(QgsField("pad_frac", QVariant.Double))
         return fields
 
-    def run(self, parameters: Dict[str, Any], context: QgsProcessingContext,
+    def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
             feedback: QgisFeedback) -> Dict[str, Any]:  # noqa: D102
         from ..engine.patching import PatchConfig, write_patches  # noqa: PLC0415  (lazy: rasterio)
 

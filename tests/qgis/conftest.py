@@ -1,0 +1,99 @@
+"""Real QGIS for tests: one QgsApplication with Processing, the plugin loaded through classFactory,
+and a helper that runs the real ``qgis_process`` binary with the plugin enabled in a throwaway profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import List
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QGIS_PLUGINS = "/usr/share/qgis/python/plugins"
+if QGIS_PLUGINS not in sys.path:
+    sys.path.append(QGIS_PLUGINS)
+
+qgis_core = pytest.importorskip("qgis.core")
+
+
+@pytest.fixture(scope="session")
+def session_plugin():
+    """The SatSeg plugin object, created through ``classFactory`` in a QgsApplication with Processing."""
+    from qgis.core import QgsApplication
+
+    app = QgsApplication([], False)
+    app.initQgis()
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    import satseg_plugin
+
+    plugin = satseg_plugin.classFactory(None)
+    plugin.initProcessing()
+    plugin.app = app
+    yield plugin
+    plugin.unload()
+
+
+@pytest.fixture
+def qgis_app(session_plugin):
+    """The running QgsApplication, with the ``satseg`` provider registered."""
+    session_plugin.initProcessing()  # in case a test unloaded it
+    return session_plugin.app
+
+
+@pytest.fixture
+def run_alg(qgis_app):
+    """``run_alg(alg_id, params, feedback=None)`` through ``processing.run`` in a fresh context."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback, QgsProject
+
+    def run(alg_id, params, feedback=None, context=None):
+        context = context or QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        return processing.run(alg_id, params, context=context, feedback=feedback or QgsProcessingFeedback())
+
+    return run
+
+
+def qgis_process_bin() -> str:
+    exe = shutil.which("qgis_process.bin") or "/usr/lib/qgis/qgis_process.bin"
+    if not os.path.exists(exe):
+        pytest.skip("qgis_process.bin not installed")
+    return exe
+
+
+@pytest.fixture(scope="session")
+def qgis_process(tmp_path_factory):
+    """Run ``qgis_process.bin ARGS`` with the plugin enabled, in a throwaway HOME/profile.
+
+    The plugin folder is reached through a symlink in a fresh QGIS_PLUGINPATH folder (as a user's
+    symlinked checkout would be); the venv's packages through PYTHONPATH.
+    """
+    home = tmp_path_factory.mktemp("qgis_home")
+    plugins = tmp_path_factory.mktemp("plugins")
+    os.symlink(os.path.join(ROOT, "satseg_plugin"), plugins / "satseg_plugin")
+    site = [p for p in sys.path if p.endswith("site-packages") and sys.prefix in p]
+    env = dict(os.environ, HOME=str(home), QGIS_PLUGINPATH=str(plugins), QT_QPA_PLATFORM="offscreen",
+               PYTHONPATH=os.pathsep.join(site + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep),
+               QGIS_OPTS="", XDG_RUNTIME_DIR=str(home))
+
+    def run(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+        out = subprocess.run([qgis_process_bin(), *args], env=env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"qgis_process {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        return out
+
+    enabled = run("plugins", "enable", "satseg_plugin", check=False)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return run
+
+
+def parse_json_output(stdout: str) -> dict:
+    """The JSON document qgis_process --json prints (skipping any log lines before it)."""
+    return json.loads(stdout[stdout.index("{"):])
