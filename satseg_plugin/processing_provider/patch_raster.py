@@ -165,5 +165,4 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
             sink.addFeature(feature, QgsFeatureSink.FastInsert)
         del sink  # flush and close before Processing loads the layer
         apply_style_on_load(context, dest_id, "patch_index", self.tr("Patch index"))
-        feedback.info(self.tr("Wrote {} patches to {}").format(len(result.records), result.output_dir))
         return {self.OUTPUT_DIR: result.output_dir, self.OUTPUT_INDEX: dest_id, self.PATCH_COUNT: len(result.records)}
