@@ -49,15 +49,13 @@ test-qgis: install
 bench: install
 	$(PY) bench/bench_patching.py --write-results bench/RESULTS.md
 
-# QGIS desktop with the plugin enabled and the venv's packages importable.
+# QGIS desktop with the plugin enabled (in your default QGIS profile) and the venv's packages importable.
 qgis: install
-	QT_QPA_PLATFORM= PYTHONPATH=$(SITE) $(PY) scripts/plugin_env.py --enable-only
-	QT_QPA_PLATFORM= QGIS_PLUGINPATH=$(CURDIR) PYTHONPATH=$(SITE) qgis
+	QGIS_PLUGINPATH=$(CURDIR) PYTHONPATH=$(SITE) qgis_process.bin plugins enable satseg_plugin
+	env -u QT_QPA_PLATFORM QGIS_PLUGINPATH=$(CURDIR) PYTHONPATH=$(SITE) qgis
 
 package:
-	rm -f satseg_plugin.zip
-	zip -qr satseg_plugin.zip satseg_plugin -x '*/__pycache__/*' '*.pyc'
-	@echo "Wrote satseg_plugin.zip (QGIS: Plugins > Manage and Install Plugins > Install from ZIP)"
+	$(SYS_PY) scripts/package.py satseg_plugin.zip
 
 clean:
-	rm -rf demo_out bench/out sample_data/generated satseg_plugin.zip .pytest_cache
+	rm -rf demo_out bench/out sample_data/generated satseg_plugin.zip .pytest_cache test_output

@@ -68,16 +68,9 @@ def qgis_process_bin() -> str:
     return exe
 
 
-@pytest.fixture(scope="session")
-def qgis_process(tmp_path_factory):
-    """Run ``qgis_process.bin ARGS`` with the plugin enabled, in a throwaway HOME/profile.
-
-    The plugin folder is reached through a symlink in a fresh QGIS_PLUGINPATH folder (as a user's
-    symlinked checkout would be); the venv's packages through PYTHONPATH.
-    """
-    home = tmp_path_factory.mktemp("qgis_home")
-    plugins = tmp_path_factory.mktemp("plugins")
-    os.symlink(os.path.join(ROOT, "satseg_plugin"), plugins / "satseg_plugin")
+def qgis_process_runner(home, plugins, plugin_name: str = "satseg_plugin"):
+    """A function running ``qgis_process.bin ARGS`` with HOME=``home`` (a throwaway profile), plugins from
+    the folder ``plugins``, the venv's packages on PYTHONPATH, and plugin ``plugin_name`` enabled."""
     site = [p for p in sys.path if p.endswith("site-packages") and sys.prefix in p]
     env = dict(os.environ, HOME=str(home), QGIS_PLUGINPATH=str(plugins), QT_QPA_PLATFORM="offscreen",
                PYTHONPATH=os.pathsep.join(site + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep),
@@ -89,9 +82,21 @@ def qgis_process(tmp_path_factory):
             raise AssertionError(f"qgis_process {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
 
-    enabled = run("plugins", "enable", "satseg_plugin", check=False)
-    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    run("plugins", "enable", plugin_name)
     return run
+
+
+@pytest.fixture(scope="session")
+def qgis_process(tmp_path_factory):
+    """Run ``qgis_process.bin ARGS`` with the plugin enabled, in a throwaway HOME/profile.
+
+    The plugin folder is reached through a symlink in a fresh QGIS_PLUGINPATH folder (as a user's
+    symlinked checkout would be).
+    """
+    home = tmp_path_factory.mktemp("qgis_home")
+    plugins = tmp_path_factory.mktemp("plugins")
+    os.symlink(os.path.join(ROOT, "satseg_plugin"), plugins / "satseg_plugin")
+    return qgis_process_runner(home, plugins)
 
 
 def parse_json_output(stdout: str) -> dict:
