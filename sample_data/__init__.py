@@ -1,0 +1,1 @@
+"""Seeded, deterministic synthetic aerial scenes with exact building footprints (see ``generate``)."""
