@@ -66,14 +66,11 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
         param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(param)
 
-    def device(self, parameters: Dict[str, Any], context: QgsProcessingContext, feedback: QgisFeedback):
-        """Resolve the DEVICE parameter to a ``torch.device`` and log which device is used."""
-        from ..engine.device import DEVICE_CHOICES, describe_device, resolve_device  # noqa: PLC0415
+    def device_spec(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
+        """The DEVICE choice (``auto``/``cpu``/``cuda``); the engine resolves it and logs the device used."""
+        from ..engine.device import DEVICE_CHOICES  # noqa: PLC0415
 
-        choice = DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        device = resolve_device(choice)
-        feedback.info(self.tr("Device: {}").format(describe_device(device)))
-        return device
+        return DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
 
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:

@@ -57,3 +57,40 @@ def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoor
         raise QgsProcessingException(f"{parameter}: the layer holds no geometries. Draw or select polygons, "
                                      "or leave it empty.")
     return shapely.union_all(parts)
+
+
+def source_to_labels(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
+                     context: QgsProcessingContext, parameter: str, class_field: str = "",
+                     default_class: str = "building"):
+    """Annotation polygons as ``(geometries, class indices, class names)`` in ``crs``.
+
+    Without ``class_field`` every polygon is ``default_class``. With it, each distinct non-empty value is a
+    class (sorted, so the same values always give the same indices); features with an empty value are skipped.
+    """
+    import shapely  # noqa: PLC0415
+
+    if source is None:
+        raise QgsProcessingException(f"{parameter}: choose a polygon layer of annotations.")
+    transform = None
+    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
+        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    field_index = source.fields().lookupField(class_field) if class_field else -1
+    if class_field and field_index < 0:
+        raise QgsProcessingException(f"{parameter}: the layer has no field '{class_field}'.")
+    rows = []
+    for feature in source.getFeatures():
+        geom = feature.geometry()
+        if geom.isNull() or geom.isEmpty():
+            continue
+        value = default_class
+        if field_index >= 0:
+            raw = feature.attribute(field_index)
+            if raw is None or str(raw).strip() in ("", "NULL"):
+                continue
+            value = str(raw).strip()
+        if transform is not None:
+            geom.transform(transform)
+        rows.append((shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb()))), value))
+    names = sorted({value for _g, value in rows})
+    index = {name: i for i, name in enumerate(names, start=1)}
+    return [g for g, _v in rows], [index[v] for _g, v in rows], names
