@@ -28,6 +28,8 @@ PIP_NAMES: Dict[str, str] = {
     "segmentation_models_pytorch": "segmentation-models-pytorch",
     "faiss": "faiss-cpu",
     "sklearn": "scikit-learn",
+    "scipy": "scipy",
+    "safetensors": "safetensors",
     "skimage": "scikit-image",
     "matplotlib": "matplotlib",
 }

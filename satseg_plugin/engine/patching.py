@@ -281,6 +281,18 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
     skipped_nodata = 0
     with StagedDirectory(output_dir, overwrite=config.overwrite) as staging:
         writer = _PatchWriter(source, bands, config, staging, name_format)
+
+        def take(future: Future) -> None:
+            """Keep a finished patch, count a skipped one, delete one drawn beyond the sample size."""
+            nonlocal skipped_nodata
+            record = future.result()
+            if record is None:
+                skipped_nodata += 1
+            elif len(accepted) < target:
+                accepted.append(record)
+            else:  # threads still in flight drew more patches than the sample needs
+                os.remove(staging.staged_path(os.path.basename(record.path)))
+
         try:
             with raster_env(), ThreadPoolExecutor(max_workers=config.workers) as pool:
                 pending: Deque[Future] = deque()
@@ -290,22 +302,12 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
                         check_canceled(feedback)
                         pending.append(pool.submit(writer, win))
                         while pending and (len(pending) >= max_inflight or pending[0].done()):
-                            record = pending.popleft().result()
-                            if record is None:
-                                skipped_nodata += 1
-                            elif len(accepted) < target:
-                                accepted.append(record)
+                            take(pending.popleft())
                         feedback.set_progress(95.0 * max(done / len(order), len(accepted) / target))
                         if len(accepted) >= target:
                             break
                     while pending:
-                        record = pending.popleft().result()
-                        if record is None:
-                            skipped_nodata += 1
-                        elif len(accepted) < target:
-                            accepted.append(record)
-                        else:  # drawn beyond the sample size by threads still in flight
-                            os.remove(staging.staged_path(os.path.basename(record.path)))
+                        take(pending.popleft())
                 finally:
                     for fut in pending:
                         fut.cancel()
