@@ -8,12 +8,18 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..engine.version import __version__
 from .base import ICON_PATH
+from .evaluate_segmentation import EvaluateSegmentationAlgorithm
+from .export_rle import ExportRleAlgorithm
+from .import_rle import ImportRleAlgorithm
 from .patch_raster import PatchRasterAlgorithm
+from .segment_raster import SegmentRasterAlgorithm
+from .train_segmentation import TrainSegmentationAlgorithm
 
 __all__ = ["SatSegProvider", "ALGORITHMS"]
 
 #: Every algorithm class the provider offers.
-ALGORITHMS = (PatchRasterAlgorithm,)
+ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlgorithm,
+              ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):
