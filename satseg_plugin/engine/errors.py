@@ -15,6 +15,7 @@ __all__ = [
     "CanceledError",
     "MissingDependencyError",
     "DeviceError",
+    "CheckpointError",
 ]
 
 
@@ -73,3 +74,16 @@ class MissingDependencyError(SatSegError, ImportError):
 
 class DeviceError(SatSegError):
     """The requested compute device is not available."""
+
+
+class CheckpointError(SatSegError):
+    """A SatSeg model file cannot be used: missing, damaged, not a SatSeg model, too new or of the wrong kind.
+
+    Args:
+        message: what is wrong with the file and what to do (the message names the file).
+        path: the model file at fault, if known.
+    """
+
+    def __init__(self, message: str, path: Optional[str] = None) -> None:
+        self.path = path
+        super().__init__(message)

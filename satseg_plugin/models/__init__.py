@@ -1,1 +1,12 @@
-"""Torch modules, losses and the checkpoint format (QGIS-free, imported lazily)."""
+"""Torch models, losses and the SatSeg model file format (QGIS-free).
+
+Modules:
+    - :mod:`.registry`: architecture/encoder names and :func:`~.registry.build_model` (smp, random init),
+      :func:`~.registry.input_multiple` (the size inputs are padded to).
+    - :mod:`.losses`: focal + soft Dice loss with an ignore mask.
+    - :mod:`.checkpoint`: safetensors model files with :class:`~.checkpoint.ModelMetadata`; loading never
+      unpickles.
+
+Nothing is imported here: torch and segmentation-models-pytorch load only when a submodule that needs
+them is imported, so QGIS starts fast and a missing package gives a clear message.
+"""

@@ -1,0 +1,273 @@
+"""Segmentation architectures SatSeg builds, by name: a registry plus a factory over segmentation-models-pytorch.
+
+Every model is randomly initialised (``encoder_weights=None``): SatSeg never downloads pretrained weights,
+it loads them from its own model files (:mod:`.checkpoint`). Models take ``(N, C, H, W)`` float tensors of
+normalised bands and return ``(N, classes, H, W)`` logits; H and W must be multiples of
+:func:`input_multiple`.
+
+The names are plain constants so a dialog can list them without importing torch;
+segmentation-models-pytorch is imported only when a model is built (:data:`ARCHITECTURES` is resolved on
+first access).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import numbers
+import re
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Tuple, Union
+
+from ..engine.deps import require
+from ..engine.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ARCHITECTURES",
+    "ARCHITECTURE_NAMES",
+    "UnknownNameError",
+    "architecture_names",
+    "encoder_names",
+    "resolve_architecture",
+    "resolve_encoder",
+    "build_model",
+    "input_multiple",
+]
+
+#: The architectures SatSeg trains, in the order a dialog offers them.
+ARCHITECTURE_NAMES: Tuple[str, ...] = ("unet", "pspnet", "deeplabv3plus")
+
+#: smp class name of each architecture (resolved to the class in :data:`ARCHITECTURES`).
+_SMP_CLASSES: Dict[str, str] = {"unet": "Unet", "pspnet": "PSPNet", "deeplabv3plus": "DeepLabV3Plus"}
+
+#: Other spellings, keyed by their normalised form (see :func:`_normalise`).
+_ALIASES: Dict[str, str] = {"psp": "pspnet", "deeplab": "deeplabv3plus", "deeplabplus": "deeplabv3plus"}
+
+#: Prefix smp uses for any timm model as an encoder (``tu-mobilenetv3_large_100``).
+TIMM_PREFIX = "tu-"
+
+
+class UnknownNameError(InputError, KeyError):
+    """An architecture or encoder name SatSeg does not know.
+
+    A :class:`KeyError` (as smp raises) that is also an :class:`~satseg_plugin.engine.errors.InputError`,
+    so the Processing layer shows its message to the user unchanged. The message lists the valid names.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message and escape its newlines
+        return str(self.args[0]) if self.args else ""
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve :data:`ARCHITECTURES` (name -> smp class) on first use, so importing this module is cheap."""
+    if name == "ARCHITECTURES":
+        smp = require("segmentation_models_pytorch")
+        return {key: getattr(smp, cls) for key, cls in _SMP_CLASSES.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def architecture_names() -> List[str]:
+    """The canonical architecture names: ``["unet", "pspnet", "deeplabv3plus"]`` (no torch import)."""
+    return list(ARCHITECTURE_NAMES)
+
+
+def encoder_names() -> List[str]:
+    """The encoder names segmentation-models-pytorch registers, sorted.
+
+    Any timm model can be used too as ``"tu-<timm name>"`` (e.g. ``"tu-mobilenetv3_large_100"``); those are
+    not listed (there are more than a thousand).
+    """
+    smp = require("segmentation_models_pytorch")
+    return sorted(smp.encoders.get_encoder_names())
+
+
+def _normalise(name: str) -> str:
+    """Lower-case, ``+`` -> ``plus``, drop separators: ``"DeepLab_V3+"`` -> ``"deeplabv3plus"``."""
+    return re.sub(r"[\s_\-.]", "", name.strip().lower().replace("+", "plus"))
+
+
+def _suggest(name: str, candidates: Iterable[str], n: int = 3) -> List[str]:
+    pool = list(candidates)
+    lowered = {c.lower(): c for c in pool}
+    return [lowered[m] for m in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+def _compact(names: Iterable[str]) -> str:
+    """List names grouped by family in brace form: ``resnet{18,34,50}, vgg{11,11_bn}, xception``."""
+    families: Dict[str, List[str]] = {}
+    for name in names:
+        match = re.match(r"^(.*?[a-z_-])(\d.*)$", name)
+        stem, variant = (match.group(1), match.group(2)) if match else (name, "")
+        families.setdefault(stem, []).append(variant)
+
+    def natural(text: str) -> Tuple[int, str]:
+        digits = re.match(r"\d+", text)
+        return (int(digits.group()) if digits else -1, text)
+
+    parts = []
+    for stem in sorted(families):
+        variants = sorted(families[stem], key=natural)
+        parts.append(stem + variants[0] if len(variants) == 1 else stem + "{" + ",".join(variants) + "}")
+    return ", ".join(parts)
+
+
+def resolve_architecture(name: str) -> str:
+    """Return the canonical name of an architecture, accepting case and spelling variants.
+
+    Args:
+        name: e.g. ``"U-Net"``, ``"unet"``, ``"PSPNet"``, ``"deeplabv3+"``, ``"deeplab_v3_plus"``.
+
+    Returns:
+        One of :data:`ARCHITECTURE_NAMES`.
+
+    Raises:
+        UnknownNameError: (a ``KeyError``) for an unknown name; the message lists the valid ones.
+    """
+    key = _normalise(str(name))
+    key = _ALIASES.get(key, key)
+    if key in ARCHITECTURE_NAMES:
+        return key
+    close = _suggest(str(name), ARCHITECTURE_NAMES)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise UnknownNameError(f"unknown architecture '{name}'.{hint} Choose one of: {', '.join(ARCHITECTURE_NAMES)} "
+                           "(also written u-net, deeplabv3+).")
+
+
+def resolve_encoder(name: str) -> str:
+    """Return the exact smp encoder name for ``name``, accepting a different letter case.
+
+    ``"tu-<timm name>"`` is accepted when timm knows the model.
+
+    Args:
+        name: an encoder name (``"resnet34"``, ``"ResNet18"``, ``"tu-mobilenetv3_large_100"``).
+
+    Returns:
+        The name to pass to smp.
+
+    Raises:
+        UnknownNameError: (a ``KeyError``) for an unknown encoder; the message suggests close matches and
+            lists the valid names compactly.
+    """
+    name = str(name).strip()
+    known = encoder_names()
+    if name in known:
+        return name
+    by_lower = {n.lower(): n for n in known}
+    if name.lower() in by_lower:
+        return by_lower[name.lower()]
+    timm = require("timm")
+    if name.lower().startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX):]
+        if timm.is_model(model):
+            return TIMM_PREFIX + model
+        if timm.is_model(model.lower()):
+            return TIMM_PREFIX + model.lower()
+        close = [TIMM_PREFIX + m for m in _suggest(model, timm.list_models())]
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown encoder '{name}': timm has no model '{model}'.{hint}")
+    close = _suggest(name, known)
+    bare = re.sub(r"^(timm-|tu-)", "", name)
+    if timm.is_model(bare) and TIMM_PREFIX + bare not in close:
+        close.insert(0, TIMM_PREFIX + bare)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownNameError(f"unknown encoder '{name}'.{hint} Choose one of: {_compact(known)}; or any timm model "
+                           f"as '{TIMM_PREFIX}<timm name>' (e.g. '{TIMM_PREFIX}mobilenetv3_large_100').")
+
+
+def build_model(architecture: str, encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
+                **kwargs: Any) -> "torch.nn.Module":
+    """Build a randomly initialised segmentation model.
+
+    Args:
+        architecture: ``unet``, ``pspnet`` or ``deeplabv3plus`` (case and spelling variants accepted, see
+            :func:`resolve_architecture`).
+        encoder: an smp encoder name (:func:`encoder_names`) or ``tu-<timm name>``.
+        in_channels: number of input bands C.
+        classes: number of output channels K (1 for binary segmentation with a sigmoid; background + classes
+            for multiclass with a softmax).
+        **kwargs: passed to the smp class (``encoder_depth``, ``decoder_channels``, ...). ``encoder_weights``
+            other than None is refused: SatSeg never downloads weights.
+
+    Returns:
+        A ``torch.nn.Module`` in training mode mapping ``(N, C, H, W)`` float inputs to ``(N, K, H, W)``
+        logits; H and W must be multiples of :func:`input_multiple`.
+
+    Raises:
+        UnknownNameError: (a ``KeyError``) for an unknown architecture or encoder.
+        InputError: for a non-positive ``in_channels`` / ``classes`` or ``encoder_weights`` set.
+    """
+    arch = resolve_architecture(architecture)
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
+        raise InputError(f"in_channels must be a positive integer (the number of bands), got {in_channels!r}.")
+    if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:
+        raise InputError(f"classes must be a positive integer (the number of output channels), got {classes!r}.")
+    if kwargs.pop("encoder_weights", None) is not None:
+        raise InputError("SatSeg builds models with random weights and never downloads pretrained ones; "
+                         "start from a SatSeg model file instead (INIT_WEIGHTS).")
+    name = resolve_encoder(encoder)
+    smp = require("segmentation_models_pytorch")
+    cls = getattr(smp, _SMP_CLASSES[arch])
+    return cls(encoder_name=name, encoder_weights=None, in_channels=int(in_channels), classes=int(classes),
+               **kwargs)
+
+
+def _multiple_of(model: Any) -> int:
+    encoder = getattr(model, "encoder", None)
+    stride = getattr(encoder, "output_stride", None)
+    if stride is None:
+        raise InputError(f"cannot tell the input multiple of a {type(model).__name__}: it has no smp encoder "
+                         "with an output_stride.")
+    return int(stride)
+
+
+@functools.lru_cache(maxsize=64)
+def _multiple_for(arch: str, encoder: str, frozen_kwargs: Tuple[Tuple[str, Any], ...]) -> int:
+    torch = require("torch")
+    kwargs = dict(frozen_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # smp's deprecation notes for timm- encoders
+        try:
+            # On the meta device nothing is allocated or initialised: milliseconds even for big encoders.
+            with torch.device("meta"):
+                model = build_model(arch, encoder, **kwargs)
+        except (RuntimeError, NotImplementedError):  # a few encoders (mit_b*) call .item() while building
+            model = build_model(arch, encoder, **kwargs)
+    return _multiple_of(model)
+
+
+def input_multiple(model_or_arch: Union["torch.nn.Module", str], encoder: str = "resnet34", **kwargs: Any) -> int:
+    """The multiple that the input height and width must be padded to.
+
+    This is the output stride of the encoder as smp builds it for the architecture, i.e. what smp's
+    ``check_input_shape`` demands: with the default settings 32 for U-Net (5 stages), 8 for PSPNet (3
+    stages) and 16 for DeepLabV3+ (dilated to output stride 16), for resnet and timm encoders alike.
+
+    PSPNet and DeepLabV3+ raise ``RuntimeError`` on other sizes. Recent smp (0.6 here) lets U-Net run on any
+    size by resampling in its decoder, but then the upsampled features no longer line up with the skip
+    connections by an exact factor of two; pad U-Net inputs to the multiple anyway so inference sees the
+    geometry training saw.
+
+    Args:
+        model_or_arch: a built smp model, or an architecture name.
+        encoder: the encoder name (ignored when a model is given).
+        **kwargs: the smp keyword arguments the model is built with (``encoder_depth``,
+            ``encoder_output_stride``), which change the multiple.
+
+    Returns:
+        The multiple in pixels (a power of two).
+
+    Raises:
+        UnknownNameError: for an unknown architecture or encoder name.
+    """
+    if not isinstance(model_or_arch, str):
+        return _multiple_of(model_or_arch)
+    try:
+        frozen = tuple(sorted(kwargs.items()))
+        hash(frozen)
+    except TypeError:  # unhashable kwargs (lists): no caching
+        return _multiple_for.__wrapped__(resolve_architecture(model_or_arch), resolve_encoder(encoder),
+                                         tuple(kwargs.items()))
+    return _multiple_for(resolve_architecture(model_or_arch), resolve_encoder(encoder), frozen)
