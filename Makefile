@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SYS_PY := /usr/bin/python3
-APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv gdal-bin python3-gdal xauth
+APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv gdal-bin python3-gdal xauth libgeos-dev libgdal-dev
 STAMP := $(VENV)/.satseg-installed
 SITE := $(CURDIR)/$(VENV)/lib/python3.11/site-packages
 # Headless Qt for QGIS; the plugin folder is found through QGIS_PLUGINPATH.
@@ -28,7 +28,7 @@ system-packages:
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(SYS_PY) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -c "import qgis.core, osgeo.gdal, rasterio, torch, faiss, segmentation_models_pytorch, shapely, sklearn; print('SatSeg environment OK')"
+	$(PY) scripts/check_env.py
 	@touch $@
 
 sample-data: install

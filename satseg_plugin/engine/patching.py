@@ -294,7 +294,9 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
                 os.remove(staging.staged_path(os.path.basename(record.path)))
 
         try:
-            with raster_env(), ThreadPoolExecutor(max_workers=config.workers) as pool:
+            # one GDAL thread per writer: with more, GDAL defers compression to close(), which rasterio runs
+            # holding the GIL, and the worker threads serialise
+            with raster_env(GDAL_NUM_THREADS=1), ThreadPoolExecutor(max_workers=config.workers) as pool:
                 pending: Deque[Future] = deque()
                 max_inflight = 2 * config.workers
                 try:

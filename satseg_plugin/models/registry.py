@@ -57,6 +57,9 @@ class UnknownNameError(InputError, KeyError):
     so the Processing layer shows its message to the user unchanged. The message lists the valid names.
     """
 
+    def __init__(self, parameter: str, message: str) -> None:
+        InputError.__init__(self, message, parameter)
+
     def __str__(self) -> str:  # KeyError would quote the message and escape its newlines
         return str(self.args[0]) if self.args else ""
 
@@ -132,7 +135,7 @@ def resolve_architecture(name: str) -> str:
         return key
     close = _suggest(str(name), ARCHITECTURE_NAMES)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise UnknownNameError(f"unknown architecture '{name}'.{hint} Choose one of: {', '.join(ARCHITECTURE_NAMES)} "
+    raise UnknownNameError("ARCHITECTURE", f"unknown architecture '{name}'.{hint} Choose one of: {', '.join(ARCHITECTURE_NAMES)} "
                            "(also written u-net, deeplabv3+).")
 
 
@@ -167,13 +170,13 @@ def resolve_encoder(name: str) -> str:
             return TIMM_PREFIX + model.lower()
         close = [TIMM_PREFIX + m for m in _suggest(model, timm.list_models())]
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"unknown encoder '{name}': timm has no model '{model}'.{hint}")
+        raise UnknownNameError("ENCODER", f"unknown encoder '{name}': timm has no model '{model}'.{hint}")
     close = _suggest(name, known)
     bare = re.sub(r"^(timm-|tu-)", "", name)
     if timm.is_model(bare) and TIMM_PREFIX + bare not in close:
         close.insert(0, TIMM_PREFIX + bare)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownNameError(f"unknown encoder '{name}'.{hint} Choose one of: {_compact(known)}; or any timm model "
+    raise UnknownNameError("ENCODER", f"unknown encoder '{name}'.{hint} Choose one of: {_compact(known)}; or any timm model "
                            f"as '{TIMM_PREFIX}<timm name>' (e.g. '{TIMM_PREFIX}mobilenetv3_large_100').")
 
 
