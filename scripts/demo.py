@@ -37,6 +37,7 @@ class Demo:
         self.project = QgsProject.instance()
         self.layers: List[QgsMapLayer] = []
         self.data: Dict[str, str] = {}
+        self.summary: List[str] = []
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out_dir, *parts)
@@ -96,7 +97,53 @@ def step_patching(demo: Demo) -> None:
     symbol.symbolLayer(0).setStrokeWidth(0.9)
 
 
-STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching]
+def _half_polygon(demo: Demo, west: bool) -> str:
+    """A one-polygon GeoPackage covering the west or east half of the scene (the demo's AOIs)."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorFileWriter
+
+    scene = QgsRasterLayer(demo.data["scene"], "scene")
+    e = scene.extent()
+    mid = (e.xMinimum() + e.xMaximum()) / 2
+    rect = QgsRectangle(e.xMinimum(), e.yMinimum(), mid, e.yMaximum()) if west else \
+        QgsRectangle(mid, e.yMinimum(), e.xMaximum(), e.yMaximum())
+    layer = QgsVectorLayer(f"Polygon?crs={scene.crs().authid()}", "aoi", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(rect))
+    layer.dataProvider().addFeatures([feature])
+    path = demo.path(f"{'west' if west else 'east'}_half.gpkg")
+    QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, demo.project.transformContext(),
+                                              QgsVectorFileWriter.SaveVectorOptions())
+    return path
+
+
+def step_segmentation(demo: Demo) -> None:
+    """Building segmentation: train a U-Net on the west half, segment the scene, score the unseen east half."""
+    west, east = _half_polygon(demo, True), _half_polygon(demo, False)
+    buildings = demo.data["buildings"] + "|layername=buildings"
+    model = demo.run("satseg:trainsegmentation", {
+        "INPUT": demo.data["scene"], "LABELS": buildings, "AOI": west, "ARCHITECTURE": 0, "ENCODER": "resnet18",
+        "PATCH_SIZE": 128, "BATCH_SIZE": 16, "EPOCHS": 10, "BATCHES_PER_EPOCH": 10, "PATIENCE": 3, "SEED": 0,
+        "OUTPUT_MODEL": demo.path("buildings_unet.satseg"), "OUTPUT_LOG": demo.path("training_log.csv"),
+        "OUTPUT_PLOT": demo.path("training_curves.png")})
+    seg = demo.run("satseg:segmentraster", {
+        "INPUT": demo.data["scene"], "MODELS": [model["OUTPUT_MODEL"]], "TILE_SIZE": 256, "MIN_AREA": 4.0,
+        "OUTPUT_PROBABILITY": demo.path("building_probability.tif"), "OUTPUT_MASK": demo.path("building_mask.tif"),
+        "OUTPUT_POLYGONS": demo.path("building_polygons.gpkg")})
+    score = demo.run("satseg:evaluatesegmentation", {
+        "PREDICTION": seg["OUTPUT_MASK"], "REFERENCE_POLYGONS": buildings, "AOI": east,
+        "OUTPUT_TABLE": demo.path("evaluation_east_half.gpkg")})
+    demo.run("satseg:exportrle", {"INPUT": seg["OUTPUT_MASK"], "TILE_SIZE": 224,
+                                  "OUTPUT": demo.path("building_mask_rle.csv")})
+    summary = (f"Trained on the west half (best validation Dice {model['BEST_DICE']:.3f}); on the unseen east half: "
+               f"Dice {score['DICE']:.3f}, IoU {score['IOU']:.3f}, per-building F1 {score['OBJECT_F1']:.3f}, "
+               f"competition tile Dice {score['TILE_DICE']:.3f}")
+    print(f"    {summary}")
+    demo.summary.append(summary)
+    demo.add(QgsRasterLayer(seg["OUTPUT_PROBABILITY"], "Building probability"), style="probability")
+    demo.add(QgsVectorLayer(seg["OUTPUT_POLYGONS"], "Segmented buildings"), style="buildings")
+
+
+STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching, step_segmentation]
 
 
 def render(demo: Demo, png: str, size: int = 1400) -> None:
@@ -144,6 +191,10 @@ def main(argv=None) -> int:
     project_file = demo.path("demo.qgz")
     demo.project.write(project_file)
     render(demo, demo.path("demo.png"))
+    with open(demo.path("summary.txt"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(demo.summary) + "\n")
+    for line in demo.summary:
+        print(f"[demo] {line}")
     print(f"[demo] wrote {project_file} and {demo.path('demo.png')}")
     print("[demo] open the project in QGIS:  qgis " + project_file)
     plugin.unload()

@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Tuple
 
 from .deps import require
 from .errors import DeviceError
+from .progress import Feedback
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DEVICE_CHOICES", "resolve_device", "describe_device"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "describe_device", "shrink_batch_after_oom"]
 
 #: The values offered in the Processing DEVICE parameter (any ``cuda:N`` is accepted too).
 DEVICE_CHOICES: Tuple[str, ...] = ("auto", "cpu", "cuda")
@@ -64,3 +65,24 @@ def describe_device(device: "torch.device") -> str:
         props = torch.cuda.get_device_properties(device)
         return f"{device} ({props.name}, {props.total_memory / 2**30:.1f} GiB)"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def shrink_batch_after_oom(batch_size: int, feedback: Feedback, unit: str, advice: str) -> int:
+    """After a CUDA out-of-memory error: free cached memory and return half the batch size.
+
+    Args:
+        batch_size: the batch size that ran out of memory.
+        feedback: where the retry is announced.
+        unit: what a batch holds, for the messages (``"tile"``, ``"crop"``).
+        advice: what the user can change when even one item does not fit.
+
+    Raises:
+        DeviceError: when the batch size already was 1.
+    """
+    torch = require("torch")
+    torch.cuda.empty_cache()
+    if batch_size <= 1:
+        raise DeviceError(f"CUDA ran out of memory with one {unit} per batch. {advice}")
+    smaller = max(1, batch_size // 2)
+    feedback.warning(f"CUDA out of memory: retrying with batches of {smaller} {unit}s.")
+    return smaller

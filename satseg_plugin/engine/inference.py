@@ -19,11 +19,10 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .deps import require
-from .errors import DeviceError, InputError, OutputError
+from .errors import InputError, OutputError
 from .grid import axis_offsets
-from .normalization import normalize
 from .progress import Feedback, NullFeedback, check_canceled
-from .raster import check_georeferencing, geotiff_profile, nodata_pixels, open_raster, raster_env
+from .raster import check_georeferencing, geotiff_profile, nodata_pixels, open_raster, pixel_window, raster_env
 from .staging import StagedFile
 
 __all__ = ["InferenceConfig", "SegmentResult", "hann_window", "tile_origins", "segment_raster",
@@ -143,7 +142,9 @@ class _Ensemble:
             if weight == 0:
                 continue
             meta = ckpt.metadata
-            x = torch.from_numpy(np.stack([normalize(t, meta.mean, meta.std) for t in raw])).to(self.device)
+            mean = np.asarray(meta.mean, np.float32)[None, :, None, None]
+            std = np.asarray(meta.std, np.float32)[None, :, None, None]
+            x = torch.from_numpy(np.nan_to_num((raw - mean) / std)).to(self.device)
             flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
             acc = None
             with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
@@ -160,16 +161,10 @@ class _Ensemble:
 def _region(src: rasterio.DatasetReader, bounds) -> Tuple[int, int, int, int]:
     if bounds is None:
         return 0, 0, src.width, src.height
-    inverse = ~src.transform
-    xmin, ymin, xmax, ymax = bounds
-    pts = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
-    c0 = max(0, math.floor(min(p[0] for p in pts) + 1e-6))
-    r0 = max(0, math.floor(min(p[1] for p in pts) + 1e-6))
-    c1 = min(src.width, math.ceil(max(p[0] for p in pts) - 1e-6))
-    r1 = min(src.height, math.ceil(max(p[1] for p in pts) - 1e-6))
-    if c1 <= c0 or r1 <= r0:
+    window = pixel_window(src.transform, bounds, src.width, src.height)
+    if window is None:
         raise InputError("the extent does not overlap the raster (it is compared in the raster's CRS).", "EXTENT")
-    return c0, r0, c1 - c0, r1 - r0
+    return window
 
 
 class _Blender:
@@ -263,7 +258,7 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     Returns:
         Paths and a summary. Outputs have the input's CRS and grid (cropped to the extent's pixel window).
     """
-    from .device import describe_device, resolve_device  # noqa: PLC0415
+    from .device import describe_device, resolve_device, shrink_batch_after_oom  # noqa: PLC0415
 
     feedback = feedback or NullFeedback()
     for path, parameter in ((probability_path, "OUTPUT_PROBABILITY"), (mask_path, "OUTPUT_MASK")):
@@ -302,9 +297,10 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                       f"{width} x {height} px; threshold {threshold:.3f}{', flip TTA' if config.tta else ''}.")
         window_transform = src.window_transform(Window(x0, y0, width, height))
         k = ensemble.out_bands
-        prob_profile = geotiff_profile(width, height, k, "float32", src.crs, window_transform, PROB_NODATA)
+        # level 1: the float probabilities encode ~5x faster for a few percent more bytes (see bench/RESULTS.md)
+        prob_profile = geotiff_profile(width, height, k, "float32", src.crs, window_transform, PROB_NODATA, level=1)
         prob_profile.update(blockxsize=_ROW_BLOCK, blockysize=_ROW_BLOCK, interleave="band")
-        mask_profile = geotiff_profile(width, height, 1, "uint8", src.crs, window_transform, MASK_NODATA)
+        mask_profile = geotiff_profile(width, height, 1, "uint8", src.crs, window_transform, MASK_NODATA, level=1)
         mask_profile.update(blockxsize=_ROW_BLOCK, blockysize=_ROW_BLOCK)
         staged_prob = StagedFile(probability_path, parameter="OUTPUT_PROBABILITY", suffix=".tif")
         staged_mask = StagedFile(mask_path, parameter="OUTPUT_MASK", suffix=".tif")
@@ -344,13 +340,9 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                         chunk = raws[start:start + batch_size]
                         try:
                             probs = ensemble.predict(np.stack(chunk), config.tta)
-                        except torch.cuda.OutOfMemoryError as exc:
-                            torch.cuda.empty_cache()
-                            if batch_size == 1:
-                                raise DeviceError("CUDA ran out of memory with one tile per batch. Lower TILE_SIZE "
-                                                  "or use DEVICE=cpu.") from exc
-                            batch_size = max(1, batch_size // 2)
-                            feedback.warning(f"CUDA out of memory: retrying with batches of {batch_size} tiles.")
+                        except torch.cuda.OutOfMemoryError:
+                            batch_size = shrink_batch_after_oom(batch_size, feedback, "tile",
+                                                                "Lower TILE_SIZE or use DEVICE=cpu.")
                             continue
                         for tx, p in zip(xs[start:start + len(chunk)], probs):
                             blender.add(tx, ty, p, weight)

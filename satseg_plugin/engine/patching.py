@@ -24,7 +24,7 @@ from .errors import InputError
 from .grid import EDGE_MODES, PatchWindow, patch_grid
 from .progress import Feedback, NullFeedback, check_canceled
 from .raster import (check_georeferencing, copy_band_metadata, geotiff_profile, nodata_pixels, open_raster,
-                     raster_env, resolve_bands, window_footprint)
+                     pixel_bounds, raster_env, resolve_bands, window_footprint)
 from .staging import StagedDirectory
 from .version import __version__
 
@@ -124,14 +124,6 @@ class PatchResult:
     skipped_mask: int
 
 
-def _pixel_bbox(transform: Affine, geometry_bounds: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
-    """Pixel-space bounding box ``(col0, row0, col1, row1)`` of map-space bounds (any affine transform)."""
-    xmin, ymin, xmax, ymax = geometry_bounds
-    inverse = ~transform
-    pts = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
-    return (min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts))
-
-
 def plan_patches(src: rasterio.DatasetReader, config: PatchConfig) -> Tuple[List[PatchWindow], int, bool]:
     """The patch windows to write, after extent and mask filtering (no pixels are read).
 
@@ -166,7 +158,7 @@ def plan_patches(src: rasterio.DatasetReader, config: PatchConfig) -> Tuple[List
         raise InputError("the area to patch does not overlap the raster. Check its position and CRS (it is "
                          "compared in the raster's CRS).", parameter)
     shapely.prepare(area)
-    c0, r0, c1, r1 = _pixel_bbox(src.transform, area.bounds)
+    c0, r0, c1, r1 = pixel_bounds(src.transform, area.bounds)
     kept = [w for w in windows
             if w.x_off < c1 and w.x_off + w.width > c0 and w.y_off < r1 and w.y_off + w.height > r0
             and area.intersects(Polygon(window_footprint(src.transform, w.x_off, w.y_off, w.width, w.height)))]
@@ -294,9 +286,9 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
                 os.remove(staging.staged_path(os.path.basename(record.path)))
 
         try:
-            # one GDAL thread per writer: with more, GDAL defers compression to close(), which rasterio runs
-            # holding the GIL, and the worker threads serialise
-            with raster_env(GDAL_NUM_THREADS=1), ThreadPoolExecutor(max_workers=config.workers) as pool:
+            # raster_env keeps one GDAL thread per writer: with more, GDAL defers compression to close(),
+            # which rasterio runs holding the GIL, and the worker threads serialise
+            with raster_env(), ThreadPoolExecutor(max_workers=config.workers) as pool:
                 pending: Deque[Future] = deque()
                 max_inflight = 2 * config.workers
                 try:

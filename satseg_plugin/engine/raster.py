@@ -25,11 +25,19 @@ __all__ = [
     "geotiff_profile",
     "copy_band_metadata",
     "window_footprint",
+    "pixel_bounds",
+    "pixel_window",
     "raster_env",
+    "CACHE_BYTES",
 ]
 
 # GDAL's block cache defaults to 5 % of RAM; cap it so streaming keeps a small, size-independent footprint.
-_GDAL_ENV = {"GDAL_CACHEMAX": 256, "GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+# GDAL_NUM_THREADS stays 1: SatSeg parallelises with its own threads and torch, and GDAL 3.6.2's
+# multi-threaded GTiff decoding was seen to deadlock (CPLJobQueue::WaitCompletion) inside a QGIS process.
+# GDAL_CACHEMAX is given in bytes: rasterio hands an int to GDALSetCacheMax, so "256" meant 256 bytes, which
+# disabled the cache and made reader threads flush other threads' dirty blocks (a deadlock in patching).
+CACHE_BYTES = 256 * 2**20
+_GDAL_ENV = {"GDAL_CACHEMAX": CACHE_BYTES, "GDAL_NUM_THREADS": 1, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 
 
 def raster_env(**options: Any) -> rasterio.Env:
@@ -109,8 +117,12 @@ def _block(size: int) -> int:
 
 
 def geotiff_profile(width: int, height: int, count: int, dtype: str, crs: Any, transform: Affine,
-                    nodata: Optional[float], compress: str = "DEFLATE") -> Dict[str, Any]:
-    """Creation profile for a tiled, compressed GeoTIFF (predictor chosen by data type)."""
+                    nodata: Optional[float], compress: str = "DEFLATE", level: Optional[int] = None) -> Dict[str, Any]:
+    """Creation profile for a tiled, compressed GeoTIFF (predictor chosen by data type).
+
+    ``level`` sets the DEFLATE/ZSTD level (None: GDAL's default, 6 for DEFLATE); 1 encodes several times
+    faster for a few percent more bytes.
+    """
     profile: Dict[str, Any] = {
         "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": dtype,
         "crs": crs, "transform": transform, "nodata": nodata,
@@ -119,6 +131,8 @@ def geotiff_profile(width: int, height: int, count: int, dtype: str, crs: Any, t
     }
     if compress.upper() in ("DEFLATE", "LZW", "ZSTD"):
         profile["predictor"] = 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2
+    if level is not None and compress.upper() in ("DEFLATE", "ZSTD"):
+        profile["zlevel" if compress.upper() == "DEFLATE" else "zstd_level"] = int(level)
     if width * height * count * np.dtype(dtype).itemsize > 3.5 * 2**30:
         profile["BIGTIFF"] = "YES"
     return profile
@@ -158,3 +172,22 @@ def window_footprint(transform: Affine, x_off: int, y_off: int, width: int, heig
     corners = ((x_off, y_off), (x_off + width, y_off), (x_off + width, y_off + height), (x_off, y_off + height))
     ring = tuple(transform * c for c in corners)
     return ring + (ring[0],)
+
+
+def pixel_bounds(transform: Affine, bounds: Tuple[float, float, float, float]) -> Tuple[float, float, float, float]:
+    """Pixel-space bounding box ``(col0, row0, col1, row1)`` of map ``bounds`` (any affine transform)."""
+    xmin, ymin, xmax, ymax = bounds
+    inverse = ~transform
+    pts = [inverse * (x, y) for x in (xmin, xmax) for y in (ymin, ymax)]
+    return (min(p[0] for p in pts), min(p[1] for p in pts), max(p[0] for p in pts), max(p[1] for p in pts))
+
+
+def pixel_window(transform: Affine, bounds: Tuple[float, float, float, float], width: int,
+                 height: int) -> Optional[Tuple[int, int, int, int]]:
+    """``(x_off, y_off, width, height)`` of the pixels that map ``bounds`` touch, clipped to a
+    ``width`` x ``height`` raster (rounded outward; float noise on pixel edges tolerated). None if disjoint."""
+    c0, r0, c1, r1 = pixel_bounds(transform, bounds)
+    eps = 1e-6
+    c0, r0 = max(0, math.floor(c0 + eps)), max(0, math.floor(r0 + eps))
+    c1, r1 = min(width, math.ceil(c1 - eps)), min(height, math.ceil(r1 - eps))
+    return (c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None

@@ -7,7 +7,6 @@ never random pixels, so the score measures how the model does on ground it has n
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
@@ -22,11 +21,11 @@ from rasterio.windows import Window
 
 from .augment import AugmentConfig, augment_batch
 from .deps import require
-from .errors import CanceledError, DeviceError, InputError
+from .errors import CanceledError, InputError
 from .labels import IGNORE, LabelSet
 from .normalization import band_statistics, normalize
 from .progress import Feedback, NullFeedback, check_canceled
-from .raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
+from .raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
 from .staging import StagedFile
 
 __all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
@@ -118,29 +117,24 @@ class Block:
     width: int
     height: int
 
-    @property
-    def window(self) -> Window:
-        return Window(self.x_off, self.y_off, self.width, self.height)
 
-
-def split_blocks(width: int, height: int, block: int, val_fraction: float, positive: Sequence[bool],
-                 rng: np.random.Generator) -> Tuple[List[int], List[int]]:
-    """Choose validation blocks among the blocks of a ``width`` x ``height`` grid.
+def split_blocks(positive: Sequence[bool], val_fraction: float, rng: np.random.Generator,
+                 block: int) -> Tuple[List[int], List[int]]:
+    """Choose validation blocks.
 
     Validation blocks are drawn among blocks that hold labelled objects (so the validation Dice means
     something), at least one, leaving at least one labelled block for training.
 
     Args:
-        width, height: the grid size in blocks.
-        block: unused here except for messages (block side in pixels).
+        positive: per block, whether it holds labelled objects.
         val_fraction: share of all blocks to hold out.
-        positive: per block (row-major), whether it holds labelled objects.
         rng: random generator.
+        block: block side in pixels (for messages).
 
     Returns:
-        ``(train indices, validation indices)``.
+        ``(train indices, validation indices)`` into ``positive``.
     """
-    total = width * height
+    total = len(positive)
     candidates = [i for i in range(total) if positive[i]]
     if len(candidates) < 2:
         raise InputError(f"labelled objects lie in {len(candidates)} block(s) of {block} px; at least two are "
@@ -152,15 +146,14 @@ def split_blocks(width: int, height: int, block: int, val_fraction: float, posit
     return train, val
 
 
-def _make_blocks(width: int, height: int, size: int) -> Tuple[List[Block], int, int]:
+def _make_blocks(width: int, height: int, size: int) -> List[Block]:
     """Blocks of ``size`` px; the last row/column absorbs the remainder, so every block is >= size."""
     def edges(n: int) -> List[Tuple[int, int]]:
         count = max(1, n // size)
         starts = [i * size for i in range(count)]
         return [(s, (starts[i + 1] if i + 1 < count else n) - s) for i, s in enumerate(starts)]
 
-    cols, rows = edges(width), edges(height)
-    return [Block(x, y, w, h) for y, h in rows for x, w in cols], len(cols), len(rows)
+    return [Block(x, y, w, h) for y, h in edges(height) for x, w in edges(width)]
 
 
 class _CropReader:
@@ -183,16 +176,26 @@ class _CropReader:
         return normalize(data, self.mean, self.std), label
 
 
-def _positive_blocks(blocks: List[Block], transform: Affine, labels: LabelSet) -> List[List[int]]:
-    """For each block, the label geometries that intersect it."""
+def _block_polygon(block: Block, transform: Affine):
+    """The block's footprint in map coordinates."""
     from shapely.geometry import Polygon  # noqa: PLC0415
 
+    return Polygon(window_footprint(transform, block.x_off, block.y_off, block.width, block.height))
+
+
+def _positive_blocks(blocks: List[Block], transform: Affine, labels: LabelSet) -> List[List[int]]:
+    """For each block, the label geometries that intersect it (inside the AOI, when there is one)."""
     out = []
     for b in blocks:
-        ring = [transform * c for c in ((b.x_off, b.y_off), (b.x_off + b.width, b.y_off),
-                                        (b.x_off + b.width, b.y_off + b.height), (b.x_off, b.y_off + b.height))]
-        poly = Polygon(ring)
-        out.append([i for i in labels.query(poly.bounds) if labels.geometries[i].intersects(poly)])
+        poly = _block_polygon(b, transform)
+        if labels.aoi is not None:  # only labels inside the area where they are complete count
+            poly = poly.intersection(labels.aoi)
+            if poly.is_empty:
+                out.append([])
+                continue
+        # an object counts for a block when at least one pixel's worth of it lies inside (not a grazing edge)
+        out.append([i for i in labels.query(poly.bounds)
+                    if labels.geometries[i].intersection(poly).area >= abs(transform.determinant)])
     return out
 
 
@@ -279,7 +282,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     from ..models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint  # noqa: PLC0415
     from ..models.losses import FocalDiceLoss  # noqa: PLC0415
     from ..models.registry import build_model, input_multiple  # noqa: PLC0415
-    from .device import describe_device, resolve_device  # noqa: PLC0415
+    from .device import describe_device, resolve_device, shrink_batch_after_oom  # noqa: PLC0415
     from .version import __version__  # noqa: PLC0415
 
     feedback = feedback or NullFeedback()
@@ -302,12 +305,18 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "
                              f"{multiple} px; {size} is not. Use {size // multiple * multiple or multiple}.", "PATCH_SIZE")
         block_px = max(config.block_size or 2 * size, size)
-        blocks, ncols, nrows = _make_blocks(src.width, src.height, block_px)
+        blocks = _make_blocks(src.width, src.height, block_px)
+        if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
+            pixel = abs(src.transform.determinant)
+            blocks = [b for b in blocks if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
         hits = _positive_blocks(blocks, src.transform, labels)
         if not any(hits):
+            if labels.aoi is not None:
+                raise InputError("no label polygon lies inside the area where labels are complete (on the raster). "
+                                 "Draw the AOI around labelled objects, or leave AOI empty.", "AOI")
             raise InputError("no label polygon overlaps the raster. Check that the labels cover the raster and "
                              "that their CRS is right.", "LABELS")
-        train_idx, val_idx = split_blocks(ncols, nrows, block_px, config.val_fraction, [bool(h) for h in hits], rng)
+        train_idx, val_idx = split_blocks([bool(h) for h in hits], config.val_fraction, rng, block_px)
         feedback.info(f"Spatial split: {len(train_idx)} training and {len(val_idx)} validation blocks of "
                       f"~{block_px} px.")
         mean, std = band_statistics(src, bands)
@@ -332,19 +341,12 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         if not positives:
             raise InputError("no labelled object lies in the training blocks. Label objects in more places.",
                              "LABELS")
-        from shapely.geometry import Polygon  # noqa: PLC0415
-
-        def block_poly(b: Block):
-            return Polygon([src.transform * c for c in ((b.x_off, b.y_off), (b.x_off + b.width, b.y_off),
-                                                         (b.x_off + b.width, b.y_off + b.height),
-                                                         (b.x_off, b.y_off + b.height))])
-
         inverse = ~src.transform
 
         def sample_crop() -> Tuple[np.ndarray, np.ndarray]:
             if rng.random() < config.positive_prob:
                 j, g = positives[int(rng.integers(len(positives)))]
-                point = _point_in(labels.geometries[g], block_poly(train_blocks[j]), rng)
+                point = _point_in(labels.geometries[g], _block_polygon(train_blocks[j], src.transform), rng)
                 if point is not None:
                     x, y = _sample_origin(train_blocks[j], size, rng, inverse * point)
                     return reader.read(x, y, size)
@@ -407,13 +409,9 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                         images, labs = augment_batch(images, labs, generator, AugmentConfig())
                     try:
                         loss, _ = run_batch(images, labs, train=True)
-                    except torch.cuda.OutOfMemoryError as exc:
-                        torch.cuda.empty_cache()
-                        if batch_size == 1:
-                            raise DeviceError("CUDA ran out of memory even with one crop per batch. Lower "
-                                              "PATCH_SIZE, choose a smaller ENCODER, or use DEVICE=cpu.") from exc
-                        batch_size = max(1, batch_size // 2)
-                        feedback.warning(f"CUDA out of memory: retrying with batches of {batch_size}.")
+                    except torch.cuda.OutOfMemoryError:
+                        batch_size = shrink_batch_after_oom(batch_size, feedback, "crop", "Lower PATCH_SIZE, "
+                                                            "choose a smaller ENCODER, or use DEVICE=cpu.")
                         continue
                     losses.append(float(loss.detach()))
                     b += 1

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProcessingContext,
-                       QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRectangle, QgsVectorFileWriter,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRectangle, QgsVectorFileWriter,
                        QgsVectorLayer)
 
 from tests.conftest import write_raster

@@ -85,6 +85,16 @@ def test_bad_inputs(run_alg, model, scene, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["x.satseg"]
 
 
+def test_labels_in_another_crs_are_reprojected(run_alg, scene, tmp_path):
+    reprojected = run_alg("native:reprojectlayer", {"INPUT": scene["buildings"] + "|layername=buildings",
+                                                    "TARGET_CRS": "EPSG:4326",
+                                                    "OUTPUT": str(tmp_path / "wgs84.gpkg")})["OUTPUT"]
+    assert QgsVectorLayer(reprojected).crs().authid() == "EPSG:4326"
+    result = run_alg("satseg:trainsegmentation", dict(FAST, INPUT=scene["scene"], LABELS=reprojected, EPOCHS=1,
+                                                      OUTPUT_MODEL=str(tmp_path / "m.satseg")))
+    assert os.path.exists(result["OUTPUT_MODEL"])
+
+
 def test_qgis_process_train_then_segment(qgis_process, scene, tmp_path):
     model = str(tmp_path / "qp.satseg")
     qgis_process("run", "satseg:trainsegmentation", "--", f"INPUT={scene['scene']}",

@@ -184,3 +184,86 @@ def test_cancel_mid_inference_leaves_previous_outputs(trained, scene, tmp_path):
                        RecordingFeedback(cancel_after=2))
     assert (os.path.getmtime(prob), os.path.getsize(prob)) == before
     assert sorted(os.listdir(tmp_path)) == ["m.tif", "p.tif"]
+
+
+def test_cuda_out_of_memory_retries_with_smaller_batches(trained, scene, tmp_path, monkeypatch):
+    """The OOM path, simulated on the CPU: batches above 2 tiles 'run out of memory'."""
+    from satseg_plugin.engine import inference
+
+    real = inference._Ensemble.predict
+    sizes = []
+
+    def flaky(self, raw, tta):
+        sizes.append(len(raw))
+        if len(raw) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(self, raw, tta)
+
+    monkeypatch.setattr(inference._Ensemble, "predict", flaky)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    fb = RecordingFeedback()
+    segment_raster(scene[0], [trained.model_path], str(tmp_path / "p.tif"), str(tmp_path / "m.tif"),
+                   InferenceConfig(tile_size=64, overlap=0, batch_size=8), "cpu", fb)
+    assert sizes[:3] == [4, 4, 2] and max(sizes[3:]) <= 2  # 8 -> 4 (a row has 4 tiles) -> 2
+    assert any("out of memory" in w for w in fb.warnings)
+    monkeypatch.setattr(inference._Ensemble, "predict", lambda self, raw, tta: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("simulated")))
+    with pytest.raises(Exception, match="one tile per batch"):
+        segment_raster(scene[0], [trained.model_path], str(tmp_path / "p2.tif"), str(tmp_path / "m2.tif"),
+                       InferenceConfig(tile_size=64, batch_size=1), "cpu")
+    assert not os.path.exists(tmp_path / "p2.tif")
+
+
+def test_pixel_size_mismatch_warns(trained, make_raster, tmp_path):
+    coarse = make_raster(np.full((3, 64, 64), 100, "uint8"), transform=Affine(2.0, 0, 500000, 0, -2.0, 5000000))
+    fb = RecordingFeedback()
+    segment_raster(coarse, [trained.model_path], str(tmp_path / "p.tif"), str(tmp_path / "m.tif"),
+                   InferenceConfig(tile_size=64), "cpu", fb)
+    assert any("differ from those the model was trained on" in w for w in fb.warnings)
+
+
+def test_aoi_without_labels_is_refused(scene, tmp_path):
+    from shapely.geometry import box
+
+    src, labels = scene
+    with rasterio.open(src) as ds:
+        corner = box(ds.bounds.left, ds.bounds.top - 1.0, ds.bounds.left + 1.0, ds.bounds.top)
+    empty_aoi = LabelSet(labels.geometries, labels.classes, aoi=corner.difference(
+        corner.intersection(__import__("shapely").union_all(labels.geometries))))
+    with pytest.raises(InputError, match="AOI: no label polygon lies inside"):
+        train_segmentation(src, empty_aoi, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
+    assert os.listdir(tmp_path) == []
+
+
+def test_split_blocks_holds_out_labelled_blocks_only():
+    from satseg_plugin.engine.training import split_blocks
+
+    positive = [False, True, True, False, True, False, False, True, False, False]
+    train, val = split_blocks(positive, 0.2, np.random.default_rng(0), 128)
+    assert len(val) == 2 and all(positive[i] for i in val)
+    assert sorted(train + val) == list(range(10)) and any(positive[i] for i in train)
+    assert (train, val) == split_blocks(positive, 0.2, np.random.default_rng(0), 128)
+    # never all labelled blocks: one stays for training
+    train, val = split_blocks([True, True], 0.9, np.random.default_rng(1), 128)
+    assert len(val) == 1 and len(train) == 1
+    with pytest.raises(InputError, match="LABELS: labelled objects lie in 1 block"):
+        split_blocks([False, True, False], 0.2, np.random.default_rng(0), 128)
+
+
+def test_aoi_limits_training_blocks(scene, tmp_path):
+    import re
+
+    from shapely.geometry import box
+
+    src, labels = scene
+    with rasterio.open(src) as ds:
+        b = ds.bounds
+    midx, midy = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+    # all but the top-left quadrant: 3 of the 4 blocks of 128 px
+    aoi = box(*b).difference(box(b.left, midy, midx, b.top))
+    fb = RecordingFeedback()
+    train_segmentation(src, LabelSet(labels.geometries, labels.classes, aoi=aoi), str(tmp_path / "m.satseg"),
+                       TrainConfig(**dict(FAST, epochs=1)), "cpu", fb)
+    split = [m for m in fb.infos if m.startswith("Spatial split")][0]
+    n_train, n_val = map(int, re.search(r"(\d+) training and (\d+) validation", split).groups())
+    assert (n_train + n_val, n_val) == (3, 1)
