@@ -45,8 +45,8 @@ import numpy as np
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-SECTION_START = "<!-- patching:start -->"
-SECTION_END = "<!-- patching:end -->"
+from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+
 
 #: Creation options every method writes its patches with (SatSeg's own profile is the same kind).
 GDAL_CO = ["-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "PREDICTOR=2"]
@@ -514,24 +514,6 @@ def results_table(results: Sequence[MethodResult], baseline: MethodResult, patch
     return rows
 
 
-def write_section(path: str, body: str) -> None:
-    """Replace (or append) the patching section of the results file, keeping everything else."""
-    section = f"{SECTION_START}\n{body.rstrip()}\n{SECTION_END}"
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(SECTION_END):]
-    else:
-        if not text.strip():
-            text = "# SatSeg benchmark results\n"
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-
 
 # --------------------------------------------------------------------------------------------------
 # Driver
@@ -700,7 +682,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log("")
     log(text)
     if args.write_results:
-        write_section(args.write_results, text)
+        write_section(args.write_results, "patching", text)
         log(f"\nWrote the patching section of {args.write_results}")
     return 0 if ok_spots and counts_ok else 1
 

@@ -31,7 +31,8 @@ from satseg_plugin.engine.metrics import evaluate_rasters  # noqa: E402
 from satseg_plugin.engine.progress import NullFeedback  # noqa: E402
 from satseg_plugin.engine.training import TrainConfig, train_segmentation  # noqa: E402
 
-START, END = "<!-- quality:start -->", "<!-- quality:end -->"
+from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+
 
 CONFIGS = {
     "default U-Net (resnet34, 224 px, batch 32)": dict(architecture="unet", encoder="resnet34"),
@@ -76,7 +77,7 @@ def main(argv: List[str] = None) -> int:
         with tempfile.TemporaryDirectory() as out:
             rows.append((name, run(name, overrides, args.epochs, scene, out)))
             print(f"[quality] {rows[-1]}", flush=True)
-    lines = [START, "## Segmentation quality on the sample scene", "",
+    lines = ["## Segmentation quality on the sample scene", "",
              f"{datetime.date.today()}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
              "CPU only. Command: `.venv/bin/python bench/bench_quality.py --write-results bench/RESULTS.md` "
              f"(max {args.epochs} epochs, patience 4, seed 0).", "",
@@ -88,16 +89,11 @@ def main(argv: List[str] = None) -> int:
     for name, r in rows:
         lines.append(f"| {name} | {r['train_s']:.0f} | {r['epochs']} ({r['best_epoch']}) | {r['val_dice']:.3f} | "
                      f"{r['dice']:.3f} | {r['iou']:.3f} | {r['tile_dice']:.3f} | {r['object_f1']:.3f} |")
-    lines += ["", "Target: building Dice >= 0.85 with the default U-Net on CPU within a few minutes.", END]
+    lines += ["", "Target: building Dice >= 0.85 with the default U-Net on CPU within a few minutes."]
     section = "\n".join(lines)
     print(section)
     if args.write_results:
-        text = open(args.write_results, encoding="utf-8").read() if os.path.exists(args.write_results) else "# Benchmarks\n"
-        if START in text:
-            text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + section + "\n"
-        open(args.write_results, "w", encoding="utf-8").write(text)
+        write_section(args.write_results, "quality", section)
     return 0
 
 

@@ -54,8 +54,8 @@ sys.path.insert(0, BENCH_DIR)
 import bench_patching as patching  # noqa: E402  (source rasters, child measurement, machine description)
 
 DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-SECTION_START = "<!-- segmentation:start -->"
-SECTION_END = "<!-- segmentation:end -->"
+from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+
 #: Bump when the training recipe of the cached benchmark model changes.
 MODEL_VERSION = 1
 #: The tiny model of the memory runs: a timm MobileNetV3 encoder and a narrow U-Net decoder.
@@ -404,22 +404,6 @@ def profile_rows(stats_path: str, total: float) -> List[Tuple[str, float]]:
 # Reporting
 # --------------------------------------------------------------------------------------------------
 
-def write_section(path: str, body: str) -> None:
-    """Replace (or append) the segmentation section of the results file, keeping everything else."""
-    section = f"{SECTION_START}\n{body.rstrip()}\n{SECTION_END}"
-    text = ""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    start, end = text.find(SECTION_START), text.find(SECTION_END)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(SECTION_END):]
-    else:
-        if not text.strip():
-            text = "# SatSeg benchmark results\n"
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
 
 
 def accumulator_mib(width: int, tile: int, bands: int = 1) -> float:
@@ -797,7 +781,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log("")
     log(text)
     if args.write_results:
-        write_section(args.write_results, text)
+        write_section(args.write_results, "segmentation", text)
         log(f"\nWrote the segmentation section of {args.write_results}")
     return 0 if tiles_ok else 1
 
