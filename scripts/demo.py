@@ -122,7 +122,7 @@ def step_segmentation(demo: Demo) -> None:
     buildings = demo.data["buildings"] + "|layername=buildings"
     model = demo.run("satseg:trainsegmentation", {
         "INPUT": demo.data["scene"], "LABELS": buildings, "AOI": west, "ARCHITECTURE": 0, "ENCODER": "resnet18",
-        "PATCH_SIZE": 128, "BATCH_SIZE": 16, "EPOCHS": 10, "BATCHES_PER_EPOCH": 10, "PATIENCE": 3, "SEED": 0,
+        "PATCH_SIZE": 128, "BATCH_SIZE": 16, "EPOCHS": 12, "BATCHES_PER_EPOCH": 10, "PATIENCE": 4, "SEED": 0,
         "OUTPUT_MODEL": demo.path("buildings_unet.satseg"), "OUTPUT_LOG": demo.path("training_log.csv"),
         "OUTPUT_PLOT": demo.path("training_curves.png")})
     seg = demo.run("satseg:segmentraster", {
