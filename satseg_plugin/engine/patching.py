@@ -28,7 +28,10 @@ from .raster import (check_georeferencing, copy_band_metadata, geotiff_profile, 
 from .staging import StagedDirectory
 from .version import __version__
 
-__all__ = ["PatchConfig", "PatchRecord", "PatchResult", "write_patches", "plan_patches"]
+__all__ = ["PatchConfig", "PatchRecord", "PatchResult", "write_patches", "plan_patches", "PATCH_CACHE_BYTES"]
+
+#: GDAL block cache while patching (bytes): enough for a row of source blocks of a wide raster.
+PATCH_CACHE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -286,9 +289,9 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
                 os.remove(staging.staged_path(os.path.basename(record.path)))
 
         try:
-            # raster_env keeps one GDAL thread per writer: with more, GDAL defers compression to close(),
-            # which rasterio runs holding the GIL, and the worker threads serialise
-            with raster_env(), ThreadPoolExecutor(max_workers=config.workers) as pool:
+            # Each window is read about once, so a small block cache suffices and peak memory stays the same
+            # whatever the raster's size (the 256 MiB default would fill up on large rasters only).
+            with raster_env(GDAL_CACHEMAX=PATCH_CACHE_BYTES), ThreadPoolExecutor(max_workers=config.workers) as pool:
                 pending: Deque[Future] = deque()
                 max_inflight = 2 * config.workers
                 try:
