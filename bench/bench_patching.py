@@ -658,7 +658,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "256x256 tiles, DEFLATE, predictor 2). Wall time is the whole child process (interpreter start-up "
         "included); MB/s counts uncompressed pixel bytes written (10^6 B); peak RSS is the child's `ru_maxrss` "
         "(for the gdal_translate loop, the largest single process). Source file in page cache for every method. "
-        "SatSeg runs with its own GDAL settings (`GDAL_CACHEMAX=256` MB, `GDAL_NUM_THREADS=ALL_CPUS`); the GDAL "
+        "SatSeg runs with its own GDAL settings (block cache `PATCH_CACHE_BYTES` = 64 MiB, `GDAL_NUM_THREADS=1`); the GDAL "
         "tools with GDAL's defaults (block cache 5 % of RAM) unless the row says otherwise.",
         "",
         *results_table(results, retile, patch_bytes),
