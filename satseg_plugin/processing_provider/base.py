@@ -57,14 +57,21 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:  # noqa: D102
         return QIcon(ICON_PATH)
 
+    def add_advanced_parameter(self, param: QgsProcessingParameterDefinition) -> None:
+        """Add ``param`` under the dialog's "Advanced parameters"."""
+        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(param)
+
     def add_device_parameter(self) -> None:
         """Add the advanced DEVICE parameter (auto / cpu / cuda) every model-running algorithm has."""
         from ..engine.device import DEVICE_CHOICES  # noqa: PLC0415  (pure Python, no torch import)
 
-        param = QgsProcessingParameterEnum(self.DEVICE, self.tr("Compute device"), options=list(DEVICE_CHOICES),
-                                           defaultValue=0)
-        param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(param)
+        self.add_advanced_parameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Compute device"),
+                                                               options=list(DEVICE_CHOICES), defaultValue=0))
+
+    def optional_value(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, cast):
+        """``cast(parameters, key, context)`` (e.g. ``self.parameterAsInt``), or None when ``key`` was left empty."""
+        return None if parameters.get(key) in (None, "") else cast(parameters, key, context)
 
     def device_spec(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
         """The DEVICE choice (``auto``/``cpu``/``cuda``); the engine resolves it and logs the device used."""

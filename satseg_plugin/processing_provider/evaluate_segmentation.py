@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsProcessing,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterDefinition, QgsProcessingParameterEnum,
+                       QgsProcessingParameterEnum,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
@@ -85,8 +85,7 @@ class EvaluateSegmentationAlgorithm(SatSegAlgorithm):
                                                            self.tr("edges and corners (8 neighbours)")],
                                                   defaultValue=0)
         for param in (iou, connectivity):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
+            self.add_advanced_parameter(param)
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_TABLE, self.tr("Metrics table"),
                                                             QgsProcessing.TypeVector, optional=True,
                                                             createByDefault=True))

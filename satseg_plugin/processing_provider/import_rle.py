@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterFile, QgsProcessingParameterNumber,
+from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessingParameterFile, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer)
 
 from .base import SatSegAlgorithm
@@ -51,8 +50,7 @@ class ImportRleAlgorithm(SatSegAlgorithm):
             self.REFERENCE, self.tr("Reference raster for the grid (empty = use the CSV's sidecar)"), optional=True))
         tile = QgsProcessingParameterNumber(self.TILE_SIZE, self.tr("Tile size without sidecar (pixels, empty = 224)"),
                                             QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
-        tile.setFlags(tile.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(tile)
+        self.add_advanced_parameter(tile)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Building mask")))
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeatureRequest,
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsFeatureRequest,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingFeatureSource,
                        QgsProviderRegistry, QgsRasterLayer)
 
@@ -31,6 +31,24 @@ def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
     return path
 
 
+def _shapely_features(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
+                      context: QgsProcessingContext, request: Optional[QgsFeatureRequest] = None
+                      ) -> Iterator[Tuple[QgsFeature, Any]]:
+    """``(feature, shapely geometry in crs)`` for each feature with a geometry; invalid ones repaired."""
+    import shapely  # noqa: PLC0415  (lazy: QGIS starts without shapely)
+
+    transform = None
+    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
+        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    for feature in source.getFeatures(request or QgsFeatureRequest()):
+        geom = feature.geometry()
+        if geom.isNull() or geom.isEmpty():
+            continue
+        if transform is not None:
+            geom.transform(transform)
+        yield feature, shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb())))
+
+
 def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoordinateReferenceSystem,
                       context: QgsProcessingContext, parameter: str):
     """Union of a polygon source's geometries, reprojected into ``crs``, as one shapely geometry.
@@ -39,20 +57,9 @@ def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoor
     """
     if source is None:
         return None
-    import shapely  # noqa: PLC0415  (lazy: QGIS starts without shapely)
+    import shapely  # noqa: PLC0415
 
-    request = QgsFeatureRequest().setNoAttributes()
-    transform = None
-    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
-        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
-    parts = []
-    for feature in source.getFeatures(request):
-        geom = feature.geometry()
-        if geom.isNull() or geom.isEmpty():
-            continue
-        if transform is not None:
-            geom.transform(transform)
-        parts.append(shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb()))))
+    parts = [g for _f, g in _shapely_features(source, crs, context, QgsFeatureRequest().setNoAttributes())]
     if not parts:
         raise QgsProcessingException(f"{parameter}: the layer holds no geometries. Draw or select polygons, "
                                      "or leave it empty.")
@@ -67,30 +74,20 @@ def source_to_labels(source: QgsProcessingFeatureSource, crs: QgsCoordinateRefer
     Without ``class_field`` every polygon is ``default_class``. With it, each distinct non-empty value is a
     class (sorted, so the same values always give the same indices); features with an empty value are skipped.
     """
-    import shapely  # noqa: PLC0415
-
     if source is None:
         raise QgsProcessingException(f"{parameter}: choose a polygon layer of annotations.")
-    transform = None
-    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
-        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
     field_index = source.fields().lookupField(class_field) if class_field else -1
     if class_field and field_index < 0:
         raise QgsProcessingException(f"{parameter}: the layer has no field '{class_field}'.")
     rows = []
-    for feature in source.getFeatures():
-        geom = feature.geometry()
-        if geom.isNull() or geom.isEmpty():
-            continue
+    for feature, geom in _shapely_features(source, crs, context):
         value = default_class
         if field_index >= 0:
             raw = feature.attribute(field_index)
             if raw is None or str(raw).strip() in ("", "NULL"):
                 continue
             value = str(raw).strip()
-        if transform is not None:
-            geom.transform(transform)
-        rows.append((shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb()))), value))
+        rows.append((geom, value))
     names = sorted({value for _g, value in rows})
     index = {name: i for i, name in enumerate(names, start=1)}
     return [g for g, _v in rows], [index[v] for _g, v in rows], names

@@ -6,8 +6,7 @@ from typing import Any, Dict
 
 from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsPointXY,
                        QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBand, QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
-                       QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterBand, QgsProcessingParameterBoolean, QgsProcessingParameterEnum, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
                        QgsProcessingParameterFeatureSource, QgsProcessingParameterFolderDestination,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QVariant
@@ -93,10 +92,8 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.SAMPLE_COUNT, self.tr("Sample count (0 = all patches)"),
                                                        QgsProcessingParameterNumber.Integer, defaultValue=0,
                                                        minValue=0))
-        seed = QgsProcessingParameterNumber(self.SEED, self.tr("Random seed of the sample"),
-                                            QgsProcessingParameterNumber.Integer, defaultValue=0)
-        seed.setFlags(seed.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(seed)
+        self.add_advanced_parameter(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed of the sample"),
+                                                                 QgsProcessingParameterNumber.Integer, defaultValue=0))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only patch this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only patches touching these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -135,13 +132,11 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
                 bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
         mask = source_to_shapely(self.parameterAsSource(parameters, self.MASK, context), crs, context, self.MASK)
 
-        def optional_int(key: str):
-            return None if parameters.get(key) in (None, "") else self.parameterAsInt(parameters, key, context)
-
         config = PatchConfig(
             patch_width=self.parameterAsInt(parameters, self.PATCH_WIDTH, context),
             patch_height=self.parameterAsInt(parameters, self.PATCH_HEIGHT, context),
-            stride_x=optional_int(self.STRIDE_X), stride_y=optional_int(self.STRIDE_Y),
+            stride_x=self.optional_value(parameters, self.STRIDE_X, context, self.parameterAsInt),
+            stride_y=self.optional_value(parameters, self.STRIDE_Y, context, self.parameterAsInt),
             edge=EDGE_MODES[self.parameterAsEnum(parameters, self.EDGE, context)],
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
             max_nodata_fraction=self.parameterAsDouble(parameters, self.MAX_NODATA_FRACTION, context),

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessing,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterExtent,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
@@ -70,10 +70,6 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802, D102
         number = QgsProcessingParameterNumber
 
-        def advanced(param):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
-
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model file(s) (.satseg)"),
                                                                QgsProcessing.TypeFile))
@@ -92,7 +88,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
                                  minValue=0.0))
         self.addParameter(number(self.SIMPLIFY, self.tr("Simplify tolerance (map units, 0 = none)"), number.Double,
                                  0.0, minValue=0.0))
-        advanced(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer, 8, minValue=1))
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer, 8, minValue=1))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Probability")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Mask")))
@@ -124,14 +120,11 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
             if not extent.isNull():
                 bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
 
-        def optional(key, cast):
-            return None if parameters.get(key) in (None, "") else cast(parameters, key, context)
-
         config = InferenceConfig(
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
-            overlap=optional(self.OVERLAP, self.parameterAsInt),
+            overlap=self.optional_value(parameters, self.OVERLAP, context, self.parameterAsInt),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            weights=weights, threshold=optional(self.THRESHOLD, self.parameterAsDouble),
+            weights=weights, threshold=self.optional_value(parameters, self.THRESHOLD, context, self.parameterAsDouble),
             tta=self.parameterAsBoolean(parameters, self.TTA, context), bounds=bounds,
             mask=source_to_shapely(self.parameterAsSource(parameters, self.MASK, context), crs, context, self.MASK))
         prob_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBand, QgsProcessingParameterBoolean, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterBand, QgsProcessingParameterBoolean,
                        QgsProcessingParameterEnum, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
                        QgsProcessingParameterFile, QgsProcessingParameterFileDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString)
@@ -82,10 +82,6 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
             "metadata segmentation needs. Cancel keeps the best model so far once an epoch has finished.")
 
     def initAlgorithm(self, config=None):  # noqa: N802, D102
-        def advanced(param):
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-            self.addParameter(param)
-
         number = QgsProcessingParameterNumber
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all)"), None, self.INPUT,
@@ -107,18 +103,18 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.VAL_FRACTION, self.tr("Validation share of the raster"), number.Double, 0.2,
                                  minValue=0.01, maxValue=0.9))
         self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
-        advanced(number(self.BATCHES_PER_EPOCH, self.tr("Batches per epoch (0 = about two passes)"), number.Integer,
+        self.add_advanced_parameter(number(self.BATCHES_PER_EPOCH, self.tr("Batches per epoch (0 = about two passes)"), number.Integer,
                         0, minValue=0))
-        advanced(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-3, minValue=0))
-        advanced(number(self.WEIGHT_DECAY, self.tr("Weight decay"), number.Double, 1e-3, minValue=0))
-        advanced(number(self.STEP_SIZE, self.tr("Learning-rate step (epochs)"), number.Integer, 10, minValue=1))
-        advanced(number(self.GAMMA, self.tr("Learning-rate factor per step"), number.Double, 0.1, minValue=0))
-        advanced(number(self.POSITIVE_PROB, self.tr("Probability of a crop around a labelled object"),
+        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-3, minValue=0))
+        self.add_advanced_parameter(number(self.WEIGHT_DECAY, self.tr("Weight decay"), number.Double, 1e-3, minValue=0))
+        self.add_advanced_parameter(number(self.STEP_SIZE, self.tr("Learning-rate step (epochs)"), number.Integer, 10, minValue=1))
+        self.add_advanced_parameter(number(self.GAMMA, self.tr("Learning-rate factor per step"), number.Double, 0.1, minValue=0))
+        self.add_advanced_parameter(number(self.POSITIVE_PROB, self.tr("Probability of a crop around a labelled object"),
                         number.Double, 0.7, minValue=0, maxValue=1))
-        advanced(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment (flips, rotation, colour)"), True))
-        advanced(number(self.THRESHOLD, self.tr("Probability threshold stored with the model"), number.Double, 0.5,
+        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment (flips, rotation, colour)"), True))
+        self.add_advanced_parameter(number(self.THRESHOLD, self.tr("Probability threshold stored with the model"), number.Double, 0.5,
                         minValue=0.01, maxValue=0.99))
-        advanced(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr("Start from a SatSeg model file"),
+        self.add_advanced_parameter(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr("Start from a SatSeg model file"),
                                             extension="satseg", optional=True))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
