@@ -1,0 +1,463 @@
+"""The k-means toolbox shared by pixel clustering (ClusterNet) and scene clustering (DeepCluster).
+
+Built on faiss (``faiss-cpu``; a GPU build is used automatically when ``faiss.get_num_gpus() > 0``):
+
+- :func:`kmeans`: seeded, reproducible k-means; returns centroids, assignments and the objective.
+- :func:`nearest_centroid`: batched exact nearest-centroid search, so memory stays bounded.
+- :class:`Whitening`: PCA whitening (with optional dimension reduction) fitted in float64.
+- :func:`l2_normalize`, :func:`nmi`: small helpers of the DeepCluster loop.
+- :func:`silhouette`: the exact mean silhouette score in O(chunk * n) memory instead of O(n^2).
+
+faiss and torch are imported lazily through :func:`~.deps.require`, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Tuple
+
+import numpy as np
+
+from .deps import require
+from .errors import InputError
+from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
+
+__all__ = [
+    "INIT_METHODS",
+    "MIN_POINTS_PER_CENTROID",
+    "KMeansResult",
+    "Whitening",
+    "kmeans",
+    "l2_normalize",
+    "nearest_centroid",
+    "nmi",
+    "silhouette",
+]
+
+#: Below this many samples per cluster k-means centroids are poorly estimated (faiss's own threshold).
+MIN_POINTS_PER_CENTROID = 39
+
+#: ``init`` values of :func:`kmeans` -> faiss ``ClusteringInitMethod`` constant names.
+INIT_METHODS = {"kmeans++": "ClusteringInitMethod_KMEANS_PLUS_PLUS", "random": "ClusteringInitMethod_RANDOM"}
+
+#: Rows per float64 slice when the squared distance to the chosen centroid is recomputed exactly.
+_EXACT_ROWS = 8192
+
+#: Below this many multiply-adds per iteration (n * k * d) faiss k-means runs on one thread: each iteration
+#: opens several OpenMP parallel regions, and on a busy CPU every region can wait a scheduler time slice for
+#: a descheduled worker (measured: 8 small runs took 4.7 s with 2 threads on a loaded 2-core machine, 0.03 s
+#: with 1), far more than the threads save on so little work.
+_SERIAL_WORK = 1 << 24
+
+#: Rows per block when the float64 covariance of :meth:`Whitening.fit` is accumulated.
+_COVARIANCE_BATCH = 16384
+
+
+@dataclass
+class KMeansResult:
+    """What :func:`kmeans` found.
+
+    Attributes:
+        centroids: ``(k, d)`` float32 cluster centres.
+        assignments: ``(n,)`` int64 index of the nearest centroid of each sample.
+        distances: ``(n,)`` float32 squared L2 distance of each sample to its centroid.
+        objective: sum of ``distances`` accumulated in float64 (the inertia; not faiss's internal number,
+            which is measured on the training subsample before the last update).
+        sizes: ``(k,)`` int64 number of samples assigned to each centroid (0 for a cluster left empty).
+        iterations: k-means iterations run per restart.
+    """
+
+    centroids: np.ndarray
+    assignments: np.ndarray
+    distances: np.ndarray
+    objective: float
+    sizes: np.ndarray
+    iterations: int
+
+    @property
+    def k(self) -> int:
+        """Number of clusters."""
+        return int(self.centroids.shape[0])
+
+
+def _as_matrix(x: Any, name: str = "x", parameter: Optional[str] = None, dtype: Any = np.float32) -> np.ndarray:
+    """Return ``x`` as a C-contiguous ``(n, d)`` array of finite values of ``dtype``, or raise InputError."""
+    array = np.asarray(x)
+    if array.ndim != 2:
+        raise InputError(f"{name} must be a 2-D array (samples, features), got shape {array.shape}", parameter)
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise InputError(f"{name} must hold numbers, got dtype {array.dtype}", parameter)
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InputError(f"{name} is empty (shape {array.shape}); there is nothing to cluster", parameter)
+    array = np.ascontiguousarray(array, dtype=dtype)
+    if not np.isfinite(array).all():
+        raise InputError(f"{name} contains NaN or infinite values (or values too large for float32); "
+                         "mask nodata pixels before clustering", parameter)
+    return array
+
+
+def _use_gpu(faiss: Any, gpu: Optional[bool]) -> bool:
+    """Resolve ``gpu`` (None: use one when faiss was built with GPU support and sees a GPU)."""
+    available = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    if gpu and not available:
+        raise InputError("a GPU was asked for but faiss sees none; install faiss-gpu or use the CPU", "DEVICE")
+    return available if gpu is None else bool(gpu)
+
+
+@contextlib.contextmanager
+def _serial_if_small(faiss: Any, work: int) -> Iterator[None]:
+    """Run faiss on one OpenMP thread (of the calling thread) while ``work < _SERIAL_WORK``."""
+    if work >= _SERIAL_WORK:
+        yield
+        return
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _flat_index(faiss: Any, d: int, gpu: bool) -> Any:
+    index = faiss.IndexFlatL2(d)
+    return faiss.index_cpu_to_all_gpus(index) if gpu else index
+
+
+def _assign(x: np.ndarray, centroids: np.ndarray, batch: int, feedback: Feedback,
+            gpu: Optional[bool] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row of ``x``; squared distances recomputed exactly, in float64."""
+    faiss = require("faiss")
+    index = _flat_index(faiss, centroids.shape[1], _use_gpu(faiss, gpu))
+    index.add(centroids)
+    n = x.shape[0]
+    centres64 = centroids.astype(np.float64)
+    labels = np.empty(n, np.int64)
+    distances = np.empty(n, np.float64)
+    for start in range(0, n, batch):
+        check_canceled(feedback)
+        block = x[start:start + batch]
+        _, found = index.search(block, 1)
+        found = found[:, 0]
+        labels[start:start + batch] = found
+        # faiss ranks by |x|^2 + |c|^2 - 2 x.c in float32, which cancels badly far from the origin; the
+        # distance to the chosen centroid is recomputed from the difference, in float64 (in slices of
+        # _EXACT_ROWS rows so the float64 copy stays small).
+        for low in range(0, block.shape[0], _EXACT_ROWS):
+            diff = block[low:low + _EXACT_ROWS].astype(np.float64) - centres64[found[low:low + _EXACT_ROWS]]
+            distances[start + low:start + low + diff.shape[0]] = np.einsum("ij,ij->i", diff, diff)
+        feedback.set_progress(100.0 * min(start + batch, n) / n)
+    return labels, distances
+
+
+def nearest_centroid(x: Any, centroids: Any, batch: int = 65536,
+                     feedback: Optional[Feedback] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Find the nearest centroid (squared L2) of every sample, ``batch`` samples at a time.
+
+    Args:
+        x: ``(n, d)`` samples.
+        centroids: ``(k, d)`` centroids.
+        batch: samples searched at once; memory is O(batch * (k + d)).
+        feedback: progress (0..100 over the batches) and cancel, checked between batches.
+
+    Returns:
+        ``(labels, sq_distances)``: ``(n,)`` int64 centroid indices and ``(n,)`` float32 squared distances.
+
+    Raises:
+        InputError: when the arrays are not 2-D finite numbers of the same width, or ``batch < 1``.
+        CanceledError: when the user cancels.
+    """
+    data = _as_matrix(x)
+    centres = _as_matrix(centroids, "centroids")
+    if centres.shape[1] != data.shape[1]:
+        raise InputError(f"samples have {data.shape[1]} features but centroids have {centres.shape[1]}; "
+                         "use the centroids computed on features of the same kind")
+    if batch < 1:
+        raise InputError(f"batch must be at least 1, got {batch}")
+    labels, distances = _assign(data, centres, int(batch), feedback or NullFeedback())
+    return labels, distances.astype(np.float32)
+
+
+def kmeans(x: Any, k: int, niter: int = 20, seed: int = 0, nredo: int = 1,
+           max_points_per_centroid: Optional[int] = None, spherical: bool = False,
+           feedback: Optional[Feedback] = None, gpu: Optional[bool] = None, init: str = "kmeans++") -> KMeansResult:
+    """Cluster ``x`` into ``k`` groups with faiss's k-means (seeded initialisation, then Lloyd iterations).
+
+    The same data, ``k`` and ``seed`` give the same result on the same machine and faiss build. faiss
+    re-splits clusters that become empty during training; a cluster can still end up empty in the final
+    assignment (its ``sizes`` entry is 0).
+
+    Cost: each iteration is O(n k d) on the training points, k-means++ seeding adds k passes over them, and
+    the final assignment is one more pass over all ``n`` samples. On a CPU this is no faster than
+    scikit-learn's Lloyd: one thread, 10^6 x 32 points, faiss took 220 ms per iteration at k = 20 against
+    scikit-learn's 67 ms, and about the same (~0.3 s) at k = 100 (``kmeans`` section of bench/RESULTS.md).
+    faiss's gains are the GPU build and ``max_points_per_centroid`` subsampling (256 per centroid: 12-15x
+    faster in that benchmark, for a 0.4-5 % higher objective).
+
+    Args:
+        x: ``(n, d)`` samples (converted to contiguous float32).
+        k: number of clusters, ``1 <= k <= n``.
+        niter: Lloyd iterations per restart (faiss stops sooner only if the objective stops changing).
+        seed: random seed of the initial centroids and the training subsample.
+        nredo: restarts (with different seeds); the one with the lowest training objective is kept.
+        max_points_per_centroid: train on a random subsample of at most ``k * max_points_per_centroid``
+            samples (faiss's default is 256) and assign all samples afterwards; None trains on every sample.
+        spherical: normalise centroids to unit length after each update (training then assigns by inner
+            product). The final assignment is by L2, which agrees when the rows of ``x`` have unit norm.
+        feedback: progress, warnings and cancel (checked before training and between assignment batches;
+            the faiss training call itself cannot be interrupted).
+        gpu: use faiss's GPU index (None: when faiss sees a GPU).
+        init: ``"kmeans++"`` (faiss's D^2-weighted seeding: it finds small clusters that random seeds miss;
+            48 % lower objective than random seeding at k = 100 in the benchmark, 5 % higher at k = 20) or
+            ``"random"`` (faiss's classic default: k random samples). faiss releases from
+            before 2026 have only random seeding; ``"kmeans++"`` then falls back to it with a warning.
+
+    Returns:
+        A :class:`KMeansResult`.
+
+    Raises:
+        InputError: on a bad array, an unknown ``init`` or out-of-range ``k``, ``niter``, ``nredo`` or
+            ``max_points_per_centroid``.
+        CanceledError: when the user cancels.
+        MissingDependencyError: when faiss is not installed.
+    """
+    feedback = feedback or NullFeedback()
+    data = _as_matrix(x)
+    n, d = data.shape
+    k = int(k)
+    if k < 1:
+        raise InputError(f"the number of clusters must be at least 1, got {k}", "NUM_CLUSTERS")
+    if k > n:
+        raise InputError(f"asked for {k} clusters but only {n} samples were given; lower NUM_CLUSTERS or "
+                         "sample more pixels", "NUM_CLUSTERS")
+    if niter < 1 or nredo < 1:
+        raise InputError(f"niter and nredo must be at least 1, got niter={niter}, nredo={nredo}")
+    if init not in INIT_METHODS:
+        raise InputError(f"unknown k-means initialisation {init!r}; use one of {', '.join(INIT_METHODS)}")
+    if max_points_per_centroid is not None and max_points_per_centroid < 1:
+        raise InputError(f"max_points_per_centroid must be at least 1 or None, got {max_points_per_centroid}")
+    if n < k * MIN_POINTS_PER_CENTROID:
+        feedback.warning(f"only {n} samples for {k} clusters (fewer than {MIN_POINTS_PER_CENTROID} per cluster): "
+                         "the centroids will be noisy; sample more pixels or lower NUM_CLUSTERS")
+    faiss = require("faiss")
+    on_gpu = _use_gpu(faiss, gpu)
+    cap = max_points_per_centroid if max_points_per_centroid is not None else n // k + 1
+    options = {}
+    if hasattr(faiss.ClusteringParameters(), "init_method"):
+        options["init_method"] = getattr(faiss, INIT_METHODS[init])
+    elif init != "random":
+        feedback.warning(f"faiss {getattr(faiss, '__version__', '?')} has no k-means++ seeding (releases from "
+                         "2026 on have it); using random seeding, which can give a worse clustering. Upgrade "
+                         "faiss-cpu to get k-means++.")
+    check_canceled(feedback)
+    trainer = faiss.Kmeans(d, k, niter=int(niter), nredo=int(nredo), seed=int(seed), spherical=bool(spherical),
+                           max_points_per_centroid=int(cap), min_points_per_centroid=1, verbose=False,
+                           gpu=on_gpu, **options)
+    with _serial_if_small(faiss, min(n, k * cap) * k * d):
+        trainer.train(data)
+    feedback.set_progress(80.0)
+    centroids = np.ascontiguousarray(trainer.centroids, dtype=np.float32).reshape(k, d)
+    stats = getattr(trainer, "iteration_stats", None)
+    iterations = len(stats) // int(nredo) if stats else int(niter)
+    labels, distances = _assign(data, centroids, 65536, SubFeedback(feedback, 80.0, 100.0), on_gpu)
+    return KMeansResult(centroids=centroids, assignments=labels, distances=distances.astype(np.float32),
+                        objective=float(distances.sum()), sizes=np.bincount(labels, minlength=k).astype(np.int64),
+                        iterations=iterations)
+
+
+@dataclass
+class Whitening:
+    """PCA whitening: centre, project on the leading principal axes, scale each to unit variance.
+
+    Attributes:
+        mean: ``(d,)`` float32 mean of the fitted data.
+        matrix: ``(d_out, d)`` float32; row ``i`` is principal axis ``i`` divided by ``sqrt(eigenvalue_i + eps)``.
+    """
+
+    mean: np.ndarray
+    matrix: np.ndarray
+
+    @property
+    def d_in(self) -> int:
+        """Input dimension."""
+        return int(self.matrix.shape[1])
+
+    @property
+    def d_out(self) -> int:
+        """Output dimension."""
+        return int(self.matrix.shape[0])
+
+    def apply(self, x: Any) -> np.ndarray:
+        """Whiten ``x`` ``(n, d_in)``: return ``(x - mean) @ matrix.T`` as float32 ``(n, d_out)``."""
+        data = _as_matrix(x)
+        if data.shape[1] != self.d_in:
+            raise InputError(f"features have {data.shape[1]} dimensions but the whitening was fitted on "
+                             f"{self.d_in}; fit it on features of the same kind")
+        return np.ascontiguousarray((data - self.mean) @ self.matrix.T, dtype=np.float32)
+
+    @classmethod
+    def fit(cls, x: Any, dim: Optional[int] = None, eps: float = 1e-5) -> Whitening:
+        """Fit PCA whitening on ``x``.
+
+        On the fitted data, the output covariance (population, divided by ``n``) is the identity up to
+        ``eigenvalue / (eigenvalue + eps)``. Axes are ordered by decreasing variance and their signs fixed
+        (largest component positive), so the same data always gives the same matrix.
+
+        faiss's ``PCAMatrix(d_in, d_out, eigen_power=-0.5)`` is not used: it divides by the square root of
+        the eigenvalues of the *unnormalised* scatter matrix (``n`` times the covariance), so its output
+        variance is ``1/n`` rather than 1 and ``epsilon`` does not act on the covariance scale; it also
+        trains on at most ``1000 * d`` samples and in float32. With ``d <= 512`` a float64 covariance and
+        ``numpy.linalg.eigh`` are cheap and exact.
+
+        Args:
+            x: ``(n, d)`` samples, ``n >= 2``.
+            dim: output dimension (``1..d``); None keeps ``d``.
+            eps: added to each eigenvalue before the square root, so near-constant axes are not blown up.
+
+        Returns:
+            The fitted :class:`Whitening`.
+
+        Raises:
+            InputError: on a bad array, ``n < 2``, ``dim`` out of range or ``eps < 0``.
+        """
+        data = _as_matrix(x)
+        n, d = data.shape
+        dim = d if dim is None else int(dim)
+        if n < 2:
+            raise InputError(f"whitening needs at least 2 samples, got {n}")
+        if not 1 <= dim <= d:
+            raise InputError(f"the whitened dimension must be between 1 and {d}, got {dim}")
+        if eps < 0:
+            raise InputError(f"eps must be non-negative, got {eps}")
+        mean = np.zeros(d, np.float64)
+        for start in range(0, n, _COVARIANCE_BATCH):
+            mean += data[start:start + _COVARIANCE_BATCH].sum(axis=0, dtype=np.float64)
+        mean /= n
+        covariance = np.zeros((d, d), np.float64)
+        for start in range(0, n, _COVARIANCE_BATCH):
+            block = data[start:start + _COVARIANCE_BATCH].astype(np.float64) - mean
+            covariance += block.T @ block
+        covariance /= n
+        values, vectors = np.linalg.eigh(covariance)
+        order = np.argsort(values)[::-1][:dim]
+        values, vectors = np.clip(values[order], 0.0, None), vectors[:, order].T
+        signs = np.sign(vectors[np.arange(dim), np.abs(vectors).argmax(axis=1)])
+        matrix = vectors * signs[:, None] / np.sqrt(values + eps)[:, None]
+        return cls(mean=mean.astype(np.float32), matrix=np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+def l2_normalize(x: Any, eps: float = 1e-12) -> np.ndarray:
+    """Scale each row of ``x`` to unit L2 norm (rows with norm below ``eps`` are divided by ``eps``).
+
+    Args:
+        x: ``(..., d)`` array; float arrays keep their dtype, others become float32.
+        eps: smallest norm divided by, so zero rows stay zero instead of becoming NaN.
+
+    Returns:
+        The normalised array, same shape.
+    """
+    array = np.asarray(x)
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float32)
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    return array / np.maximum(norms, eps).astype(array.dtype)
+
+
+def nmi(a: Any, b: Any) -> float:
+    """Normalised mutual information of two labellings (scikit-learn's, arithmetic normalisation).
+
+    1.0 when one labelling is a renaming of the other; near 0 for independent labellings. DeepCluster
+    tracks it between consecutive epochs' assignments to see when the clustering stabilises.
+
+    Args:
+        a: ``(n,)`` labels.
+        b: ``(n,)`` labels.
+
+    Returns:
+        NMI in ``[0, 1]``.
+
+    Raises:
+        InputError: when the labellings differ in length.
+    """
+    left, right = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if left.shape != right.shape:
+        raise InputError(f"the two labellings differ in length ({left.size} and {right.size}); "
+                         "compare assignments of the same samples")
+    metrics = require("sklearn.metrics")
+    return float(metrics.normalized_mutual_info_score(left, right))
+
+
+def silhouette(x: Any, labels: Any, sample: Optional[int] = None, seed: int = 0, chunk: int = 4096,
+               device: str = "cpu", feedback: Optional[Feedback] = None) -> float:
+    """Exact mean silhouette score (Euclidean), in O(chunk * n) memory.
+
+    For each sample, ``a`` is the mean distance to the other members of its cluster and ``b`` the lowest
+    mean distance to the members of another cluster; its silhouette is ``(b - a) / max(a, b)``, and 0 for a
+    sample alone in its cluster (as in scikit-learn). Distances are computed in float64 with torch, one
+    block of ``chunk`` rows against all samples at a time, so the result equals
+    ``sklearn.metrics.silhouette_score`` without its ``n x n`` memory. Time is still O(n^2 d): use
+    ``sample`` for more than ~10^5 samples on a CPU.
+
+    Args:
+        x: ``(n, d)`` samples.
+        labels: ``(n,)`` cluster labels (any integers).
+        sample: score a seeded random subset of this many samples (None: all).
+        seed: seed of the subset.
+        chunk: rows per block.
+        device: torch device (``"cpu"``, ``"cuda"``).
+        feedback: progress (0..100 over the blocks) and cancel, checked between blocks.
+
+    Returns:
+        The mean silhouette in ``[-1, 1]``.
+
+    Raises:
+        InputError: when labels and samples differ in length, or there are fewer than 2 clusters or as
+            many clusters as samples (the score is undefined).
+        CanceledError: when the user cancels.
+    """
+    feedback = feedback or NullFeedback()
+    data = _as_matrix(x, dtype=np.float64)
+    codes = np.asarray(labels).ravel()
+    if codes.size != data.shape[0]:
+        raise InputError(f"{codes.size} labels for {data.shape[0]} samples; pass one label per sample")
+    if chunk < 1:
+        raise InputError(f"chunk must be at least 1, got {chunk}")
+    if sample is not None and sample < data.shape[0]:
+        if sample < 2:
+            raise InputError(f"the silhouette sample must hold at least 2 samples, got {sample}")
+        keep = np.sort(np.random.default_rng(seed).choice(data.shape[0], int(sample), replace=False))
+        data, codes = data[keep], codes[keep]
+    _, codes = np.unique(codes, return_inverse=True)
+    n, clusters = codes.size, int(codes.max()) + 1
+    if not 2 <= clusters <= n - 1:
+        raise InputError(f"the silhouette needs between 2 and n - 1 = {n - 1} clusters, got {clusters}; "
+                         "cluster into more groups (or score more samples)")
+    torch = require("torch")
+    dev = torch.device(device)
+    points = torch.as_tensor(data, dtype=torch.float64, device=dev)
+    points = points - points.mean(dim=0)  # centring keeps |x|^2 + |y|^2 - 2 x.y from cancelling
+    squares = (points * points).sum(dim=1)
+    member = torch.as_tensor(codes, dtype=torch.int64, device=dev)
+    onehot = torch.zeros((n, clusters), dtype=torch.float64, device=dev)
+    onehot[torch.arange(n, device=dev), member] = 1.0
+    sizes = onehot.sum(dim=0)
+    total = torch.zeros((), dtype=torch.float64, device=dev)
+    for start in range(0, n, chunk):
+        check_canceled(feedback)
+        stop = min(start + chunk, n)
+        rows = torch.arange(start, stop, device=dev)
+        squared = squares[start:stop, None] + squares[None, :] - 2.0 * (points[start:stop] @ points.T)
+        distance = squared.clamp_min_(0.0).sqrt_()
+        distance[rows - start, rows] = 0.0  # exactly zero to itself
+        sums = distance @ onehot  # (rows, clusters): summed distance to each cluster
+        own = member[start:stop]
+        own_size = sizes[own]
+        a = sums[rows - start, own] / (own_size - 1.0).clamp_min(1.0)
+        means = sums / sizes
+        means[rows - start, own] = float("inf")
+        b = means.min(dim=1).values
+        denominator = torch.maximum(a, b)
+        score = torch.where(denominator > 0, (b - a) / torch.where(denominator > 0, denominator, 1.0), 0.0)
+        total += torch.where(own_size > 1, score, torch.zeros_like(score)).sum()
+        feedback.set_progress(100.0 * stop / n)
+    return float(total.item() / n)

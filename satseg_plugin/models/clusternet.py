@@ -1,0 +1,100 @@
+"""ClusterNet: a size-keeping encoder-decoder that gives every pixel a feature vector, plus a 1x1 cluster head.
+
+The backbone is any registry architecture (an smp U-Net by default) built with ``classes = feature_dim``, so
+its "logits" are per-pixel features on the input grid (same padding: no misregistration). The head maps
+features to cluster scores and is re-initialised every DeepCluster round, when the clusters change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+from ..engine.deps import require
+from ..engine.errors import CheckpointError, SatSegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .checkpoint import Checkpoint
+
+__all__ = ["build_clusternet", "clusternet_from_checkpoint"]
+
+
+def build_clusternet(architecture: str, encoder: str, in_channels: int, feature_dim: int, num_clusters: int,
+                     **kwargs: Any) -> "torch.nn.Module":
+    """Build a randomly initialised ClusterNet.
+
+    Args:
+        architecture: registry architecture of the backbone (``unet``, ...).
+        encoder: smp encoder name.
+        in_channels: input bands C.
+        feature_dim: per-pixel feature channels D.
+        num_clusters: cluster head outputs K.
+        **kwargs: passed to the backbone (``decoder_channels``, ``encoder_depth``).
+
+    Returns:
+        A module with ``features(x) -> (N, D, H, W)``, ``head`` (a 1x1 conv D -> K), ``reset_head()`` and
+        ``forward(x) -> (N, K, H, W)`` cluster logits.
+    """
+    torch = require("torch")
+    from .registry import build_model  # noqa: PLC0415
+
+    backbone = build_model(architecture, encoder, in_channels=in_channels, classes=feature_dim, **kwargs)
+
+    class ClusterNet(torch.nn.Module):
+        """Backbone features, a batch norm on them, and a re-initialisable cluster head."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone
+            # normalised features keep k-means from being dominated by a few large channels
+            self.norm = torch.nn.BatchNorm2d(feature_dim, affine=False)
+            self.band_weight = (feature_dim / in_channels) ** 0.5
+            self.head = torch.nn.Conv2d(feature_dim + in_channels, num_clusters, kernel_size=1)
+            self.feature_dim, self.num_clusters = feature_dim, num_clusters
+
+        def features(self, x: "torch.Tensor") -> "torch.Tensor":
+            """``(N, D + C, H, W)``: the learned channels and the pixel's own normalised bands, the bands
+            weighted to carry as much variance as the D learned channels together (a pixel's colour is
+            always part of what it is clustered on)."""
+            return torch.cat([self.norm(self.backbone(x)), x * self.band_weight], dim=1)
+
+        def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+            return self.head(self.features(x))
+
+        def reset_head(self, generator: "torch.Generator" = None) -> None:
+            """Fresh head weights (DeepCluster: the old head scores clusters that no longer exist)."""
+            with torch.no_grad():
+                bound = 1.0 / (feature_dim + in_channels) ** 0.5
+                self.head.weight.uniform_(-bound, bound, generator=generator)
+                self.head.bias.zero_()
+
+    return ClusterNet()
+
+
+def clusternet_from_checkpoint(ckpt: "Checkpoint") -> "torch.nn.Module":
+    """Build the ClusterNet a ``clusternet`` checkpoint describes and load its weights strictly.
+
+    Raises:
+        CheckpointError: the network cannot be built here or the weights do not fit it.
+    """
+    from .checkpoint import _mismatch_summary, _name  # noqa: PLC0415
+
+    meta = ckpt.metadata
+    name = _name(ckpt.path) if ckpt.path else "the model file"
+    feature_dim = int(meta.extra.get("feature_dim", 0))
+    kwargs: Dict[str, Any] = dict(meta.model_kwargs)
+    try:
+        model = build_clusternet(meta.architecture, meta.encoder, meta.in_channels, feature_dim,
+                                 len(meta.classes), **kwargs)
+    except (SatSegError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"'{name}' needs a {meta.architecture}/{meta.encoder} ClusterNet with "
+                              f"{feature_dim} features, which this installation cannot build ({exc}). Update "
+                              "the SatSeg plugin and segmentation-models-pytorch.", ckpt.path or None) from exc
+    try:
+        model.load_state_dict(dict(ckpt.model_state), strict=True)
+    except RuntimeError as exc:
+        summary = _mismatch_summary(model.state_dict(), ckpt.model_state) or str(exc).splitlines()[0]
+        raise CheckpointError(f"the weights in '{name}' do not fit its ClusterNet: {summary}. The file is damaged "
+                              "or was edited; train the model again.", ckpt.path or None) from exc
+    return model.eval()
