@@ -68,7 +68,7 @@ class ClusterNetConfig:
     patch_size: int = 128
     crops_per_round: int = 48
     sample_pixels: int = 100_000
-    whiten: bool = True
+    whiten: bool = False
     normalize: bool = True
     kmeans_iterations: int = 20
     learning_rate: float = 1e-4

@@ -9,7 +9,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsProcessingContext, QgsProcessingException, QgsProcessingFeatureSource,
                        QgsProviderRegistry, QgsRasterLayer)
 
-__all__ = ["raster_path", "source_to_shapely"]
+__all__ = ["raster_path", "source_to_shapely", "source_to_labels", "write_polygons"]
 
 
 def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
@@ -91,3 +91,41 @@ def source_to_labels(source: QgsProcessingFeatureSource, crs: QgsCoordinateRefer
     names = sorted({value for _g, value in rows})
     index = {name: i for i, name in enumerate(names, start=1)}
     return [g for g, _v in rows], [index[v] for _g, v in rows], names
+
+
+def write_polygons(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, records,
+                   crs: QgsCoordinateReferenceSystem, class_names, value_field: str = "class_id",
+                   name_field: str = "class", with_mean_prob: bool = False) -> Optional[str]:
+    """Write :class:`~satseg_plugin.engine.vectorize.PolygonRecord` s to the feature sink ``key``.
+
+    Fields: ``value_field`` (the raster value), ``name_field`` (``class_names[value - 1]``, or the value when
+    out of range), ``area_m2`` and, if asked, ``mean_prob``. Returns the sink's id (None when the optional
+    output was skipped).
+    """
+    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes  # noqa: PLC0415
+    from qgis.PyQt.QtCore import QVariant  # noqa: PLC0415
+
+    fields = QgsFields()
+    fields.append(QgsField(value_field, QVariant.Int))
+    fields.append(QgsField(name_field, QVariant.String))
+    fields.append(QgsField("area_m2", QVariant.Double))
+    if with_mean_prob:
+        fields.append(QgsField("mean_prob", QVariant.Double))
+    sink, dest_id = algorithm.parameterAsSink(parameters, key, context, fields, QgsWkbTypes.Polygon, crs)
+    if sink is None:
+        if parameters.get(key) is None:
+            return None
+        raise QgsProcessingException(algorithm.invalidSinkError(parameters, key))
+    for rec in records:
+        feature = QgsFeature(fields)
+        geom = QgsGeometry()
+        geom.fromWkb(rec.geometry.wkb)
+        feature.setGeometry(geom)
+        name = class_names[rec.class_id - 1] if 0 < rec.class_id <= len(class_names) else str(rec.class_id)
+        values = [rec.class_id, name, round(rec.area_m2, 3)]
+        if with_mean_prob:
+            values.append(rec.mean_prob)
+        feature.setAttributes(values)
+        sink.addFeature(feature, QgsFeatureSink.FastInsert)
+    del sink
+    return dest_id

@@ -8,18 +8,23 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..engine.version import __version__
 from .base import ICON_PATH
+from .cluster_raster import ClusterRasterAlgorithm
+from .clusters_to_classes import ClustersToClassesAlgorithm
+from .evaluate_clusters import EvaluateClustersAlgorithm
 from .evaluate_segmentation import EvaluateSegmentationAlgorithm
 from .export_rle import ExportRleAlgorithm
 from .import_rle import ImportRleAlgorithm
 from .patch_raster import PatchRasterAlgorithm
 from .segment_raster import SegmentRasterAlgorithm
+from .train_clusternet import TrainClusterNetAlgorithm
 from .train_segmentation import TrainSegmentationAlgorithm
 
 __all__ = ["SatSegProvider", "ALGORITHMS"]
 
 #: Every algorithm class the provider offers.
 ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlgorithm,
-              ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm)
+              ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm,
+              TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from qgis.core import (QgsFeature, QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsProcessing,
-                       QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
+from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterBoolean, QgsProcessingParameterExtent,
                        QgsProcessingParameterFeatureSink, QgsProcessingParameterFeatureSource,
                        QgsProcessingParameterMultipleLayers, QgsProcessingParameterNumber,
                        QgsProcessingParameterRasterDestination, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsWkbTypes)
-from qgis.PyQt.QtCore import QVariant
+                       QgsProcessingParameterString)
 
 from .base import SatSegAlgorithm
 from .feedback import QgisFeedback
-from .layers import raster_path, source_to_shapely
+from .layers import raster_path, source_to_shapely, write_polygons
 from .styling import apply_style_on_load
 
 __all__ = ["SegmentRasterAlgorithm"]
@@ -134,24 +132,8 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         records = polygonize_mask(mask_path, prob_path, self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                   self.parameterAsDouble(parameters, self.SIMPLIFY, context),
                                   feedback=SubFeedback(feedback, 85, 100))
-        fields = QgsFields()
-        fields.append(QgsField("class_id", QVariant.Int))
-        fields.append(QgsField("class", QVariant.String))
-        fields.append(QgsField("area_m2", QVariant.Double))
-        fields.append(QgsField("mean_prob", QVariant.Double))
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_POLYGONS, context, fields,
-                                             QgsWkbTypes.Polygon, crs)
-        if sink is None:
-            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT_POLYGONS))
-        for rec in records:
-            feature = QgsFeature(fields)
-            geom = QgsGeometry()
-            geom.fromWkb(rec.geometry.wkb)
-            feature.setGeometry(geom)
-            feature.setAttributes([rec.class_id, result.classes[min(rec.class_id, len(result.classes)) - 1],
-                                   round(rec.area_m2, 3), rec.mean_prob])
-            sink.addFeature(feature, QgsFeatureSink.FastInsert)
-        del sink
+        dest_id = write_polygons(self, parameters, self.OUTPUT_POLYGONS, context, records, crs, result.classes,
+                                 with_mean_prob=True)
         feedback.info(self.tr("{} polygons; {} foreground pixels at threshold {:.3f}.").format(
             len(records), result.positive_pixels, result.threshold))
         apply_style_on_load(context, prob_path, "probability", self.tr("Probability"))
