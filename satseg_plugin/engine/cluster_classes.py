@@ -23,7 +23,7 @@ from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from .raster import geotiff_profile, open_raster, pixel_window, raster_env
 from .staging import StagedFile
 
-__all__ = ["ClusterDecision", "ClassMapResult", "parse_mapping", "count_annotations", "decide",
+__all__ = ["ClusterDecision", "ClassMapResult", "parse_mapping", "count_annotations", "decide", "cluster_settings",
            "clusters_to_classes", "CLASS_NODATA", "UNASSIGNED"]
 
 #: Class raster values: 0 = a cluster no class was given to, 1..C = classes, 255 = nodata.
@@ -161,6 +161,28 @@ def decide(table: np.ndarray, class_names: Sequence[str], split_share: float = 0
     return decisions
 
 
+def cluster_settings(source: str, cluster_path: str) -> Tuple[int, Optional[int], Tuple[int, int]]:
+    """Tile size and overlap a cluster raster was made with (its tags; 512 and None for older files), and its
+    pixel offset in ``source``'s grid.
+
+    Raises:
+        InputError: naming RASTER when the cluster raster is not on ``source``'s grid (other CRS, pixel size,
+            or not aligned to its pixels).
+    """
+    with raster_env(), open_raster(source, "RASTER") as src, open_raster(cluster_path, "INPUT") as clusters:
+        tags = clusters.tags()
+        a, b = src.transform, clusters.transform
+        dx, dy = ~a * (b.c, b.f)
+        pixel_a, pixel_b = (a.a, a.b, a.d, a.e), (b.a, b.b, b.d, b.e)
+        same = src.crs == clusters.crs and all(abs(p - q) <= 1e-9 * max(1.0, abs(p)) for p, q in zip(pixel_a, pixel_b))
+        if not same or abs(dx - round(dx)) > 1e-6 or abs(dy - round(dy)) > 1e-6:
+            raise InputError("RASTER must be the raster the cluster raster was made from (same CRS and pixel grid) "
+                             "so that split clusters can be recomputed.", "RASTER")
+    overlap = tags.get("satseg_overlap")
+    return int(tags.get("satseg_tile", 512)), int(overlap) if overlap is not None else None, \
+        (int(round(dx)), int(round(dy)))
+
+
 def _split_centroids(source: str, model_path: str, cluster_path: str, labels: LabelSet,
                      splits: List[ClusterDecision], class_names: Sequence[str], device: str,
                      feedback: Feedback) -> Dict[int, Tuple[np.ndarray, List[int]]]:
@@ -171,20 +193,18 @@ def _split_centroids(source: str, model_path: str, cluster_path: str, labels: La
     wanted = {d.cluster: [class_names.index(n) + 1 for n in d.new_clusters] for d in splits}
     sums: Dict[Tuple[int, int], np.ndarray] = {}
     counts: Dict[Tuple[int, int], int] = {}
+    tile, overlap, (dx, dy) = cluster_settings(source, cluster_path)
     with raster_env(), open_raster(source) as src, open_raster(cluster_path, "INPUT") as clusters:
-        if (src.width, src.height) != (clusters.width, clusters.height) or \
-                not src.transform.almost_equals(clusters.transform):
-            raise InputError("RASTER must be the raster the cluster raster was made from (same grid) so that split "
-                             "clusters can be recomputed.", "RASTER")
-        x0, y0, w, h = _annotation_window(src, labels)
-        bounds = rasterio.windows.bounds(Window(x0, y0, w, h), src.transform)
-        config = ClusterMapConfig(tile_size=int(cm.metadata.extra.get("map_tile", 512)), bounds=bounds)
+        x0, y0, w, h = _annotation_window(clusters, labels)
+        bounds = rasterio.windows.bounds(Window(x0, y0, w, h), clusters.transform)
+        config = ClusterMapConfig(tile_size=tile, overlap=overlap, bounds=bounds)
         grid = _grid(src, cm, config)
         for r0, r1, cores in core_blocks(src, cm, grid, config, feedback):
             for c0, c1, feats, empty in cores:
                 win = Window(c0, r0, c1 - c0, r1 - r0)
                 lab = labels.rasterize(src.window_transform(win), (r1 - r0, c1 - c0))
-                ids = clusters.read(1, window=win)
+                ids = clusters.read(1, window=Window(c0 - dx, r0 - dy, c1 - c0, r1 - r0), boundless=True,
+                                    fill_value=0)
                 for cluster, class_ids in wanted.items():
                     for class_id in class_ids:
                         sel = (ids == cluster) & (lab == class_id) & ~empty
@@ -324,9 +344,11 @@ def clusters_to_classes(cluster_path: str, output_path: str, mapping: Optional[D
                 d.decision += " -> new clusters " + ", ".join(f"{i} ({n})" for n, i in d.new_clusters.items())
             with raster_env(), open_raster(cluster_path, "INPUT") as src:
                 whole = src.bounds
+            tile, overlap, _ = cluster_settings(source, cluster_path)
             cluster_output = cluster_output or os.path.splitext(output_path)[0] + "_clusters.tif"
-            cluster_raster(source, model_path, cluster_output, ClusterMapConfig(bounds=tuple(whole)), device,
-                           SubFeedback(feedback, 40, 80), splits=split_ids)
+            # same tiles, same region, same nodata as the first run: only the split clusters' pixels change
+            cluster_raster(source, model_path, cluster_output, ClusterMapConfig(tile, overlap, bounds=tuple(whole)),
+                           device, SubFeedback(feedback, 40, 80), splits=split_ids, keep_nodata_of=cluster_path)
             final_clusters = cluster_output
             lut_size = max(lut_size, next_id)
         lut = np.zeros(lut_size, np.uint8)

@@ -238,6 +238,16 @@ def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, conf
         yield r0, r1, cores
 
 
+class _Nothing:
+    """A do-nothing context manager (``contextlib.nullcontext`` without the import)."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
 def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> ClusterModel:
     """Resolve the device and load a ClusterNet model file on it."""
     from .device import describe_device, resolve_device  # noqa: PLC0415
@@ -249,7 +259,8 @@ def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> Clus
 
 def cluster_raster(source: str, model_path: str, output_path: str, config: ClusterMapConfig = ClusterMapConfig(),
                    device: str = "auto", feedback: Optional[Feedback] = None,
-                   splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None) -> ClusterMapResult:
+                   splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None,
+                   keep_nodata_of: Optional[str] = None) -> ClusterMapResult:
     """Write the cluster id (1..K, nodata 0) of every pixel as a uint16 GeoTIFF on the input's grid.
 
     Args:
@@ -262,6 +273,8 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         splits: ``{cluster id: (sub-centroids (m, d) in k-means space, their new ids)}``: pixels of that
             cluster are reassigned to the nearest sub-centroid (how ``clusters_to_classes`` splits a cluster
             two classes share).
+        keep_nodata_of: a raster on the output's grid (an earlier cluster raster): its nodata pixels stay
+            nodata here (so a re-clustering keeps an earlier run's MASK).
 
     Returns:
         The output path and per-cluster pixel counts (index i = cluster i + 1, new ids of splits included).
@@ -284,9 +297,16 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
             Window(x0, y0, width, height)), CLUSTER_NODATA, level=1)
         counts = np.zeros(top + 1, np.int64)
         staged = StagedFile(output_path, parameter="OUTPUT", suffix=".tif")
-        with staged as tmp:
+        previous = open_raster(keep_nodata_of, "INPUT") if keep_nodata_of else None
+        if previous is not None and (previous.width, previous.height) != (width, height):
+            previous.close()
+            raise InputError("the earlier cluster raster does not match the region being clustered.", "INPUT")
+        with staged as tmp, (previous or _Nothing()):
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.set_band_description(1, "cluster")
+                # how the ids were made, so a later split recomputes features with the same tiles
+                dst.update_tags(satseg_tile=grid.tile, satseg_overlap=grid.overlap, satseg_model=os.path.basename(
+                    model_path))
                 dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*c, 255) for i, c in enumerate(_palette(top))}})
                 for done, (r0, r1, cores) in enumerate(core_blocks(src, cm, grid, config, feedback), start=1):
                     strip = np.full((r1 - r0, width), CLUSTER_NODATA, np.uint16)
@@ -302,6 +322,9 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                         outside = geometry_mask([config.mask], out_shape=strip.shape,
                                                 transform=src.window_transform(Window(x0, r0, width, r1 - r0)))
                         strip[outside] = CLUSTER_NODATA
+                    if previous is not None:
+                        before = previous.read(1, window=Window(0, r0 - y0, width, r1 - r0))
+                        strip[before == (previous.nodata if previous.nodata is not None else 0)] = CLUSTER_NODATA
                     counts += np.bincount(strip.ravel(), minlength=top + 1)[:top + 1]
                     dst.write(strip[None], window=Window(0, r0 - y0, width, r1 - r0))
                     feedback.set_progress(95.0 * done / len(grid.rows))
