@@ -10,11 +10,16 @@ from ..engine.version import __version__
 from .base import ICON_PATH
 from .cluster_raster import ClusterRasterAlgorithm
 from .clusters_to_classes import ClustersToClassesAlgorithm
+from .create_annotation_layer import CreateAnnotationLayerAlgorithm
+from .deep_cluster import DeepClusterAlgorithm
 from .evaluate_clusters import EvaluateClustersAlgorithm
 from .evaluate_segmentation import EvaluateSegmentationAlgorithm
 from .export_rle import ExportRleAlgorithm
+from .extract_clusters import ExtractClustersAlgorithm
 from .import_rle import ImportRleAlgorithm
+from .label_patches import LabelPatchesAlgorithm
 from .patch_raster import PatchRasterAlgorithm
+from .pretrain_scene import PretrainSceneAlgorithm
 from .segment_raster import SegmentRasterAlgorithm
 from .train_clusternet import TrainClusterNetAlgorithm
 from .train_segmentation import TrainSegmentationAlgorithm
@@ -24,7 +29,9 @@ __all__ = ["SatSegProvider", "ALGORITHMS"]
 #: Every algorithm class the provider offers.
 ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlgorithm,
               ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm,
-              TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm)
+              TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm,
+              CreateAnnotationLayerAlgorithm, LabelPatchesAlgorithm, PretrainSceneAlgorithm, DeepClusterAlgorithm,
+              ExtractClustersAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):

@@ -97,3 +97,60 @@ def apply_palette_on_load(context: QgsProcessingContext, layer_id: str, labels: 
     processor = _PalettePostProcessor(dict(labels), name)
     _PalettePostProcessor._alive.append(processor)
     context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
+
+
+#: Colours of well-known annotation classes; other classes take colours from :data:`_CLASS_COLOURS`.
+KNOWN_CLASS_COLOURS = {"urban": "#e31a1c", "rural": "#f1c40f", "uninhabited": "#1b7837", "building": "#d7301f",
+                       "other": "#6baed6", "background": "#6baed6", "water": "#2171b5"}
+_CLASS_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
+                  "#008080", "#9a6324"]
+
+
+def class_colour(name: str, index: int) -> str:
+    """The colour SatSeg draws class ``name`` (the ``index``-th class) with."""
+    return KNOWN_CLASS_COLOURS.get(name.lower(), _CLASS_COLOURS[index % len(_CLASS_COLOURS)])
+
+
+def style_annotation_layer(layer, field: str, classes, value_map: bool = True) -> None:
+    """Draw polygons by the value of ``field`` (semi-transparent fill per class) and, for annotation layers
+    (``value_map``), make ``field`` a drop-down of ``classes``."""
+    from qgis.core import (QgsCategorizedSymbolRenderer, QgsEditorWidgetSetup, QgsFillSymbol,  # noqa: PLC0415
+                           QgsRendererCategory)
+
+    index = layer.fields().lookupField(field)
+    if value_map:
+        layer.setEditorWidgetSetup(index, QgsEditorWidgetSetup("ValueMap", {"map": [{c: c} for c in classes]}))
+    categories = []
+    for i, name in enumerate(classes):
+        colour = class_colour(name, i)
+        symbol = QgsFillSymbol.createSimple({"color": colour + "59", "outline_color": colour, "outline_width": "0.6"})
+        categories.append(QgsRendererCategory(name, symbol, name))
+    layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
+
+
+class _AnnotationStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    _alive: List["_AnnotationStylePostProcessor"] = []
+
+    def __init__(self, field: str, classes, name: str, value_map: bool) -> None:
+        super().__init__()
+        self.field, self.classes, self.name, self.value_map = field, list(classes), name, value_map
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
+                         feedback: QgsProcessingFeedback) -> None:
+        if layer is None or not layer.isValid():
+            return
+        style_annotation_layer(layer, self.field, self.classes, self.value_map)
+        if self.name:
+            layer.setName(self.name)
+        layer.triggerRepaint()
+
+
+def apply_annotation_style_on_load(context: QgsProcessingContext, layer_id: str, field: str, classes,
+                                   name: str = "", value_map: bool = False) -> None:
+    """Style a layer by the classes of ``field`` when Processing loads it (``value_map``: and make the field a
+    drop-down of them, for annotation layers)."""
+    if not context.willLoadLayerOnCompletion(layer_id):
+        return
+    processor = _AnnotationStylePostProcessor(field, classes, name, value_map)
+    _AnnotationStylePostProcessor._alive.append(processor)
+    context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
