@@ -117,7 +117,7 @@ class LabelPatchesAlgorithm(SatSegAlgorithm):
         if not features:
             raise QgsProcessingException(f"{self.PATCH_INDEX}: the patch index holds no patches.")
         fractions = soft_labels([g for _f, g in features], [g for g, _v in rows],
-                                [classes.index(v) + 1 for _g, v in rows], len(classes))
+                                [classes.index(v) for _g, v in rows], len(classes))
         fields = QgsFields(index.fields())
         for name in classes:
             fields.append(QgsField(fraction_field(name), QVariant.Double))
