@@ -59,7 +59,8 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterString(self.CLASSES, self.tr("Classes (comma-separated)"),
                                                        DEFAULT_CLASSES))
         self.addParameter(QgsProcessingParameterString(self.FIELD, self.tr("Class field name"), "class"))
-        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS"), "ProjectCrs"))
+        self.addParameter(QgsProcessingParameterCrs(self.CRS, self.tr("CRS (empty = the project's)"), "ProjectCrs",
+                                                    optional=True))
         self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, self.tr("Annotation layer")))
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
@@ -67,8 +68,11 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
         classes = parse_classes(self.parameterAsString(parameters, self.CLASSES, context), self.CLASSES)
         field = self.parameterAsString(parameters, self.FIELD, context).strip() or "class"
         crs: QgsCoordinateReferenceSystem = self.parameterAsCrs(parameters, self.CRS, context)
+        if not crs.isValid() and context.project() is not None:
+            crs = context.project().crs()
         if not crs.isValid():
-            raise QgsProcessingException(f"{self.CRS}: choose a valid CRS (e.g. the raster's).")
+            raise QgsProcessingException(f"{self.CRS}: choose the CRS to draw in (e.g. the raster's); the project "
+                                         "has none.")
         path = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not path.lower().endswith(".gpkg"):
             raise QgsProcessingException(f"{self.OUTPUT}: annotation layers are GeoPackages (they keep their style "

@@ -70,7 +70,7 @@ class DeepClusterAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(self.PATCH_INDEX, self.tr("Patch index with groups"),
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.GROUP_FIELD, self.tr("Group field"), "pred_class",
-                                                      self.PATCH_INDEX))
+                                                      self.PATCH_INDEX, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Scene model (from 'Train scene "
                                                                          "classifier')"), extension="satseg"))
         self.addParameter(number(self.K_MIN, self.tr("Smallest k"), number.Integer, 2, minValue=2))
@@ -78,7 +78,7 @@ class DeepClusterAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
         self.add_advanced_parameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Field with patch file "
                                                                                          "paths"), "path",
-                                                                self.PATCH_INDEX))
+                                                                self.PATCH_INDEX, optional=True))
         self.add_advanced_parameter(QgsProcessingParameterString(self.GROUPS, self.tr("Groups to cluster"),
                                                                  "urban,rural"))
         self.add_advanced_parameter(number(self.K, self.tr("DeepCluster k"), number.Integer, 50, minValue=2))

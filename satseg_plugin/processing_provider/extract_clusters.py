@@ -69,7 +69,7 @@ class ExtractClustersAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(QgsProcessingParameterString(self.GROUPS, self.tr("Groups"), "urban,rural"))
         self.add_advanced_parameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Field with patch file "
                                                                                          "paths"), "path",
-                                                                self.PATCH_INDEX))
+                                                                self.PATCH_INDEX, optional=True))
         self.addParameter(QgsProcessingParameterFolderDestination(self.COPY_TO, self.tr(
             "Copy patches into per-cluster folders"), optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Patches with clusters"),

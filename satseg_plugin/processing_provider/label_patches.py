@@ -77,7 +77,7 @@ class LabelPatchesAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(self.ANNOTATIONS, self.tr("Annotation polygons"),
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.CLASS_FIELD, self.tr("Class field"), "class",
-                                                      self.ANNOTATIONS))
+                                                      self.ANNOTATIONS, optional=True))
         self.addParameter(QgsProcessingParameterString(self.CLASSES, self.tr("Classes in order (empty = from the "
                                                                              "layer)"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Labelled patch index"),

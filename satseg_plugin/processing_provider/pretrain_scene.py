@@ -68,7 +68,7 @@ class PretrainSceneAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(self.PATCH_INDEX, self.tr("Labelled patch index"),
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Field with patch file paths"), "path",
-                                                      self.PATCH_INDEX))
+                                                      self.PATCH_INDEX, optional=True))
         self.addParameter(number(self.EPOCHS, self.tr("Epochs"), number.Integer, 30, minValue=1))
         self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
         self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 32, minValue=1))
