@@ -52,6 +52,7 @@ class ClusterNetConfig:
         kmeans_iterations: faiss k-means iterations.
         learning_rate: Adam learning rate.
         balance: weight the cross-entropy by inverse cluster size, so one huge cluster cannot dominate.
+        band_share: share of the feature variance carried by the pixel's own normalised bands.
         bootstrap: take the first round's pseudo-labels from k-means on the normalised bands themselves
             instead of the random network's features (which mostly cluster noise; see the README).
         seed: seed of every random draw.
@@ -73,6 +74,7 @@ class ClusterNetConfig:
     kmeans_iterations: int = 20
     learning_rate: float = 1e-4
     balance: bool = True
+    band_share: float = 0.8
     bootstrap: bool = True
     seed: int = 0
 
@@ -86,7 +88,8 @@ class ClusterNetConfig:
                   ("PATCH_SIZE", self.patch_size >= 32, "at least 32"),
                   ("CROPS_PER_ROUND", self.crops_per_round >= 1, "at least 1"),
                   ("SAMPLE_PIXELS", self.sample_pixels >= self.num_clusters, "at least NUM_CLUSTERS"),
-                  ("LEARNING_RATE", self.learning_rate > 0, "positive"))
+                  ("LEARNING_RATE", self.learning_rate > 0, "positive"),
+                  ("BAND_SHARE", 0 <= self.band_share < 1, "at least 0 and less than 1"))
         for parameter, ok, what in checks:
             if not ok:
                 raise InputError(f"must be {what}.", parameter)
@@ -296,7 +299,8 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
         try:
             feedback.info(f"{len(data.paths)} raster(s), bands {list(data.bands)}; band statistics (mean / std): "
                           + ", ".join(f"b{b}: {m:.2f} / {s:.2f}" for b, m, s in zip(data.bands, data.mean, data.std)))
-            model = build_clusternet(config.architecture, config.encoder, len(data.bands), config.feature_dim, k)
+            model = build_clusternet(config.architecture, config.encoder, len(data.bands), config.feature_dim, k,
+                                     config.band_share)
             model.to(torch_device)
 
             def draw(n: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -376,7 +380,7 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
                 pixel_size=data.res, crs_wkt=crs.to_wkt() if crs else None, crs_units=crs_units,
                 metrics={"objective": objective, "rounds": len(history),
                          "final_nmi_previous": history[-1]["nmi_previous"] if history else None},
-                extra={"feature_dim": config.feature_dim, "normalize": config.normalize, "whiten": config.whiten,
+                extra={"feature_dim": config.feature_dim, "band_share": config.band_share, "normalize": config.normalize, "whiten": config.whiten,
                        "input_multiple": multiple, "train_config": asdict(config),
                        "sources": data.paths[:100], "source_count": len(data.paths),
                        "cluster_sizes": [int(s) for s in sizes], "satseg_version": __version__})

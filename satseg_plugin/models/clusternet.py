@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict
 
 from ..engine.deps import require
-from ..engine.errors import CheckpointError, SatSegError
+from ..engine.errors import CheckpointError, InputError, SatSegError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -21,7 +21,7 @@ __all__ = ["build_clusternet", "clusternet_from_checkpoint"]
 
 
 def build_clusternet(architecture: str, encoder: str, in_channels: int, feature_dim: int, num_clusters: int,
-                     **kwargs: Any) -> "torch.nn.Module":
+                     band_share: float = 0.5, **kwargs: Any) -> "torch.nn.Module":
     """Build a randomly initialised ClusterNet.
 
     Args:
@@ -30,6 +30,7 @@ def build_clusternet(architecture: str, encoder: str, in_channels: int, feature_
         in_channels: input bands C.
         feature_dim: per-pixel feature channels D.
         num_clusters: cluster head outputs K.
+        band_share: share of the feature variance carried by the pixel's own bands (0: bands left out).
         **kwargs: passed to the backbone (``decoder_channels``, ``encoder_depth``).
 
     Returns:
@@ -49,14 +50,17 @@ def build_clusternet(architecture: str, encoder: str, in_channels: int, feature_
             self.backbone = backbone
             # normalised features keep k-means from being dominated by a few large channels
             self.norm = torch.nn.BatchNorm2d(feature_dim, affine=False)
-            self.band_weight = (feature_dim / in_channels) ** 0.5
+            if not 0.0 <= band_share < 1.0:
+                raise InputError(f"band_share must lie in [0, 1), got {band_share}.", "BAND_SHARE")
+            # unit-variance channels: C bands x w² = band_share x (D + C bands x w²)
+            self.band_weight = (band_share * feature_dim / ((1.0 - band_share) * in_channels)) ** 0.5
             self.head = torch.nn.Conv2d(feature_dim + in_channels, num_clusters, kernel_size=1)
             self.feature_dim, self.num_clusters = feature_dim, num_clusters
 
         def features(self, x: "torch.Tensor") -> "torch.Tensor":
             """``(N, D + C, H, W)``: the learned channels and the pixel's own normalised bands, the bands
-            weighted to carry as much variance as the D learned channels together (a pixel's colour is
-            always part of what it is clustered on)."""
+            weighted to carry ``band_share`` of the variance (a pixel's colour is part of what it is
+            clustered on)."""
             return torch.cat([self.norm(self.backbone(x)), x * self.band_weight], dim=1)
 
         def forward(self, x: "torch.Tensor") -> "torch.Tensor":
@@ -86,7 +90,7 @@ def clusternet_from_checkpoint(ckpt: "Checkpoint") -> "torch.nn.Module":
     kwargs: Dict[str, Any] = dict(meta.model_kwargs)
     try:
         model = build_clusternet(meta.architecture, meta.encoder, meta.in_channels, feature_dim,
-                                 len(meta.classes), **kwargs)
+                                 len(meta.classes), float(meta.extra.get("band_share", 0.5)), **kwargs)
     except (SatSegError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"'{name}' needs a {meta.architecture}/{meta.encoder} ClusterNet with "
                               f"{feature_dim} features, which this installation cannot build ({exc}). Update "

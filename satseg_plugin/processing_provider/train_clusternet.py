@@ -52,6 +52,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
     NORMALIZE = "NORMALIZE"
     BALANCE = "BALANCE"
     BOOTSTRAP = "BOOTSTRAP"
+    BAND_SHARE = "BAND_SHARE"
     LEARNING_RATE = "LEARNING_RATE"
     SEED = "SEED"
     OUTPUT_MODEL = "OUTPUT_MODEL"
@@ -74,7 +75,8 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
     def shortHelpString(self) -> str:  # noqa: N802, D102
         return self.tr(
             "Learns per-pixel features without labels. A size-keeping encoder-decoder (U-Net by default) gives "
-            "every pixel FEATURE_DIM learned channels plus its own normalised bands. Each round, the features of "
+            "every pixel FEATURE_DIM learned channels plus its own normalised bands (weighted to carry BAND_SHARE, "
+            "0.8, of the feature variance). Each round, the features of "
             "a fresh set of random crops are clustered with faiss k-means (optionally PCA-whitened, L2-normalised), "
             "every pixel takes its cluster as a pseudo-label, the cluster head is re-initialised and the network "
             "is trained with class-balanced cross-entropy (Adam, one optimiser per round). The first round's "
@@ -120,6 +122,8 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
                                                                                         "the loss"), True))
         self.add_advanced_parameter(QgsProcessingParameterBoolean(self.BOOTSTRAP, self.tr(
             "First round from k-means on the bands"), True))
+        self.add_advanced_parameter(number(self.BAND_SHARE, self.tr("Share of the features given to the bands"),
+                                           number.Double, 0.8, minValue=0.0, maxValue=0.99))
         self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-4,
                                            minValue=0))
         self.add_device_parameter()
@@ -165,6 +169,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
             sample_pixels=num(parameters, self.SAMPLE_PIXELS, context), whiten=flag(parameters, self.WHITEN, context),
             normalize=flag(parameters, self.NORMALIZE, context), balance=flag(parameters, self.BALANCE, context),
             bootstrap=flag(parameters, self.BOOTSTRAP, context),
+            band_share=self.parameterAsDouble(parameters, self.BAND_SHARE, context),
             learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             seed=num(parameters, self.SEED, context))
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
