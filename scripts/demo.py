@@ -38,6 +38,8 @@ class Demo:
         self.layers: List[QgsMapLayer] = []
         self.data: Dict[str, str] = {}
         self.summary: List[str] = []
+        #: extra PNG name -> layers (top first) rendered besides demo.png
+        self.views: Dict[str, List[QgsMapLayer]] = {}
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.out_dir, *parts)
@@ -58,8 +60,10 @@ class Demo:
         print(f"  {alg_id}")
         return processing.run(alg_id, params, context=context, feedback=Log())
 
-    def add(self, layer: QgsMapLayer, style: str = "") -> QgsMapLayer:
-        """Add a layer to the project (styled with a bundled SatSeg style if given), drawn above earlier ones."""
+    def add(self, layer: QgsMapLayer, style: str = "", main_view: bool = True) -> QgsMapLayer:
+        """Add a layer to the project (styled with a bundled SatSeg style if given), drawn above earlier ones.
+
+        Layers off the main view are added hidden and rendered in their own PNG (:attr:`views`)."""
         if not layer.isValid():
             raise RuntimeError(f"demo layer {layer.name()} is not valid: {layer.source()}")
         if style:
@@ -67,7 +71,10 @@ class Demo:
 
             layer.loadNamedStyle(style_path(style))
         self.project.addMapLayer(layer)
-        self.layers.insert(0, layer)
+        if main_view:
+            self.layers.insert(0, layer)
+        else:
+            self.project.layerTreeRoot().findLayer(layer.id()).setItemVisibilityChecked(False)
         return layer
 
 
@@ -97,23 +104,34 @@ def step_patching(demo: Demo) -> None:
     symbol.symbolLayer(0).setStrokeWidth(0.9)
 
 
-def _half_polygon(demo: Demo, west: bool) -> str:
-    """A one-polygon GeoPackage covering the west or east half of the scene (the demo's AOIs)."""
-    from qgis.core import QgsFeature, QgsGeometry, QgsVectorFileWriter
+def _write_polygons(demo: Demo, name: str, polygons: List[tuple]) -> str:
+    """A GeoPackage ``name`` in the scene's CRS from ``(QgsGeometry, class or None)`` pairs."""
+    from qgis.core import QgsFeature, QgsVectorFileWriter
 
-    scene = QgsRasterLayer(demo.data["scene"], "scene")
-    e = scene.extent()
-    mid = (e.xMinimum() + e.xMaximum()) / 2
-    rect = QgsRectangle(e.xMinimum(), e.yMinimum(), mid, e.yMaximum()) if west else \
-        QgsRectangle(mid, e.yMinimum(), e.xMaximum(), e.yMaximum())
-    layer = QgsVectorLayer(f"Polygon?crs={scene.crs().authid()}", "aoi", "memory")
-    feature = QgsFeature()
-    feature.setGeometry(QgsGeometry.fromRect(rect))
-    layer.dataProvider().addFeatures([feature])
-    path = demo.path(f"{'west' if west else 'east'}_half.gpkg")
+    crs = QgsRasterLayer(demo.data["scene"], "scene").crs().authid()
+    layer = QgsVectorLayer(f"Polygon?crs={crs}&field=class:string", name, "memory")
+    features = []
+    for geometry, cls in polygons:
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(geometry)
+        feature.setAttributes([cls])
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    path = demo.path(f"{name}.gpkg")
     QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, demo.project.transformContext(),
                                               QgsVectorFileWriter.SaveVectorOptions())
     return path
+
+
+def _half_polygon(demo: Demo, west: bool) -> str:
+    """A one-polygon GeoPackage covering the west or east half of the scene (the demo's AOIs)."""
+    from qgis.core import QgsGeometry
+
+    e = QgsRasterLayer(demo.data["scene"], "scene").extent()
+    mid = (e.xMinimum() + e.xMaximum()) / 2
+    rect = QgsRectangle(e.xMinimum(), e.yMinimum(), mid, e.yMaximum()) if west else \
+        QgsRectangle(mid, e.yMinimum(), e.xMaximum(), e.yMaximum())
+    return _write_polygons(demo, f"{'west' if west else 'east'}_half", [(QgsGeometry.fromRect(rect), None)])
 
 
 def step_segmentation(demo: Demo) -> None:
@@ -143,16 +161,173 @@ def step_segmentation(demo: Demo) -> None:
     demo.add(QgsVectorLayer(seg["OUTPUT_POLYGONS"], "Segmented buildings"), style="buildings")
 
 
-STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching, step_segmentation]
+def _demo_annotations(demo: Demo, buildings: int = 6, background: int = 6) -> str:
+    """A few annotations as a user would draw them: some building footprints and background squares (seeded)."""
+    import random
+
+    from qgis.core import QgsGeometry, QgsSpatialIndex
+
+    from sample_data.generate import read_buildings
+
+    rng = random.Random(4)
+    footprints = read_buildings(demo.data["buildings"])
+    chosen = rng.sample(footprints, buildings)
+    pairs = [(QgsGeometry.fromWkt(b.polygon.wkt), "building") for b in chosen]
+    index = QgsSpatialIndex()
+    for i, b in enumerate(footprints):
+        index.addFeature(i, QgsGeometry.fromWkt(b.polygon.wkt).boundingBox())
+    e = QgsRasterLayer(demo.data["scene"], "scene").extent()
+    while len(pairs) < buildings + background:
+        x = rng.uniform(e.xMinimum(), e.xMaximum() - 12)
+        y = rng.uniform(e.yMinimum(), e.yMaximum() - 12)
+        rect = QgsRectangle(x, y, x + 12, y + 12)
+        if not index.intersects(rect):
+            pairs.append((QgsGeometry.fromRect(rect), "other"))
+    return _write_polygons(demo, "cluster_annotations", pairs)
 
 
-def render(demo: Demo, png: str, size: int = 1400) -> None:
-    """Render the project's layers with QGIS's own map renderer."""
+def step_clustering(demo: Demo) -> None:
+    """Pixel clustering: ClusterNet without labels, a cluster raster, classes from 12 drawn polygons, scores."""
+    model = demo.run("satseg:trainclusternet", {
+        "INPUT": [demo.data["scene"]], "NUM_CLUSTERS": 16, "FEATURE_DIM": 16, "ROUNDS": 5, "STEPS_PER_ROUND": 15,
+        "CROPS_PER_ROUND": 24, "SEED": 0, "OUTPUT_MODEL": demo.path("clusternet.satseg"),
+        "OUTPUT_LOG": demo.path("clusternet_rounds.csv")})
+    clusters = demo.run("satseg:clusterraster", {
+        "INPUT": demo.data["scene"], "MODEL": model["OUTPUT_MODEL"], "OUTPUT": demo.path("clusters.tif")})
+    buildings = demo.data["buildings"] + "|layername=buildings"
+    scores = demo.run("satseg:evaluateclusters", {"INPUT": clusters["OUTPUT"], "REFERENCE": buildings,
+                                                  "OUTPUT_TABLE": demo.path("cluster_scores.csv")})
+    annotations = _demo_annotations(demo)
+    classes = demo.run("satseg:clusterstoclasses", {
+        "INPUT": clusters["OUTPUT"], "ANNOTATIONS": annotations, "CLASS_FIELD": "class",
+        "RASTER": demo.data["scene"], "MODEL": model["OUTPUT_MODEL"], "OUTPUT": demo.path("classes.tif"),
+        "OUTPUT_CLUSTERS": demo.path("clusters_split.tif"), "OUTPUT_POLYGONS": demo.path("class_polygons.gpkg"),
+        "OUTPUT_REPORT": demo.path("cluster_decisions.csv")})
+    class_score = demo.run("satseg:evaluateclusters", {"INPUT": classes["OUTPUT"], "REFERENCE": buildings,
+                                                       "KEEP_THRESHOLD": 0.5})
+    summary = (f"ClusterNet (16 clusters, no labels): best reachable building Dice {scores['BEST_DICE']:.3f}, "
+               f"purity {scores['PURITY']:.3f}, NMI {scores['NMI']:.3f}; classes from 12 drawn polygons "
+               f"({classes['SPLITS']} cluster(s) split): building Dice {class_score['DICE']:.3f}")
+    print(f"    {summary}")
+    demo.summary.append(summary)
+    from satseg_plugin.processing_provider.styling import palette_renderer
+
+    view = []
+    for path, title, labels in ((classes["OUTPUT"], "Classes from 12 annotations", {1: "building", 2: "other"}),
+                                (clusters["OUTPUT"], "ClusterNet clusters", {i: f"cluster {i}" for i in range(1, 17)})):
+        layer = QgsRasterLayer(path, title)
+        layer.setRenderer(palette_renderer(layer, labels))
+        view.append(demo.add(layer, main_view=False))
+    annotation_layer = demo.add(QgsVectorLayer(annotations, "Cluster annotations"), main_view=False)
+    annotation_layer.loadNamedStyle(os.path.join(ROOT, "scripts", "styles", "truth_outline.qml"))
+    demo.views["clusters.png"] = [annotation_layer] + view
+
+
+def _scene_annotations(demo: Demo, regions_path: str, boxes: int = 10, side: float = 96.0) -> str:
+    """What a person would draw: a few squares over the mosaic, each labelled with the region class under its
+    centre, clipped to that region (seeded), in a layer made by satseg:createannotationlayer."""
+    import random
+
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY
+
+    from sample_data.generate import read_regions
+
+    layer_path = demo.run("satseg:createannotationlayer", {
+        "CLASSES": "urban,rural,uninhabited", "CRS": "EPSG:32633", "OUTPUT": demo.path("scene_annotations.gpkg")})
+    layer = QgsVectorLayer(layer_path["OUTPUT"], "Scene annotations", "ogr")
+    regions = [(QgsGeometry.fromWkt(poly.wkt), cls) for poly, cls in read_regions(regions_path)]
+    extent = QgsRasterLayer(demo.data["mosaic"], "mosaic").extent()
+    rng = random.Random(7)
+    features, seen = [], {}
+    while len(features) < boxes:
+        x = rng.uniform(extent.xMinimum(), extent.xMaximum() - side)
+        y = rng.uniform(extent.yMinimum(), extent.yMaximum() - side)
+        square = QgsGeometry.fromRect(QgsRectangle(x, y, x + side, y + side))
+        centre = QgsGeometry.fromPointXY(QgsPointXY(x + side / 2, y + side / 2))
+        region, cls = next((g, c) for g, c in regions if g.contains(centre))
+        if seen.get(cls, 0) >= boxes // 3 + 1:
+            continue  # keep the three classes about equally drawn
+        seen[cls] = seen.get(cls, 0) + 1
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(square.intersection(region))
+        feature.setAttribute("class", cls)
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    return layer_path["OUTPUT"]
+
+
+def step_scene_clustering(demo: Demo) -> None:
+    """Scene clustering: annotate a mosaic, label patches, mean-teacher classifier, DeepCluster, clusters."""
+    from sample_data.generate import generate_mosaic
+
+    mosaic = generate_mosaic(os.path.join(ROOT, "sample_data", "generated", "mosaic"), size=1024, seed=0)
+    demo.data["mosaic"] = mosaic["scene"]
+    patches = demo.run("satseg:patchraster", {
+        "INPUT": mosaic["scene"], "PATCH_WIDTH": 64, "PATCH_HEIGHT": 64, "OUTPUT_DIR": demo.path("mosaic_patches"),
+        "OUTPUT_INDEX": demo.path("mosaic_patch_index.gpkg")})
+    annotations = _scene_annotations(demo, mosaic["regions"])
+    labelled = demo.run("satseg:labelpatches", {
+        "PATCH_INDEX": patches["OUTPUT_INDEX"], "ANNOTATIONS": annotations, "CLASS_FIELD": "class",
+        "OUTPUT": demo.path("labelled_patches.gpkg")})
+    pretrained = demo.run("satseg:pretrainscene", {
+        "PATCH_INDEX": labelled["OUTPUT"], "EPOCHS": 12, "BATCH_SIZE": 32, "LEARNING_RATE": 3e-3, "EMA_DECAY": 0.95,
+        "RAMPUP": 4, "SEED": 0, "OUTPUT_MODEL": demo.path("scene_classifier.satseg"),
+        "OUTPUT_LOG": demo.path("scene_classifier_log.csv"), "OUTPUT": demo.path("predicted_patches.gpkg")})
+    clustered = demo.run("satseg:deepcluster", {
+        "PATCH_INDEX": pretrained["OUTPUT"], "MODEL": pretrained["OUTPUT_MODEL"], "K": 20, "EPOCHS": 2,
+        "PCA_DIM": 16, "K_MIN": 2, "K_MAX": 10, "SEED": 0, "OUTPUT_FEATURES": demo.path("scene_features.safetensors"),
+        "OUTPUT_TABLE": demo.path("silhouette.csv"), "OUTPUT_PLOT": demo.path("silhouette.png")})
+    city_k = int(clustered["SUGGESTED_CITY_K"] or 2)
+    rural_k = int(clustered["SUGGESTED_RURAL_K"] or 2)
+    extracted = demo.run("satseg:extractclusters", {
+        "PATCH_INDEX": pretrained["OUTPUT"], "FEATURES": clustered["OUTPUT_FEATURES"], "CITY_K": city_k,
+        "RURAL_K": rural_k, "SEED": 0, "OUTPUT": demo.path("patch_clusters.gpkg")})
+    truth = _patch_truth(mosaic["regions"], pretrained["OUTPUT"])
+    summary = (f"Scene classifier from {labelled['LABELLED']} labelled of {patches['PATCH_COUNT']} patches: held-out "
+               f"accuracy {pretrained['VAL_ACCURACY']:.3f}, accuracy on every patch against the mosaic's regions "
+               f"{truth:.3f}; DeepCluster silhouette peaks: {clustered['SUGGESTED']}")
+    print(f"    {summary}")
+    demo.summary.append(summary)
+    from satseg_plugin.processing_provider.styling import style_annotation_layer
+
+    clusters_layer = QgsVectorLayer(extracted["OUTPUT"], "Patch clusters (urban 1.., rural, uninhabited last)")
+    ids = sorted({f["cluster"] for f in clusters_layer.getFeatures()})
+    style_annotation_layer(clusters_layer, "cluster", [str(i) for i in ids], value_map=False)
+    annotation_layer = QgsVectorLayer(annotations, "Scene annotations")
+    style_annotation_layer(annotation_layer, "class", ["urban", "rural", "uninhabited"], value_map=False)
+    view = [demo.add(annotation_layer, main_view=False), demo.add(clusters_layer, main_view=False),
+            demo.add(QgsRasterLayer(mosaic["scene"], "Mosaic (urban, rural, uninhabited)"), main_view=False)]
+    demo.views["scene_clusters.png"] = view
+
+
+def _patch_truth(regions_path: str, predicted_path: str) -> float:
+    """Share of patches whose predicted class is the region class covering most of the patch."""
+    from qgis.core import QgsGeometry
+
+    from sample_data.generate import read_regions
+
+    regions = [(QgsGeometry.fromWkt(poly.wkt), cls) for poly, cls in read_regions(regions_path)]
+    layer = QgsVectorLayer(predicted_path, "predicted")
+    hits = total = 0
+    for feature in layer.getFeatures():
+        geom = feature.geometry()
+        best = max(regions, key=lambda r: r[0].intersection(geom).area())[1]
+        hits += best == feature["pred_class"]
+        total += 1
+    return hits / max(total, 1)
+
+
+STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching, step_segmentation, step_clustering,
+                                       step_scene_clustering]
+
+
+def render(layers: List[QgsMapLayer], png: str, size: int = 1400) -> None:
+    """Render layers (top first) with QGIS's own map renderer."""
     settings = QgsMapSettings()
-    settings.setLayers(demo.layers)
-    settings.setDestinationCrs(demo.layers[-1].crs())
+    settings.setLayers(layers)
+    settings.setDestinationCrs(layers[-1].crs())
     extent = QgsRectangle()
-    for layer in demo.layers:
+    for layer in layers:
         extent.combineExtentWith(layer.extent())
     extent.grow(extent.width() * 0.02)
     settings.setExtent(extent)
@@ -168,6 +343,8 @@ def render(demo: Demo, png: str, size: int = 1400) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
+    parser.add_argument("--only", nargs="+", metavar="STEP", choices=[s.__name__[5:] for s in STEPS],
+                        help="run only these steps (developers; e.g. --only scene_clustering)")
     args = parser.parse_args(argv)
     app = QgsApplication([], False)
     app.initQgis()
@@ -182,15 +359,19 @@ def main(argv=None) -> int:
     if os.path.isdir(demo.out_dir):
         shutil.rmtree(demo.out_dir)
     os.makedirs(demo.out_dir)
-    for step in STEPS:
+    for step in [s for s in STEPS if not args.only or s.__name__[5:] in args.only]:
         started = time.time()
         print(f"[demo] {step.__doc__.splitlines()[0]}")
         step(demo)
         print(f"[demo]   done in {time.time() - started:.1f} s")
-    demo.project.setCrs(demo.layers[-1].crs())
+    any_layers = demo.layers or next(iter(demo.views.values()))
+    demo.project.setCrs(any_layers[-1].crs())
     project_file = demo.path("demo.qgz")
     demo.project.write(project_file)
-    render(demo, demo.path("demo.png"))
+    if demo.layers:
+        render(demo.layers, demo.path("demo.png"))
+    for name, layers in demo.views.items():
+        render(layers, demo.path(name))
     with open(demo.path("summary.txt"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(demo.summary) + "\n")
     for line in demo.summary:
