@@ -752,14 +752,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     feat_ch = 32 + 3
 
     def row_features_mib(width: int, t: int) -> float:
-        """Feature arrays alive while a tile row is assembled (from the code): every batch of the row."""
-        from satseg_plugin.engine.cluster_map import core_spans
-
-        cols = len(core_spans(width, t, t // 4))
-        return cols * feat_ch * t * t * 4 / 2**20
+        """Arrays that grow with the width (from the code): the uint16 ids of one tile row's cores (the
+        strip being assembled); the features alive are one batch's, whatever the width."""
+        return t * width * 2 / 2**20
 
     mem_rows = ["| Raster (W x H) | Mpx | Tiles | Time in child (s) | Mpx/s | Forward / id assignment (s) | "
-                "Peak RSS (MiB) | Above the import floor (MiB) | x the first run | Features of one tile row, from the "
+                "Peak RSS (MiB) | Above the import floor (MiB) | x the first run | Id strip of one tile row, from the "
                 "code (MiB) |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for label, w, h, r in mem:
         above = r.maxrss_mib - floor.maxrss_mib
@@ -894,10 +892,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         *([f"Skipped: {'; '.join(skipped)}."] if skipped else []),
         *([strip_line] if strip_line else []),
         "",
-        f"Features of one tile row: `core_blocks` yields a whole tile row at once, and each core it yields is a view "
-        f"into its batch's `(batch, {feat_ch}, tile, tile)` float32 feature array, so every feature array of the row "
-        f"stays alive until the row is written: columns of tiles x {feat_ch} x {tile}^2 x 4 bytes, growing with the "
-        "raster's width.",
+        f"Memory: `core_blocks` yields one batch of tiles at a time and its `(batch, {feat_ch}, tile, tile)` float32 "
+        "features are released before the next batch is computed; what grows with the raster's width is only the "
+        "uint16 id strip of the tile row being assembled (tile x width x 2 bytes).",
         "",
         f"Threads: every child ran with {threads} torch and faiss thread(s). A probe child timed the two halves of "
         f"the work with 1 and 2 threads (best of 2 each, same process): the tiny model's forward on a batch of 4 "

@@ -199,7 +199,7 @@ def _split_centroids(source: str, model_path: str, cluster_path: str, labels: La
         bounds = rasterio.windows.bounds(Window(x0, y0, w, h), clusters.transform)
         config = ClusterMapConfig(tile_size=tile, overlap=overlap, bounds=bounds)
         grid = _grid(src, cm, config)
-        for r0, r1, cores in core_blocks(src, cm, grid, config, feedback):
+        for r0, r1, cores, _row_done in core_blocks(src, cm, grid, config, feedback):
             for c0, c1, feats, empty in cores:
                 win = Window(c0, r0, c1 - c0, r1 - r0)
                 lab = labels.rasterize(src.window_transform(win), (r1 - r0, c1 - c0))

@@ -194,10 +194,12 @@ def _check_model_fits(src: rasterio.DatasetReader, cm: ClusterModel, feedback: F
 
 def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, config: ClusterMapConfig,
                 feedback: Feedback):
-    """Per tile row ``(r0, r1, cores)``, rows clipped to the region, top to bottom.
+    """Per batch of tiles ``(r0, r1, cores, row_done)``, tile rows top to bottom, rows clipped to the region.
 
-    ``cores`` lists ``(c0, c1, features (D, r1 - r0, c1 - c0), empty (r1 - r0, c1 - c0))`` per tile: the
-    tile's core clipped to the region, in raster pixel coordinates.
+    ``cores`` lists ``(c0, c1, features (D, r1 - r0, c1 - c0), empty (r1 - r0, c1 - c0))`` per tile of the
+    batch: the tile's core clipped to the region, in raster pixel coordinates. ``row_done`` is True on the
+    last batch of a tile row. Consumers must be done with a batch's features before asking for the next:
+    only one batch of features is alive at a time, so memory does not grow with the raster's width.
     """
     torch = cm.torch
     from .device import shrink_batch_after_oom  # noqa: PLC0415
@@ -209,7 +211,6 @@ def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, conf
     for ty, ry0, ry1 in grid.rows:
         check_canceled(feedback)
         r0, r1 = max(ry0, y0), min(ry1, y0 + height)
-        cores = []
         start = 0
         while start < len(grid.cols):
             check_canceled(feedback)
@@ -230,12 +231,15 @@ def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, conf
             except torch.cuda.OutOfMemoryError:
                 batch_size = shrink_batch_after_oom(batch_size, feedback, "tile", "Lower TILE_SIZE or use DEVICE=cpu.")
                 continue
+            del raws
+            cores = []
             for (tx, cx0, cx1), f, empty in zip(chunk, feats, empties):
                 c0, c1 = max(cx0, x0), min(cx1, x0 + width)
                 rows, cols = slice(r0 - ty, r1 - ty), slice(c0 - tx, c1 - tx)
                 cores.append((c0, c1, f[:, rows, cols], empty[rows, cols]))
             start += len(chunk)
-        yield r0, r1, cores
+            yield r0, r1, cores, start >= len(grid.cols)
+            del feats, cores
 
 
 class _Nothing:
@@ -308,14 +312,19 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                 dst.update_tags(satseg_tile=grid.tile, satseg_overlap=grid.overlap, satseg_model=os.path.basename(
                     model_path))
                 dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*c, 255) for i, c in enumerate(_palette(top))}})
-                for done, (r0, r1, cores) in enumerate(core_blocks(src, cm, grid, config, feedback), start=1):
-                    strip = np.full((r1 - r0, width), CLUSTER_NODATA, np.uint16)
+                strip, done = None, 0
+                for r0, r1, cores, row_done in core_blocks(src, cm, grid, config, feedback):
+                    if strip is None:
+                        strip = np.full((r1 - r0, width), CLUSTER_NODATA, np.uint16)
                     for c0, c1, feats, empty in cores:
                         keep = ~empty
                         if keep.any():
                             rows = np.ascontiguousarray(feats[:, keep].T)
                             ids = cm.assign(rows, splits)
                             strip[:, c0 - x0:c1 - x0][keep] = ids
+                    if not row_done:
+                        continue
+                    done += 1
                     if config.mask is not None:
                         from rasterio.features import geometry_mask  # noqa: PLC0415
 
@@ -327,6 +336,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                         strip[before == (previous.nodata if previous.nodata is not None else 0)] = CLUSTER_NODATA
                     counts += np.bincount(strip.ravel(), minlength=top + 1)[:top + 1]
                     dst.write(strip[None], window=Window(0, r0 - y0, width, r1 - r0))
+                    strip = None
                     feedback.set_progress(95.0 * done / len(grid.rows))
                 check_canceled(feedback)
                 if min(width, height) >= 1024:

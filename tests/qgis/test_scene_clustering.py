@@ -107,3 +107,67 @@ def test_qgis_process_label_patches(qgis_process, chain, tmp_path):
     qgis_process("run", "satseg:labelpatches", "--", f"PATCH_INDEX={chain['patches']['OUTPUT_INDEX']}",
                  f"ANNOTATIONS={chain['mosaic']['regions']}", "CLASS_FIELD=class", f"OUTPUT={out}")
     assert QgsVectorLayer(str(out)).featureCount() == chain["patches"]["PATCH_COUNT"]
+
+
+def test_chain_runs_as_a_graphical_model(qgis_app, tmp_path):
+    """patchraster -> labelpatches -> pretrainscene -> deepcluster -> extractclusters wired as a Processing model."""
+    import processing
+    from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
+                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
+                           QgsProcessingModelParameter, QgsProcessingParameterRasterLayer,
+                           QgsProcessingParameterVectorLayer)
+
+    static = QgsProcessingModelChildParameterSource.fromStaticValue
+    parent = QgsProcessingModelChildParameterSource.fromChildOutput
+    model = QgsProcessingModelAlgorithm("scene chain", "satseg tests")
+    model.addModelParameter(QgsProcessingParameterRasterLayer("raster", "Raster"), QgsProcessingModelParameter("raster"))
+    model.addModelParameter(QgsProcessingParameterVectorLayer("annotations", "Annotations"),
+                            QgsProcessingModelParameter("annotations"))
+
+    def child(child_id, alg_id, sources, outputs=()):
+        step = QgsProcessingModelChildAlgorithm(alg_id)
+        step.setChildId(child_id)
+        for name, source in sources.items():
+            step.addParameterSources(name, [source])
+        # as the modeler dialog does: every other input starts at its default value
+        for definition in QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinitions():
+            if definition.name() not in sources and not definition.isDestination() and \
+                    definition.defaultValue() is not None:
+                step.addParameterSources(definition.name(), [static(definition.defaultValue())])
+        step.setModelOutputs({f"{child_id}_{o}": _model_output(QgsProcessingModelOutput, f"{child_id}_{o}",
+                                                               child_id, o) for o in outputs})
+        model.addChildAlgorithm(step)
+
+    child("patch", "satseg:patchraster", {
+        "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("raster"), "PATCH_WIDTH": static(32),
+        "PATCH_HEIGHT": static(32), "OUTPUT_DIR": static(str(tmp_path / "patches"))})
+    child("label", "satseg:labelpatches", {
+        "PATCH_INDEX": parent("patch", "OUTPUT_INDEX"),
+        "ANNOTATIONS": QgsProcessingModelChildParameterSource.fromModelParameter("annotations"),
+        "CLASS_FIELD": static("class"), "CLASSES": static("urban,rural,uninhabited")})
+    child("pretrain", "satseg:pretrainscene", {
+        "PATCH_INDEX": parent("label", "OUTPUT"), "EPOCHS": static(1), "DEVICE": static(1),
+        "OUTPUT_MODEL": static(str(tmp_path / "scene.satseg"))})
+    child("cluster", "satseg:deepcluster", {
+        "PATCH_INDEX": parent("pretrain", "OUTPUT"), "GROUP_FIELD": static("label"),
+        "MODEL": parent("pretrain", "OUTPUT_MODEL"), "K": static(4), "EPOCHS": static(0), "PCA_DIM": static(4),
+        "K_MIN": static(2), "K_MAX": static(3), "DEVICE": static(1),
+        "OUTPUT_FEATURES": static(str(tmp_path / "features.safetensors"))})
+    child("extract", "satseg:extractclusters", {
+        "PATCH_INDEX": parent("pretrain", "OUTPUT"), "FEATURES": parent("cluster", "OUTPUT_FEATURES"),
+        "CITY_K": static(2), "RURAL_K": static(2)}, outputs=("OUTPUT",))
+    ok, errors = model.validate()
+    assert ok, errors
+    mosaic = generate_mosaic(str(tmp_path / "mosaic"), size=256, seed=4)
+    result = processing.run(model, {"raster": mosaic["scene"], "annotations": mosaic["regions"] + "|layername=regions",
+                                    "extract:extract_OUTPUT": str(tmp_path / "clusters.gpkg")})
+    layer = QgsVectorLayer(result["extract:extract_OUTPUT"])
+    assert layer.featureCount() == 64
+    assert {f["cluster"] for f in layer.getFeatures()} <= set(range(1, 6))
+
+
+def _model_output(cls, name, child_id, output):
+    out = cls(name)
+    out.setChildId(child_id)
+    out.setChildOutputName(output)
+    return out
