@@ -10,7 +10,6 @@ crops are drawn anywhere on the raster, edges included.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -23,7 +22,7 @@ from .errors import InputError
 from .kmeans import Whitening, kmeans, l2_normalize, nearest_centroid, nmi
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from .raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
-from .staging import StagedFile
+from .staging import write_csv_rows
 
 __all__ = ["ClusterNetConfig", "ClusterTrainResult", "FeatureTransform", "train_clusternet", "IGNORE_INDEX"]
 
@@ -391,14 +390,7 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
     save_checkpoint(model_path, tensors, metadata)
     written_log = None
     if log_path and history:
-        staged = StagedFile(log_path, parameter="OUTPUT_LOG")
-        with staged as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-                writer.writeheader()
-                writer.writerows(history)
-            staged.commit()
-        written_log = os.path.abspath(log_path)
+        written_log = write_csv_rows(log_path, history, "OUTPUT_LOG")
     feedback.set_progress(100.0)
     feedback.info(f"Final k-means objective {objective:.4g}; model written to {model_path}.")
     return ClusterTrainResult(os.path.abspath(model_path), written_log, history, objective,

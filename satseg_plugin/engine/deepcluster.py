@@ -17,7 +17,6 @@ k-means, clusters ordered by size then position, not by faiss's internal order).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from .kmeans import Whitening, kmeans, l2_normalize, nmi, silhouette
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 from .scene_data import load_patches
 from .scene_training import _batches, augment_scenes
-from .staging import StagedDirectory, StagedFile
+from .staging import StagedDirectory, StagedFile, write_csv_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -218,14 +217,7 @@ def _write_features(path: str, features: np.ndarray, index: np.ndarray, row_grou
 
 
 def _write_table(path: str, rows: List[Dict[str, Any]]) -> str:
-    staged = StagedFile(path, parameter="OUTPUT_TABLE")
-    with staged as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["group", "k", "silhouette", "inertia"])
-            writer.writeheader()
-            writer.writerows({key: row[key] for key in ("group", "k", "silhouette", "inertia")} for row in rows)
-        staged.commit()
-    return os.path.abspath(path)
+    return write_csv_rows(path, rows, "OUTPUT_TABLE", ("group", "k", "silhouette", "inertia"))
 
 
 def _write_plot(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, int]) -> str:

@@ -16,7 +16,6 @@ seeded.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import time
@@ -30,7 +29,7 @@ from .deps import require
 from .errors import InputError
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from .scene_data import load_patches
-from .staging import StagedFile
+from .staging import write_csv_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -358,14 +357,7 @@ def _check_labels(labels: Any, n: int, names: List[str]) -> np.ndarray:
 
 
 def _write_log(path: str, history: List[Dict[str, Any]]) -> str:
-    staged = StagedFile(path, parameter="OUTPUT_LOG")
-    with staged as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
-        staged.commit()
-    return os.path.abspath(path)
+    return write_csv_rows(path, history, "OUTPUT_LOG")
 
 
 def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequence[str], model_path: str,

@@ -10,11 +10,11 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import List, Optional
+from typing import Any, List, Mapping, Optional, Sequence
 
 from .errors import OutputError
 
-__all__ = ["MARKER_NAME", "StagedDirectory", "StagedFile"]
+__all__ = ["MARKER_NAME", "StagedDirectory", "StagedFile", "write_csv_rows"]
 
 #: File SatSeg writes into every output folder; only such folders may be replaced with OVERWRITE.
 MARKER_NAME = "satseg_manifest.json"
@@ -177,3 +177,19 @@ class StagedFile:
             self.tmp = None
             if exc_type is not None:
                 _remove_created(self._created)
+
+
+def write_csv_rows(path: str, rows: Sequence[Mapping[str, Any]], parameter: Optional[str] = None,
+                   fields: Optional[Sequence[str]] = None) -> str:
+    """Write dict rows as a CSV file (header = ``fields`` or the first row's keys), staged; returns the path."""
+    import csv  # noqa: PLC0415
+
+    names = list(fields) if fields is not None else list(rows[0]) if rows else []
+    staged = StagedFile(path, parameter=parameter)
+    with staged as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=names, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        staged.commit()
+    return os.path.abspath(path)

@@ -7,7 +7,6 @@ never random pixels, so the score measures how the model does on ground it has n
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -26,7 +25,7 @@ from .labels import IGNORE, LabelSet
 from .normalization import band_statistics, normalize
 from .progress import Feedback, NullFeedback, check_canceled
 from .raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
-from .staging import StagedFile
+from .staging import StagedFile, write_csv_rows
 
 __all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
 
@@ -479,14 +478,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     save_checkpoint(model_path, model_tensors(model), metadata)
     written_log = written_plot = None
     if log_path and history:
-        staged = StagedFile(log_path, parameter="OUTPUT_LOG")
-        with staged as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-                writer.writeheader()
-                writer.writerows(history)
-            staged.commit()
-        written_log = os.path.abspath(log_path)
+        written_log = write_csv_rows(log_path, history, "OUTPUT_LOG")
     if plot_path and history:
         staged = StagedFile(plot_path, parameter="OUTPUT_PLOT", suffix=".png")
         with staged as tmp:
