@@ -13,6 +13,7 @@ ids, independent of D and of the raster size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -242,16 +243,6 @@ def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, conf
             del feats, cores
 
 
-class _Nothing:
-    """A do-nothing context manager (``contextlib.nullcontext`` without the import)."""
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> ClusterModel:
     """Resolve the device and load a ClusterNet model file on it."""
     from .device import describe_device, resolve_device  # noqa: PLC0415
@@ -305,7 +296,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         if previous is not None and (previous.width, previous.height) != (width, height):
             previous.close()
             raise InputError("the earlier cluster raster does not match the region being clustered.", "INPUT")
-        with staged as tmp, (previous or _Nothing()):
+        with staged as tmp, (previous or contextlib.nullcontext()):
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.set_band_description(1, "cluster")
                 # how the ids were made, so a later split recomputes features with the same tiles
