@@ -31,12 +31,7 @@ URBAN, RURAL = np.arange(12), np.arange(12, 24)
 TINY = DeepClusterConfig(k=4, epochs=1, pca_dim=4, k_min=2, k_max=5, batch_size=6, kmeans_iterations=10, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ TINY = SceneTrainConfig(epochs=6, batch_size=13, learning_rate=3e-3, ema_decay=0
                         val_fraction=0.3, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

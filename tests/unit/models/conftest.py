@@ -1,17 +1,8 @@
-"""Model tests run torch on one thread: the tensors are tiny, and on a busy shared CPU torch's thread pool
-makes a 64 px forward pass take seconds instead of milliseconds."""
+"""Every model test runs torch on one thread (the shared ``one_torch_thread`` fixture)."""
 
 import pytest
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _models_on_one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
