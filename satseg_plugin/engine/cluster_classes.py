@@ -17,10 +17,10 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from .errors import InputError, OutputError
+from .errors import InputError
 from .labels import LabelSet
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from .raster import geotiff_profile, open_raster, pixel_window, raster_env
+from .raster import check_geotiff_name, geotiff_profile, open_raster, overview_factors, pixel_window, raster_env
 from .staging import StagedFile
 
 __all__ = ["ClusterDecision", "ClassMapResult", "parse_mapping", "count_annotations", "decide", "cluster_settings",
@@ -237,9 +237,7 @@ def _class_palette(n: int) -> Dict[int, Tuple[int, int, int, int]]:
 def _write_classes(cluster_path: str, output_path: str, lut: np.ndarray, class_names: Sequence[str],
                    feedback: Feedback, strip_rows: int = 512) -> Dict[str, int]:
     """Stream the cluster raster through a lookup table into a uint8 class raster on the same grid."""
-    if os.path.splitext(output_path)[1].lower() not in (".tif", ".tiff"):
-        raise OutputError(f"SatSeg writes GeoTIFF rasters; give a file name ending in .tif, not '{output_path}'.",
-                          "OUTPUT")
+    check_geotiff_name(output_path, "OUTPUT")
     counts = np.zeros(256, np.int64)
     with raster_env(), open_raster(cluster_path, "INPUT") as src:
         profile = geotiff_profile(src.width, src.height, 1, "uint8", src.crs, src.transform, CLASS_NODATA, level=1)
@@ -260,10 +258,10 @@ def _write_classes(cluster_path: str, output_path: str, lut: np.ndarray, class_n
                     counts += np.bincount(out.ravel(), minlength=256)
                     dst.write(out[None], window=win)
                     feedback.set_progress(90.0 * min(1.0, (y + strip_rows) / src.height))
-                if min(src.width, src.height) >= 1024:
+                factors = overview_factors(src.width, src.height)
+                if factors:
                     from rasterio.enums import Resampling  # noqa: PLC0415
 
-                    factors = [f for f in (2, 4, 8, 16, 32) if min(src.width, src.height) // f >= 256]
                     dst.build_overviews(factors, Resampling.mode)
             staged.commit()
     result = {name: int(counts[i]) for i, name in enumerate(class_names, start=1)}

@@ -24,10 +24,11 @@ import rasterio
 from rasterio.windows import Window
 
 from .deps import require
-from .errors import InputError, OutputError
+from .errors import InputError
 from .grid import axis_offsets
 from .progress import Feedback, NullFeedback, check_canceled
-from .raster import check_georeferencing, geotiff_profile, nodata_pixels, open_raster, pixel_window, raster_env
+from .raster import (bounds_region, check_geotiff_name, check_georeferencing, check_model_fits, geotiff_profile,
+                     nodata_pixels, open_raster, overview_factors, raster_env)
 from .staging import StagedFile
 
 __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "core_spans", "core_blocks", "cluster_raster",
@@ -166,31 +167,12 @@ def _grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfi
     overlap = tile // 4 if config.overlap is None else int(config.overlap)
     if not 0 <= overlap < tile:
         raise InputError(f"must be at least 0 and less than the tile size ({tile}), got {overlap}.", "OVERLAP")
-    if config.bounds is None:
-        region = (0, 0, src.width, src.height)
-    else:
-        region = pixel_window(src.transform, config.bounds, src.width, src.height)
-        if region is None:
-            raise InputError("the extent does not overlap the raster (it is compared in the raster's CRS).",
-                             "EXTENT")
+    region = bounds_region(src, config.bounds)
     x0, y0, width, height = region
     # the grid is the whole raster's, so an extent run gives the same ids as a whole-raster run
     cols = [c for c in core_spans(src.width, tile, overlap) if c[2] > x0 and c[1] < x0 + width]
     rows = [r for r in core_spans(src.height, tile, overlap) if r[2] > y0 and r[1] < y0 + height]
     return _Grid(tile, overlap, region, rows, cols)
-
-
-def _check_model_fits(src: rasterio.DatasetReader, cm: ClusterModel, feedback: Feedback) -> None:
-    bands = list(cm.metadata.bands)
-    if max(bands) > src.count:
-        raise InputError(f"the model reads bands {bands}, but the raster has {src.count} band(s). Use a raster "
-                         "with the bands the model was trained on.", "INPUT")
-    res = (abs(src.res[0]), abs(src.res[1]))
-    model_res = tuple(cm.metadata.pixel_size or ())
-    if len(model_res) == 2 and all(model_res) and any(abs(r / m - 1) > 0.25 for r, m in zip(res, model_res)):
-        feedback.warning(f"The raster's pixels ({res[0]:g} x {res[1]:g}) differ from those the model was trained "
-                         f"on ({model_res[0]:g} x {model_res[1]:g}) by more than 25 %; clusters may not match "
-                         "those of the training rasters. Resample the raster to the model's pixel size.")
 
 
 def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, config: ClusterMapConfig,
@@ -275,15 +257,13 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         The output path and per-cluster pixel counts (index i = cluster i + 1, new ids of splits included).
     """
     feedback = feedback or NullFeedback()
-    if os.path.splitext(output_path)[1].lower() not in (".tif", ".tiff"):
-        raise OutputError(f"SatSeg writes GeoTIFF rasters; give a file name ending in .tif, not '{output_path}'.",
-                          "OUTPUT")
+    check_geotiff_name(output_path, "OUTPUT")
     cm = open_cluster_model(model_path, device, feedback)
     k = cm.num_clusters
     top = max([k] + [max(ids) for _, ids in (splits or {}).values()])
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
-        _check_model_fits(src, cm, feedback)
+        check_model_fits(src, cm.metadata.bands, cm.metadata.pixel_size, feedback)
         grid = _grid(src, cm, config)
         x0, y0, width, height = grid.region
         feedback.info(f"Clustering {len(grid.cols) * len(grid.rows)} tiles of {grid.tile} px (overlap "
@@ -330,10 +310,10 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                     strip = None
                     feedback.set_progress(95.0 * done / len(grid.rows))
                 check_canceled(feedback)
-                if min(width, height) >= 1024:
+                factors = overview_factors(width, height)
+                if factors:
                     from rasterio.enums import Resampling  # noqa: PLC0415
 
-                    factors = [f for f in (2, 4, 8, 16, 32) if min(width, height) // f >= 256]
                     dst.build_overviews(factors, Resampling.mode)
             staged.commit()
     feedback.set_progress(100.0)

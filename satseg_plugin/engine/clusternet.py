@@ -379,8 +379,8 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
                 pixel_size=data.res, crs_wkt=crs.to_wkt() if crs else None, crs_units=crs_units,
                 metrics={"objective": objective, "rounds": len(history),
                          "final_nmi_previous": history[-1]["nmi_previous"] if history else None},
-                extra={"feature_dim": config.feature_dim, "band_share": config.band_share, "normalize": config.normalize, "whiten": config.whiten,
-                       "input_multiple": multiple, "train_config": asdict(config),
+                extra={"feature_dim": config.feature_dim, "band_share": config.band_share,
+                       "normalize": config.normalize, "whiten": config.whiten, "input_multiple": multiple, "train_config": asdict(config),
                        "sources": data.paths[:100], "source_count": len(data.paths),
                        "cluster_sizes": [int(s) for s in sizes], "satseg_version": __version__})
         finally:

@@ -19,10 +19,11 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .deps import require
-from .errors import InputError, OutputError
+from .errors import InputError
 from .grid import axis_offsets
 from .progress import Feedback, NullFeedback, check_canceled
-from .raster import check_georeferencing, geotiff_profile, nodata_pixels, open_raster, pixel_window, raster_env
+from .raster import (bounds_region, check_geotiff_name, check_georeferencing, check_model_fits, geotiff_profile,
+                     nodata_pixels, open_raster, overview_factors, raster_env)
 from .staging import StagedFile
 
 __all__ = ["InferenceConfig", "SegmentResult", "hann_window", "tile_origins", "segment_raster",
@@ -158,15 +159,6 @@ class _Ensemble:
         return total.cpu().numpy().astype(np.float32)
 
 
-def _region(src: rasterio.DatasetReader, bounds) -> Tuple[int, int, int, int]:
-    if bounds is None:
-        return 0, 0, src.width, src.height
-    window = pixel_window(src.transform, bounds, src.width, src.height)
-    if window is None:
-        raise InputError("the extent does not overlap the raster (it is compared in the raster's CRS).", "EXTENT")
-    return window
-
-
 class _Blender:
     """Weighted accumulators for a band of output rows, flushed to the output files in whole blocks.
 
@@ -261,10 +253,8 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     from .device import describe_device, resolve_device, shrink_batch_after_oom  # noqa: PLC0415
 
     feedback = feedback or NullFeedback()
-    for path, parameter in ((probability_path, "OUTPUT_PROBABILITY"), (mask_path, "OUTPUT_MASK")):
-        if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
-            raise OutputError(f"SatSeg writes GeoTIFF rasters; give a file name ending in .tif, not '{path}'.",
-                              parameter)
+    check_geotiff_name(probability_path, "OUTPUT_PROBABILITY")
+    check_geotiff_name(mask_path, "OUTPUT_MASK")
     torch_device = resolve_device(device)
     feedback.info(f"Device: {describe_device(torch_device)}")
     ensemble = _Ensemble(model_paths, config.weights, torch_device, config.amp, feedback)
@@ -275,21 +265,12 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         bands = list(meta.bands)
-        if max(bands) > src.count:
-            raise InputError(f"the model reads bands {bands}, but the raster has {src.count} band(s). Use a raster "
-                             "with the bands the model was trained on.", "INPUT")
-        res = (abs(src.res[0]), abs(src.res[1]))
-        model_res = tuple(meta.pixel_size or ())
-        if len(model_res) == 2 and all(model_res) and any(abs(r / m - 1) > 0.25 for r, m in zip(res, model_res)):
-            feedback.warning(f"The raster's pixels ({res[0]:g} x {res[1]:g}) differ from those the model was trained "
-                             f"on ({model_res[0]:g} x {model_res[1]:g}) by more than 25 %: objects look a different "
-                             "size to the model and results may be poor. Resample the raster to the model's pixel "
-                             "size (Raster > Projections > Warp) for best results.")
+        check_model_fits(src, bands, meta.pixel_size, feedback)
         tile = int(math.ceil((config.tile_size or 512) / ensemble.multiple) * ensemble.multiple)
         overlap = tile // 4 if config.overlap is None else int(config.overlap)
         if not 0 <= overlap < tile:
             raise InputError(f"must be at least 0 and less than the tile size ({tile}), got {overlap}.", "OVERLAP")
-        region = _region(src, config.bounds)
+        region = bounds_region(src, config.bounds)
         x0, y0, width, height = region
         xs = tile_origins(x0, width, tile, tile - overlap)
         ys = tile_origins(y0, height, tile, tile - overlap)
@@ -350,8 +331,8 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                     feedback.set_progress(95.0 * done / len(ys))
                 check_canceled(feedback)
                 blender.flush(y0 + height, final=True)
-                if min(width, height) >= 1024:
-                    factors = [f for f in (2, 4, 8, 16, 32) if min(width, height) // f >= 256]
+                factors = overview_factors(width, height)
+                if factors:
                     prob_dst.build_overviews(factors, Resampling.average)
                     mask_dst.build_overviews(factors, Resampling.nearest)
             # both files are complete and closed: move them into place together

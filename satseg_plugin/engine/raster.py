@@ -18,6 +18,10 @@ from .errors import InputError
 from .progress import Feedback
 
 __all__ = [
+    "check_geotiff_name",
+    "overview_factors",
+    "bounds_region",
+    "check_model_fits",
     "open_raster",
     "check_georeferencing",
     "resolve_bands",
@@ -191,3 +195,50 @@ def pixel_window(transform: Affine, bounds: Tuple[float, float, float, float], w
     c0, r0 = max(0, math.floor(c0 + eps)), max(0, math.floor(r0 + eps))
     c1, r1 = min(width, math.ceil(c1 - eps)), min(height, math.ceil(r1 - eps))
     return (c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
+
+
+def check_geotiff_name(path: str, parameter: str) -> None:
+    """Refuse an output name that is not a GeoTIFF (``.tif``/``.tiff``), naming ``parameter``."""
+    import os  # noqa: PLC0415
+
+    from .errors import OutputError  # noqa: PLC0415
+
+    if os.path.splitext(path)[1].lower() not in (".tif", ".tiff"):
+        raise OutputError(f"SatSeg writes GeoTIFF rasters; give a file name ending in .tif, not '{path}'.", parameter)
+
+
+def overview_factors(width: int, height: int) -> list:
+    """Overview levels SatSeg builds for an output of this size: none under 1024 px, else 2..32 down to 256 px."""
+    if min(width, height) < 1024:
+        return []
+    return [f for f in (2, 4, 8, 16, 32) if min(width, height) // f >= 256]
+
+
+def bounds_region(src: rasterio.DatasetReader, bounds) -> Tuple[int, int, int, int]:
+    """``(x_off, y_off, width, height)`` of the pixels ``bounds`` touch (the whole raster for None).
+
+    Raises:
+        InputError: naming EXTENT when the bounds miss the raster.
+    """
+    if bounds is None:
+        return 0, 0, src.width, src.height
+    window = pixel_window(src.transform, bounds, src.width, src.height)
+    if window is None:
+        raise InputError("the extent does not overlap the raster (it is compared in the raster's CRS).", "EXTENT")
+    return window
+
+
+def check_model_fits(src: rasterio.DatasetReader, bands: Sequence[int], pixel_size: Sequence[float],
+                     feedback: Feedback) -> None:
+    """Refuse a raster without the model's bands; warn when its pixels differ from the model's by > 25 %."""
+    bands = list(bands)
+    if max(bands) > src.count:
+        raise InputError(f"the model reads bands {bands}, but the raster has {src.count} band(s). Use a raster "
+                         "with the bands the model was trained on.", "INPUT")
+    res = (abs(src.res[0]), abs(src.res[1]))
+    model_res = tuple(pixel_size or ())
+    if len(model_res) == 2 and all(model_res) and any(abs(r / m - 1) > 0.25 for r, m in zip(res, model_res)):
+        feedback.warning(f"The raster's pixels ({res[0]:g} x {res[1]:g}) differ from those the model was trained "
+                         f"on ({model_res[0]:g} x {model_res[1]:g}) by more than 25 %: objects look a different "
+                         "size to the model and results may be poor. Resample the raster to the model's pixel "
+                         "size (Raster > Projections > Warp) for best results.")
