@@ -73,6 +73,15 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
         """``cast(parameters, key, context)`` (e.g. ``self.parameterAsInt``), or None when ``key`` was left empty."""
         return None if parameters.get(key) in (None, "") else cast(parameters, key, context)
 
+    def extent_bounds(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, crs):
+        """An extent parameter as ``(xmin, ymin, xmax, ymax)`` in ``crs``, or None when left empty."""
+        if parameters.get(key) in (None, ""):
+            return None
+        extent = self.parameterAsExtent(parameters, key, context, crs)
+        if extent.isNull():
+            return None
+        return extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()
+
     def device_spec(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
         """The DEVICE choice (``auto``/``cpu``/``cuda``); the engine resolves it and logs the device used."""
         from ..engine.device import DEVICE_CHOICES  # noqa: PLC0415

@@ -14,17 +14,7 @@ from .feedback import QgisFeedback
 from .layers import raster_path, source_to_shapely, write_polygons
 from .styling import apply_palette_on_load
 
-__all__ = ["ClusterRasterAlgorithm", "layer_bounds"]
-
-
-def layer_bounds(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, crs):
-    """The EXTENT parameter as ``(xmin, ymin, xmax, ymax)`` in ``crs``, or None when left empty."""
-    if parameters.get(key) in (None, ""):
-        return None
-    extent = algorithm.parameterAsExtent(parameters, key, context, crs)
-    if extent.isNull():
-        return None
-    return extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum()
+__all__ = ["ClusterRasterAlgorithm"]
 
 
 class ClusterRasterAlgorithm(SatSegAlgorithm):
@@ -100,7 +90,7 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
             overlap=self.optional_value(parameters, self.OVERLAP, context, self.parameterAsInt),
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            bounds=layer_bounds(self, parameters, self.EXTENT, context, crs),
+            bounds=self.extent_bounds(parameters, self.EXTENT, context, crs),
             mask=source_to_shapely(self.parameterAsSource(parameters, self.MASK, context), crs, context, self.MASK))
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         want_polygons = parameters.get(self.OUTPUT_POLYGONS) is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from typing import Any, Dict
 
 from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
@@ -97,7 +96,7 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
         from ..engine.cluster_classes import clusters_to_classes, parse_mapping  # noqa: PLC0415
         from ..engine.labels import LabelSet  # noqa: PLC0415
         from ..engine.progress import SubFeedback  # noqa: PLC0415
-        from ..engine.staging import StagedFile  # noqa: PLC0415
+        from ..engine.staging import write_csv_rows  # noqa: PLC0415
         from ..engine.vectorize import polygonize_mask  # noqa: PLC0415
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -138,17 +137,13 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
                                                            crs, result.class_names)
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
-            staged = StagedFile(report, parameter=self.OUTPUT_REPORT)
-            with staged as tmp:
-                with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                    writer = csv.writer(handle)
-                    writer.writerow(["cluster"] + [f"annotated_{n}" for n in result.class_names] +
-                                    ["class", "decision", "new_clusters"])
-                    for d in result.decisions:
-                        name = result.class_names[d.class_id - 1] if d.class_id else ""
-                        writer.writerow([d.cluster] + [d.annotated.get(n, 0) for n in result.class_names] +
-                                        [name, d.decision, ";".join(f"{i}={n}" for n, i in d.new_clusters.items())])
-                staged.commit()
+            names = result.class_names
+            write_csv_rows(report, [
+                {"cluster": d.cluster, **{f"annotated_{n}": d.annotated.get(n, 0) for n in names},
+                 "class": names[d.class_id - 1] if d.class_id else "", "decision": d.decision,
+                 "new_clusters": ";".join(f"{i}={n}" for n, i in d.new_clusters.items())} for d in result.decisions],
+                self.OUTPUT_REPORT, ["cluster"] + [f"annotated_{n}" for n in names] + ["class", "decision",
+                                                                                       "new_clusters"])
             outputs[self.OUTPUT_REPORT] = report
         if result.cluster_path and cluster_output:
             outputs[self.OUTPUT_CLUSTERS] = cluster_output

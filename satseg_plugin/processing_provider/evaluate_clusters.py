@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from typing import Any, Dict
 
 from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingOutputNumber,
@@ -80,7 +79,7 @@ class EvaluateClustersAlgorithm(SatSegAlgorithm):
                       feedback: QgisFeedback) -> Dict[str, Any]:  # noqa: D102
         from ..engine.cluster_metrics import evaluate_clusters  # noqa: PLC0415
         from ..engine.labels import LabelSet  # noqa: PLC0415
-        from ..engine.staging import StagedFile  # noqa: PLC0415
+        from ..engine.staging import write_csv_rows  # noqa: PLC0415
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
@@ -105,18 +104,15 @@ class EvaluateClustersAlgorithm(SatSegAlgorithm):
             self.POSITIVE_CLUSTERS: ",".join(str(c) for c in scores.positive_clusters[first])}
         table_path = self.parameterAsFileOutput(parameters, self.OUTPUT_TABLE, context)
         if table_path:
-            staged = StagedFile(table_path, parameter=self.OUTPUT_TABLE)
-            with staged as tmp:
-                with open(tmp, "w", newline="", encoding="utf-8") as handle:
-                    writer = csv.writer(handle)
-                    writer.writerow(["cluster", "pixels", "background"] + list(scores.class_names) +
-                                    [f"share_{n}" for n in scores.class_names])
-                    for cluster in range(1, scores.table.shape[0]):
-                        row = scores.table[cluster]
-                        total = int(row.sum())
-                        if total:
-                            writer.writerow([cluster, total] + [int(v) for v in row] +
-                                            [round(float(v) / total, 4) for v in row[1:]])
-                staged.commit()
+            names, rows = scores.class_names, []
+            for cluster in range(1, scores.table.shape[0]):
+                counts = scores.table[cluster]
+                total = int(counts.sum())
+                if total:
+                    rows.append({"cluster": cluster, "pixels": total, "background": int(counts[0]),
+                                 **{n: int(v) for n, v in zip(names, counts[1:])},
+                                 **{f"share_{n}": round(float(v) / total, 4) for n, v in zip(names, counts[1:])}})
+            write_csv_rows(table_path, rows, self.OUTPUT_TABLE, ["cluster", "pixels", "background"] + list(names) +
+                           [f"share_{n}" for n in names])
             outputs[self.OUTPUT_TABLE] = table_path
         return outputs

@@ -125,11 +125,7 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
             raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
         source = raster_path(layer, self.INPUT)
         crs = layer.crs()
-        bounds = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
-            if not extent.isNull():
-                bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, crs)
         mask = source_to_shapely(self.parameterAsSource(parameters, self.MASK, context), crs, context, self.MASK)
 
         config = PatchConfig(

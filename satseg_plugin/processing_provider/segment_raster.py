@@ -112,11 +112,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         except ValueError as exc:
             raise QgsProcessingException(f"{self.WEIGHTS}: '{weights_text}' is not a comma-separated list of "
                                          "numbers, e.g. 0.7,0.15,0.15.") from exc
-        bounds = None
-        if parameters.get(self.EXTENT) not in (None, ""):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
-            if not extent.isNull():
-                bounds = (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, crs)
 
         config = InferenceConfig(
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),
