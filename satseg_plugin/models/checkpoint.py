@@ -46,6 +46,7 @@ __all__ = [
     "read_metadata",
     "load_checkpoint",
     "build_from_checkpoint",
+    "load_weights",
 ]
 
 #: What a model file holds: a segmentation network, a ClusterNet-style clustering model, a scene model.
@@ -481,6 +482,16 @@ def build_from_checkpoint(ckpt: Checkpoint) -> "torch.nn.Module":
     except (SatSegError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"'{name}' needs {what}, which this installation cannot build ({exc}). Update the "
                               "SatSeg plugin and segmentation-models-pytorch.", ckpt.path or None) from exc
+    return load_weights(model, ckpt, what)
+
+
+def load_weights(model: "torch.nn.Module", ckpt: Checkpoint, what: str) -> "torch.nn.Module":
+    """Load a checkpoint's weights into ``model`` (``strict=True``) and return it in eval mode.
+
+    Raises:
+        CheckpointError: the weights do not fit; ``what`` describes the expected network in the message.
+    """
+    name = _name(ckpt.path) if ckpt.path else "the model file"
     try:
         # a copy: smp's load_state_dict renames keys in place for some timm encoders
         model.load_state_dict(dict(ckpt.model_state), strict=True)

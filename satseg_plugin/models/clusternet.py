@@ -82,7 +82,7 @@ def clusternet_from_checkpoint(ckpt: "Checkpoint") -> "torch.nn.Module":
     Raises:
         CheckpointError: the network cannot be built here or the weights do not fit it.
     """
-    from .checkpoint import _mismatch_summary, _name  # noqa: PLC0415
+    from .checkpoint import _name, load_weights  # noqa: PLC0415
 
     meta = ckpt.metadata
     name = _name(ckpt.path) if ckpt.path else "the model file"
@@ -95,10 +95,4 @@ def clusternet_from_checkpoint(ckpt: "Checkpoint") -> "torch.nn.Module":
         raise CheckpointError(f"'{name}' needs a {meta.architecture}/{meta.encoder} ClusterNet with "
                               f"{feature_dim} features, which this installation cannot build ({exc}). Update "
                               "the SatSeg plugin and segmentation-models-pytorch.", ckpt.path or None) from exc
-    try:
-        model.load_state_dict(dict(ckpt.model_state), strict=True)
-    except RuntimeError as exc:
-        summary = _mismatch_summary(model.state_dict(), ckpt.model_state) or str(exc).splitlines()[0]
-        raise CheckpointError(f"the weights in '{name}' do not fit its ClusterNet: {summary}. The file is damaged "
-                              "or was edited; train the model again.", ckpt.path or None) from exc
-    return model.eval()
+    return load_weights(model, ckpt, "its ClusterNet")
