@@ -1,9 +1,12 @@
 """Tiled, seamless inference of one model or an ensemble over a raster of any size.
 
-Tiles overlap and are blended with a 2-D Hann window, so there are no seams. Tile rows are processed
-top to bottom and finished rows are written out at once, so memory is bounded by the tile size and the
-raster's width (``(tile + 256) x width`` accumulators), never by its height. Outputs are staged and
-moved into place only when the whole raster is done.
+Tiles overlap and are blended with a 2-D Hann window, so there are no seams. The raster is cut into column
+bands of at most ``BAND_COLUMNS`` pixels (block-aligned); each band is swept top to bottom and finished rows are
+written out at once, so memory is bounded by the tile size and the band width (``(tile + 256) x band``
+accumulators), never by the raster's size. Tiles lie on one grid anchored at the region's origin and a band
+computes every tile that touches it, so the tile column straddling a band border is predicted twice (about
+``tile / BAND_COLUMNS`` extra work on rasters wider than one band) and every pixel gets the same blend as in a
+single sweep. Outputs are staged and moved into place only when the whole raster is done.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from .raster import (bounds_region, check_geotiff_name, check_georeferencing, ch
                      nodata_pixels, open_raster, overview_factors, raster_env)
 from .staging import StagedFile
 
-__all__ = ["InferenceConfig", "SegmentResult", "hann_window", "tile_origins", "segment_raster",
-           "PROB_NODATA", "MASK_NODATA"]
+__all__ = ["InferenceConfig", "SegmentResult", "hann_window", "tile_origins", "column_bands", "segment_raster",
+           "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
 
 PROB_NODATA = -1.0
 MASK_NODATA = 255
 _ROW_BLOCK = 256  # output GeoTIFF block height: rows are written in whole blocks
+# Widest column band swept at once: its accumulators cost ~(tile + 256) x BAND_COLUMNS x (4K + 5) bytes, about
+# 60 MiB for one class and 512 px tiles. A multiple of the output block size, so bands write whole blocks.
+BAND_COLUMNS = 8192
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,11 @@ def tile_origins(start: int, length: int, tile: int, stride: int) -> List[int]:
         return [start]
     offsets, _ = axis_offsets(start, length, tile, stride, "shift")
     return offsets
+
+
+def column_bands(x0: int, width: int, band: int = BAND_COLUMNS) -> List[Tuple[int, int]]:
+    """Split columns ``[x0, x0 + width)`` into ``(start, stop)`` bands of at most ``band`` columns."""
+    return [(c, min(c + band, x0 + width)) for c in range(x0, x0 + width, band)]
 
 
 class _Ensemble:
@@ -160,14 +171,17 @@ class _Ensemble:
 
 
 class _Blender:
-    """Weighted accumulators for a band of output rows, flushed to the output files in whole blocks.
+    """Weighted accumulators for a strip of output rows of one column band, flushed in whole blocks.
 
-    Buffer row 0 is raster row ``base``; ``base`` only moves down as finished rows are written.
+    ``region`` is the band's ``(x, y, width, height)`` in raster pixels; ``out_origin`` is the raster pixel of
+    the output files' top-left corner. Buffer row 0 is raster row ``base``; ``base`` only moves down as
+    finished rows are written.
     """
 
     def __init__(self, bands: int, tile: int, region: Tuple[int, int, int, int], threshold: float,
-                 prob_dst, mask_dst, mask_geom, transform_of) -> None:
+                 prob_dst, mask_dst, mask_geom, transform_of, out_origin: Tuple[int, int]) -> None:
         self.x0, self.y0, self.width, self.height = region
+        self.out_x0, self.out_y0 = out_origin
         self.rows = tile + _ROW_BLOCK
         self.acc = np.zeros((bands, self.rows, self.width), np.float32)
         self.wsum = np.zeros((self.rows, self.width), np.float32)
@@ -221,7 +235,7 @@ class _Blender:
         probs[:, bad] = PROB_NODATA
         cls[bad] = MASK_NODATA
         self.positive += int(((cls > 0) & (cls != MASK_NODATA)).sum())
-        out = Window(0, self.base - self.y0, self.width, rows)
+        out = Window(self.x0 - self.out_x0, self.base - self.out_y0, self.width, rows)
         self.prob_dst.write(probs, window=out)
         self.mask_dst.write(cls[None], window=out)
         keep = self.rows - rows
@@ -290,47 +304,57 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         check_nodata = src.nodata is not None or np.issubdtype(np.dtype(src.dtypes[bands[0] - 1]), np.floating)
         batch_size = max(1, config.batch_size)
         torch = require("torch")
+
+        def read_tile(tx: int, ty: int, blender: _Blender) -> np.ndarray:
+            """The raw tile at raster ``tx, ty``, zero-padded past the edges, nodata flagged and filled."""
+            ix0, iy0 = max(tx, 0), max(ty, 0)
+            ix1, iy1 = min(tx + tile, src.width), min(ty + tile, src.height)
+            data = src.read(bands, window=Window(ix0, iy0, ix1 - ix0, iy1 - iy0))
+            raw = np.zeros((len(bands), tile, tile), np.float32)
+            inner = raw[:, iy0 - ty:iy1 - ty, ix0 - tx:ix1 - tx]
+            inner[:] = data
+            if check_nodata:
+                empty = ~np.all(np.isfinite(data), axis=0)
+                if src.nodata is not None:
+                    empty |= nodata_pixels(data, src.nodata)
+                blender.mark_invalid(ix0, iy0, empty)
+                inner[:, empty] = fill
+            return raw
+
         with staged_prob as prob_tmp, staged_mask as mask_tmp:
             with rasterio.open(prob_tmp, "w", **prob_profile) as prob_dst, \
                     rasterio.open(mask_tmp, "w", **mask_profile) as mask_dst:
                 for i, name in enumerate(meta.classes, start=1):
                     prob_dst.set_band_description(i, f"{name} probability")
                 mask_dst.set_band_description(1, "class" if k > 1 else f"{meta.classes[0]} mask")
-                blender = _Blender(k, tile, region, threshold, prob_dst, mask_dst, config.mask, src.window_transform)
-                for done, ty in enumerate(ys, start=1):
-                    check_canceled(feedback)
-                    blender.flush(ty)
-                    raws = []
-                    for tx in xs:
-                        ix0, iy0 = max(tx, 0), max(ty, 0)
-                        ix1, iy1 = min(tx + tile, src.width), min(ty + tile, src.height)
-                        data = src.read(bands, window=Window(ix0, iy0, ix1 - ix0, iy1 - iy0))
-                        raw = np.zeros((len(bands), tile, tile), np.float32)
-                        inner = raw[:, iy0 - ty:iy1 - ty, ix0 - tx:ix1 - tx]
-                        inner[:] = data
-                        if check_nodata:
-                            empty = ~np.all(np.isfinite(data), axis=0)
-                            if src.nodata is not None:
-                                empty |= nodata_pixels(data, src.nodata)
-                            blender.mark_invalid(ix0, iy0, empty)
-                            inner[:, empty] = fill
-                        raws.append(raw)
-                    start = 0
-                    while start < len(raws):
+                bands_x = column_bands(x0, width, BAND_COLUMNS)
+                positive, steps, done = 0, len(bands_x) * len(ys), 0
+                for c0, c1 in bands_x:
+                    band_xs = [tx for tx in xs if tx < c1 and tx + tile > c0]
+                    blender = _Blender(k, tile, (c0, y0, c1 - c0, height), threshold, prob_dst, mask_dst,
+                                       config.mask, src.window_transform, (x0, y0))
+                    for ty in ys:
                         check_canceled(feedback)
-                        chunk = raws[start:start + batch_size]
-                        try:
-                            probs = ensemble.predict(np.stack(chunk), config.tta)
-                        except torch.cuda.OutOfMemoryError:
-                            batch_size = shrink_batch_after_oom(batch_size, feedback, "tile",
-                                                                "Lower TILE_SIZE or use DEVICE=cpu.")
-                            continue
-                        for tx, p in zip(xs[start:start + len(chunk)], probs):
-                            blender.add(tx, ty, p, weight)
-                        start += len(chunk)
-                    feedback.set_progress(95.0 * done / len(ys))
-                check_canceled(feedback)
-                blender.flush(y0 + height, final=True)
+                        blender.flush(ty)
+                        start = 0
+                        while start < len(band_xs):
+                            check_canceled(feedback)
+                            chunk = band_xs[start:start + batch_size]
+                            raws = np.stack([read_tile(tx, ty, blender) for tx in chunk])
+                            try:
+                                probs = ensemble.predict(raws, config.tta)
+                            except torch.cuda.OutOfMemoryError:
+                                batch_size = shrink_batch_after_oom(batch_size, feedback, "tile",
+                                                                    "Lower TILE_SIZE or use DEVICE=cpu.")
+                                continue
+                            for tx, p in zip(chunk, probs):
+                                blender.add(tx, ty, p, weight)
+                            start += len(chunk)
+                        done += 1
+                        feedback.set_progress(95.0 * done / steps)
+                    check_canceled(feedback)
+                    blender.flush(y0 + height, final=True)
+                    positive += blender.positive
                 factors = overview_factors(width, height)
                 if factors:
                     prob_dst.build_overviews(factors, Resampling.average)
@@ -340,4 +364,4 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
             staged_mask.commit()
     feedback.set_progress(100.0)
     return SegmentResult(os.path.abspath(probability_path), os.path.abspath(mask_path), threshold,
-                         list(meta.classes), region, len(xs) * len(ys), blender.positive)
+                         list(meta.classes), region, len(xs) * len(ys), positive)
