@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsFeatureRequest,
                        QgsProcessingContext, QgsProcessingException, QgsProcessingFeatureSource,
                        QgsProviderRegistry, QgsRasterLayer)
 
-__all__ = ["raster_path", "source_to_shapely", "source_to_labels", "write_polygons"]
+__all__ = ["raster_path", "raster_paths", "qgis_crs", "source_to_shapely", "source_to_labels", "write_polygons",
+           "write_features"]
 
 
 def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
@@ -129,3 +130,72 @@ def write_polygons(algorithm, parameters: Dict[str, Any], key: str, context: Qgs
         sink.addFeature(feature, QgsFeatureSink.FastInsert)
     del sink
     return dest_id
+
+
+#: Python types -> QVariant type names of :func:`write_features` field specs.
+_FIELD_TYPES = {"int": "Int", "float": "Double", "str": "String", "bool": "Bool"}
+
+
+def write_features(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext,
+                   fields: Sequence[Tuple[str, str]], geometry_type: str, crs: QgsCoordinateReferenceSystem,
+                   rows: Iterable[Tuple[Any, Sequence[Any]]]) -> Optional[str]:
+    """Write rows to the feature sink ``key``.
+
+    Args:
+        algorithm: the running algorithm (for ``parameterAsSink``).
+        parameters: its parameters.
+        key: the sink parameter.
+        context: the processing context.
+        fields: ``(name, type)`` pairs, type one of ``int``, ``float``, ``str``, ``bool``.
+        geometry_type: ``Point``, ``LineString``, ``Polygon``, ``MultiPolygon`` or ``None`` (a table).
+        crs: the layer's CRS.
+        rows: ``(shapely geometry or None, values)`` per feature, values in ``fields`` order.
+
+    Returns:
+        The sink's id, or None when the optional output was skipped.
+    """
+    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes  # noqa: PLC0415
+    from qgis.PyQt.QtCore import QVariant  # noqa: PLC0415
+
+    qfields = QgsFields()
+    for name, kind in fields:
+        qfields.append(QgsField(name, getattr(QVariant, _FIELD_TYPES[kind])))
+    wkb = {"Point": QgsWkbTypes.Point, "LineString": QgsWkbTypes.LineString, "Polygon": QgsWkbTypes.Polygon,
+           "MultiPolygon": QgsWkbTypes.MultiPolygon, "None": QgsWkbTypes.NoGeometry}[geometry_type]
+    sink, dest_id = algorithm.parameterAsSink(parameters, key, context, qfields, wkb, crs)
+    if sink is None:
+        if parameters.get(key) is None:
+            return None
+        raise QgsProcessingException(algorithm.invalidSinkError(parameters, key))
+    for geometry, values in rows:
+        feature = QgsFeature(qfields)
+        if geometry is not None:
+            geom = QgsGeometry()
+            geom.fromWkb(geometry.wkb)
+            if geometry_type == "MultiPolygon":
+                geom.convertToMultiType()
+            feature.setGeometry(geom)
+        feature.setAttributes([None if v is None else v for v in values])
+        sink.addFeature(feature, QgsFeatureSink.FastInsert)
+    del sink
+    return dest_id
+
+
+def raster_paths(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> list:
+    """The GDAL paths of a multiple-raster parameter, in the order given (raises when a layer is not a file)."""
+    layers = algorithm.parameterAsLayerList(parameters, key, context)
+    if not layers:
+        raise QgsProcessingException(f"{key}: choose the rasters.")
+    paths = []
+    for layer in layers:
+        if not isinstance(layer, QgsRasterLayer):
+            raise QgsProcessingException(f"{key}: '{layer.name()}' is not a raster layer.")
+        paths.append(raster_path(layer, key))
+    return paths
+
+
+def qgis_crs(crs) -> QgsCoordinateReferenceSystem:
+    """A rasterio CRS as a QGIS CRS (an invalid one for None)."""
+    if crs is None:
+        return QgsCoordinateReferenceSystem()
+    return QgsCoordinateReferenceSystem.fromWkt(crs.to_wkt())

@@ -18,9 +18,12 @@ from .export_rle import ExportRleAlgorithm
 from .extract_clusters import ExtractClustersAlgorithm
 from .import_rle import ImportRleAlgorithm
 from .label_patches import LabelPatchesAlgorithm
+from .optical_flow import OpticalFlowAlgorithm
 from .patch_raster import PatchRasterAlgorithm
+from .population_clusters import PopulationClustersAlgorithm
 from .pretrain_scene import PretrainSceneAlgorithm
 from .segment_raster import SegmentRasterAlgorithm
+from .track_communities import TrackCommunitiesAlgorithm
 from .train_clusternet import TrainClusterNetAlgorithm
 from .train_segmentation import TrainSegmentationAlgorithm
 
@@ -31,7 +34,7 @@ ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlg
               ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm,
               TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm,
               CreateAnnotationLayerAlgorithm, LabelPatchesAlgorithm, PretrainSceneAlgorithm, DeepClusterAlgorithm,
-              ExtractClustersAlgorithm)
+              ExtractClustersAlgorithm, OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):

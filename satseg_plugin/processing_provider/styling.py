@@ -7,7 +7,8 @@ from typing import Dict, List
 
 from qgis.core import QgsMapLayer, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingLayerPostProcessorInterface
 
-__all__ = ["STYLE_DIR", "style_path", "apply_style_on_load", "apply_palette_on_load", "palette_renderer"]
+__all__ = ["STYLE_DIR", "style_path", "apply_style_on_load", "apply_palette_on_load", "palette_renderer", "id_renderer",
+           "load_raster_on_completion"]
 
 STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ui", "styles")
 
@@ -154,3 +155,49 @@ def apply_annotation_style_on_load(context: QgsProcessingContext, layer_id: str,
     processor = _AnnotationStylePostProcessor(field, classes, name, value_map)
     _AnnotationStylePostProcessor._alive.append(processor)
     context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
+
+
+class _SegmentsPostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Colours an integer id raster (community segments) with one random colour per id, 0 left transparent."""
+
+    _alive: List["_SegmentsPostProcessor"] = []
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__()
+        self.name = name
+
+    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
+                         feedback: QgsProcessingFeedback) -> None:
+        if layer is None or not layer.isValid():
+            return
+        layer.setRenderer(id_renderer(layer))
+        if self.name:
+            layer.setName(self.name)
+        layer.triggerRepaint()
+
+
+def id_renderer(layer):
+    """A paletted renderer with a distinct colour (golden-angle hues) for every non-zero value of band 1."""
+    from qgis.core import QgsPalettedRasterRenderer  # noqa: PLC0415
+    from qgis.PyQt.QtGui import QColor  # noqa: PLC0415
+
+    classes = []
+    for item in QgsPalettedRasterRenderer.classDataFromRaster(layer.dataProvider(), 1):
+        value = int(item.value)
+        if value <= 0:
+            continue
+        colour = QColor.fromHsl(int(value * 137.508) % 360, 170, 120)
+        classes.append(QgsPalettedRasterRenderer.Class(value, colour, str(value)))
+    return QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+
+
+def load_raster_on_completion(context: QgsProcessingContext, path: str, name: str, output_name: str,
+                              ids: bool = False) -> None:
+    """Add a raster SatSeg wrote outside a destination parameter (e.g. into an output folder) to the project
+    when the algorithm finishes; ``ids``: style it as an id raster (:func:`id_renderer`)."""
+    details = QgsProcessingContext.LayerDetails(name, context.project(), output_name)
+    if ids:
+        processor = _SegmentsPostProcessor(name)
+        _SegmentsPostProcessor._alive.append(processor)
+        details.setPostProcessor(processor)
+    context.addLayerToLoadOnCompletion(path, details)
