@@ -2160,7 +2160,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="write a mosaic of urban, rural and uninhabited regions with regions.gpkg "
                              "(generate_mosaic) instead of the settlement scene")
     parser.add_argument("--force", action="store_true", help="regenerate even if the files are up to date")
+    parser.add_argument("--population", metavar="DIR", help="write the population time series into DIR instead")
     args = parser.parse_args(argv)
+    if args.population:  # the population time series: sample_data/population.py
+        from sample_data.population import run_cli  # noqa: PLC0415
+        return run_cli(args.population, seed=args.seed, force=args.force)
     out = args.out if args.out is not None else (DEFAULT_MOSAIC_DIR if args.mosaic else DEFAULT_OUT_DIR)
     size = args.size if args.size is not None else (2048 if args.mosaic else 1024)
     kwargs = dict(size=size, pixel_size=args.pixel_size, seed=args.seed)

@@ -23,7 +23,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from qgis.core import (QgsApplication, QgsMapLayer, QgsMapRendererParallelJob, QgsMapSettings,  # noqa: E402
                        QgsProcessingContext, QgsProcessingFeedback, QgsProject, QgsRasterLayer, QgsRectangle,
                        QgsVectorLayer)
-from qgis.PyQt.QtCore import QSize  # noqa: E402
+from qgis.PyQt.QtCore import QSize, QVariant  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 from sample_data.generate import generate_scene  # noqa: E402
@@ -329,8 +329,84 @@ def _patch_truth(regions_path: str, predicted_path: str) -> float:
     return hits / max(total, 1)
 
 
+def step_population(demo: Demo) -> None:
+    """Population tracking: optical flow, communities per frame and tracks on the generated 5-frame series."""
+    import glob
+
+    import numpy as np
+    import rasterio
+
+    from sample_data.population import generate_population_series, population_paths, read_true_links
+    from satseg_plugin.engine.tracks import link_accuracy
+
+    folder = os.path.join(ROOT, "sample_data", "generated", "population")
+    generate_population_series(folder)
+    truth = population_paths(folder)
+    frames = sorted(glob.glob(os.path.join(folder, "pop_t*.tif")))
+    flow = demo.run("satseg:opticalflow", {
+        "FRAMES": frames, "PYRAMID_LEVELS": 3, "VECTOR_STEP": 6, "OUTPUT_DIR": demo.path("flow"),
+        "OUTPUT_VECTORS": demo.path("flow_arrows.gpkg")})
+    comm = demo.run("satseg:populationclusters", {
+        "FRAMES": frames, "FLOWS": flow["FLOWS"], "POP_MIN": 20.0, "REPORT_K": True, "K_MIN": 2, "K_MAX": 12,
+        "SEED": 0, "OUTPUT_DIR": demo.path("segments"), "OUTPUT_COMMUNITIES": demo.path("communities.gpkg"),
+        "OUTPUT_REPORT": demo.path("communities_report.csv")})
+    track = demo.run("satseg:trackcommunities", {
+        "SEGMENTS": comm["SEGMENTS"], "FLOWS": flow["FLOWS"], "FRAMES": frames,
+        "COMMUNITIES": comm["OUTPUT_COMMUNITIES"], "OUTPUT_LINKS": demo.path("links.gpkg"),
+        "OUTPUT_TRACKS": demo.path("tracks.gpkg"), "OUTPUT_COMMUNITIES": demo.path("tracked_communities.gpkg")})
+    # scores against the generator's truth: flow end-point error inside communities, links found
+    epe = []
+    for t, path in enumerate(flow["FLOWS"]):
+        with rasterio.open(path) as est, rasterio.open(truth[f"flow_true_t{t}"]) as true:
+            inside = np.isfinite(true.read(1)) & (rasterio.open(truth[f"communities_t{t}"]).read(1) > 0)
+            epe.append(float(np.hypot(*(est.read()[:, inside] - true.read()[:, inside])).mean()))
+    links = QgsVectorLayer(track["OUTPUT_LINKS"])
+    pred = [(f["frame"], f["segment"], f["next_frame"], f["next_segment"], f["event"], f["score"])
+            for f in links.getFeatures()]
+    pred = [tuple(None if v is None or isinstance(v, QVariant) else v for v in row) for row in pred]  # NULL
+    acc = link_accuracy(pred, read_true_links(truth["links_true"]),
+                        [rasterio.open(p).read(1) for p in comm["SEGMENTS"]],
+                        [rasterio.open(truth[f"communities_t{t}"]).read(1) for t in range(len(frames))])
+    summary = (f"Population tracking on {len(frames)} frames: flow end-point error {np.mean(epe):.2f} px inside "
+               f"communities; {comm['COMMUNITIES']} communities, autoencoder MSE {comm['AE_MSE']:.1e}; "
+               f"{track['TRACKS']} tracks; true links found {acc.found}/{acc.true_links} "
+               f"(recall {acc.recall:.2f}), false links {acc.false_links}, events right {acc.events_correct}/"
+               f"{acc.events_total}")
+    print(f"    {summary}")
+    demo.summary.append(summary)
+    last = len(frames) - 1
+    tracked = QgsVectorLayer(track["OUTPUT_COMMUNITIES"], f"Communities of frame {last} by track")
+    tracked.setSubsetString(f'"frame" = {last}')
+    arrows = QgsVectorLayer(flow["OUTPUT_VECTORS"], "Flow arrows (last pair)")
+    arrows.setSubsetString(f'"pair" = {last - 1} AND "u_px" * "u_px" + "v_px" * "v_px" > 0.09')  # > 0.3 px/frame
+    population = QgsRasterLayer(frames[last], f"Population, frame {last}")
+    _population_ramp(population)
+    view = [demo.add(QgsVectorLayer(track["OUTPUT_TRACKS"], "Tracks (by event)"), style="tracks", main_view=False),
+            demo.add(arrows, style="flow_arrows", main_view=False),
+            demo.add(tracked, style="communities", main_view=False),
+            demo.add(population, main_view=False)]
+    demo.views["population.png"] = view
+
+
+def _population_ramp(layer: QgsRasterLayer) -> None:
+    """White (empty) to dark red (the densest 0.5 %) pseudocolour, nodata (sea) transparent."""
+    from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer, QgsStyle
+
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(layer.source()) as src:
+        top = float(np.nanpercentile(src.read(1, masked=True).filled(np.nan), 99.5))
+    ramp = QgsStyle().defaultStyle().colorRamp("Reds")
+    shader = QgsColorRampShader(0.0, top, ramp, QgsColorRampShader.Interpolated)
+    shader.classifyColorRamp(5, -1)
+    raster_shader = QgsRasterShader()
+    raster_shader.setRasterShaderFunction(shader)
+    layer.setRenderer(QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader))
+
+
 STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching, step_segmentation, step_clustering,
-                                       step_scene_clustering]
+                                       step_scene_clustering, step_population]
 
 
 def render(layers: List[QgsMapLayer], png: str, size: int = 1400) -> None:

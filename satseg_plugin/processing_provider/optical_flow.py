@@ -71,7 +71,7 @@ class OpticalFlowAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.ITERATIONS, self.tr("Maximum iterations"), number.Integer, 500, minValue=1))
         self.addParameter(number(self.TOLERANCE, self.tr("Convergence tolerance (pixels per iteration)"),
                                  number.Double, 1e-3, minValue=0.0))
-        self.addParameter(number(self.PYRAMID_LEVELS, self.tr("Pyramid levels (1 = none)"), number.Integer, 1,
+        self.addParameter(number(self.PYRAMID_LEVELS, self.tr("Pyramid levels (1 = none)"), number.Integer, 3,
                                  minValue=1, maxValue=10))
         self.addParameter(number(self.VECTOR_STEP, self.tr("Arrow spacing (pixels)"), number.Integer, 10, minValue=1))
         self.add_advanced_parameter(number(self.MIN_MAGNITUDE, self.tr("Leave out arrows shorter than (pixels/frame)"),
