@@ -50,7 +50,9 @@ class TrainConfig:
         positive_prob: probability that a crop is drawn around a labelled object.
         augment: apply flips, rotation, brightness/contrast jitter and to-grey.
         seed: seed of every random draw (runs are reproducible on the CPU).
-        threshold: probability threshold stored with the model.
+        threshold: probability threshold stored with the model (binary models). None: the threshold of
+            :data:`THRESHOLD_GRID` with the best Dice on the validation blocks, at the best epoch (tuned on the
+            held-out blocks inside the training area, never on data the user predicts later).
         init_weights: optional SatSeg model file to start from (same architecture, encoder and bands).
         max_val_tiles: cap on validation tiles (evenly spread) so validation stays fast.
     """
@@ -72,7 +74,7 @@ class TrainConfig:
     positive_prob: float = 0.7
     augment: bool = True
     seed: int = 0
-    threshold: float = 0.5
+    threshold: Optional[float] = None
     init_weights: Optional[str] = None
     max_val_tiles: int = 64
 
@@ -86,6 +88,7 @@ class TrainConfig:
             ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1"),
             ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1"),
             ("PATIENCE", self.patience >= 1, "must be at least 1"),
+            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1"),
         ]
         for name, ok, text in checks:
             if not ok:
@@ -224,6 +227,10 @@ def _point_in(geometry, block_poly, rng: np.random.Generator, tries: int = 50):
             return p.x, p.y
     p = region.representative_point()
     return p.x, p.y
+
+
+#: Thresholds tried on the validation blocks when the threshold is tuned.
+THRESHOLD_GRID = np.round(np.arange(0.2, 0.81, 0.05), 2)
 
 
 def _dice_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Tuple[float, float]:
@@ -419,7 +426,9 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                 model.eval()
                 val_losses = []
                 k = 1 if binary else labels.num_classes
-                tp, fp, fn = np.zeros(k), np.zeros(k), np.zeros(k)
+                thresholds = (THRESHOLD_GRID if config.threshold is None else np.array([config.threshold])) \
+                    if binary else np.array([0.0])
+                tp, fp, fn = (np.zeros((len(thresholds), k)) for _ in range(3))
                 with torch.no_grad():
                     for start in range(0, len(val_data), batch_size):
                         check_canceled(feedback)
@@ -428,27 +437,33 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                         labs = torch.from_numpy(np.stack([c[1] for c in chunk]))
                         loss, logits = run_batch(images, labs, train=False)
                         val_losses.append(float(loss))
-                        if binary:
-                            pred = (torch.sigmoid(logits.float())[:, 0] > config.threshold).cpu().numpy().astype(np.uint8)
-                        else:
-                            pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
                         truth = labs.numpy()
                         valid = truth != IGNORE
-                        for c in range(k):
-                            cls = c + 1
-                            p, t = (pred == cls) & valid, (truth == cls) & valid
-                            tp[c] += (p & t).sum()
-                            fp[c] += (p & ~t).sum()
-                            fn[c] += (~p & t).sum()
-                dice, iou = _dice_iou(tp, fp, fn)
+                        if binary:
+                            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+                            preds = [(prob > t).astype(np.uint8) for t in thresholds]
+                        else:
+                            preds = [logits.argmax(1).cpu().numpy().astype(np.uint8)]
+                        for i, pred in enumerate(preds):
+                            for c in range(k):
+                                cls = c + 1
+                                p, t = (pred == cls) & valid, (truth == cls) & valid
+                                tp[i, c] += (p & t).sum()
+                                fp[i, c] += (p & ~t).sum()
+                                fn[i, c] += (~p & t).sum()
+                scores = [_dice_iou(tp[i], fp[i], fn[i]) for i in range(len(thresholds))]
+                pick = int(np.argmax([d for d, _ in scores]))
+                (dice, iou), threshold = scores[pick], float(thresholds[pick])
                 row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float(np.mean(val_losses)),
-                       "val_dice": dice, "val_iou": iou, "lr": optimizer.param_groups[0]["lr"],
+                       "val_dice": dice, "val_iou": iou, "val_threshold": threshold,
+                       "lr": optimizer.param_groups[0]["lr"],
                        "seconds": round(time.time() - started, 2)}
                 history.append(row)
                 feedback.info(f"Epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
-                              f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f} ({row['seconds']:.0f} s)")
+                              f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f}"
+                              f"{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
                 if dice > best["dice"]:
-                    best = {"dice": dice, "iou": iou, "epoch": epoch,
+                    best = {"dice": dice, "iou": iou, "epoch": epoch, "threshold": threshold,
                             "state": {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}}
                     since_best = 0
                 else:
@@ -470,7 +485,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             kind="segmentation", architecture=config.architecture, encoder=config.encoder, in_channels=len(bands),
             classes=list(labels.class_names), bands=list(bands), mean=[float(v) for v in mean],
             std=[float(v) for v in std], patch_size=size, pixel_size=(abs(src.res[0]), abs(src.res[1])),
-            crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=crs_units, threshold=config.threshold,
+            crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=crs_units,
+            threshold=best["threshold"] if binary else (0.5 if config.threshold is None else config.threshold),
             metrics={"val_dice": best["dice"], "val_iou": best["iou"], "best_epoch": best["epoch"],
                      "epochs_run": len(history)},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,

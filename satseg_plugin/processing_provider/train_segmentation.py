@@ -112,8 +112,9 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.POSITIVE_PROB, self.tr("Probability of a crop around a labelled object"),
                         number.Double, 0.7, minValue=0, maxValue=1))
         self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment (flips, rotation, colour)"), True))
-        self.add_advanced_parameter(number(self.THRESHOLD, self.tr("Probability threshold stored with the model"), number.Double, 0.5,
-                        minValue=0.01, maxValue=0.99))
+        self.add_advanced_parameter(number(self.THRESHOLD, self.tr("Probability threshold stored with the model "
+                                                                   "(empty = best on the validation blocks)"),
+                                           number.Double, optional=True, minValue=0.01, maxValue=0.99))
         self.add_advanced_parameter(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr("Start from a SatSeg model file"),
                                             extension="satseg", optional=True))
         self.add_device_parameter()
@@ -160,7 +161,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
             positive_prob=self.parameterAsDouble(parameters, self.POSITIVE_PROB, context),
             augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
             seed=num(parameters, self.SEED, context),
-            threshold=self.parameterAsDouble(parameters, self.THRESHOLD, context),
+            threshold=self.optional_value(parameters, self.THRESHOLD, context, self.parameterAsDouble),
             init_weights=self.parameterAsFile(parameters, self.INIT_WEIGHTS, context) or None,
         )
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)

@@ -17,7 +17,7 @@ from satseg_plugin.engine.errors import CanceledError, InputError, OutputError  
 from satseg_plugin.engine.inference import MASK_NODATA, PROB_NODATA, InferenceConfig, segment_raster  # noqa: E402
 from satseg_plugin.engine.labels import LabelSet  # noqa: E402
 from satseg_plugin.engine.progress import RecordingFeedback  # noqa: E402
-from satseg_plugin.engine.training import TrainConfig, train_segmentation  # noqa: E402
+from satseg_plugin.engine.training import THRESHOLD_GRID, TrainConfig, train_segmentation  # noqa: E402
 from satseg_plugin.models.checkpoint import load_checkpoint  # noqa: E402
 
 FAST = dict(encoder="resnet18", patch_size=64, batch_size=4, epochs=2, batches_per_epoch=2, max_val_tiles=8)
@@ -44,7 +44,7 @@ def test_training_writes_model_log_and_plot(trained, scene):
     ckpt = load_checkpoint(trained.model_path, kind="segmentation")
     meta = ckpt.metadata
     assert (meta.architecture, meta.encoder, meta.bands, meta.classes) == ("unet", "resnet18", [1, 2, 3], ["building"])
-    assert meta.patch_size == 64 and tuple(meta.pixel_size) == (0.5, 0.5) and meta.threshold == 0.5
+    assert meta.patch_size == 64 and tuple(meta.pixel_size) == (0.5, 0.5)
     with rasterio.open(scene[0]) as src:
         data = src.read().reshape(3, -1).astype(float)
     np.testing.assert_allclose(meta.mean, data.mean(axis=1), rtol=1e-6)
@@ -52,8 +52,25 @@ def test_training_writes_model_log_and_plot(trained, scene):
     assert meta.metrics["best_epoch"] == trained.best_epoch and 0 <= meta.metrics["val_dice"] <= 1
     rows = list(csv.DictReader(open(trained.log_path)))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) >= {"train_loss", "val_loss", "val_dice", "val_iou", "lr"}
+    assert set(rows[0]) >= {"train_loss", "val_loss", "val_dice", "val_iou", "val_threshold", "lr"}
     assert open(trained.plot_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # the stored threshold is the one with the best validation Dice at the best epoch
+    best = rows[trained.best_epoch - 1]
+    assert meta.threshold == pytest.approx(float(best["val_threshold"])) and meta.threshold in THRESHOLD_GRID
+    assert float(best["val_dice"]) == pytest.approx(meta.metrics["val_dice"])
+
+
+def test_threshold_tuning_picks_the_best_validation_dice(scene, tmp_path):
+    """Tuned: the stored threshold beats every other grid threshold on the validation blocks; fixed: kept."""
+    src, labels = scene
+    tuned = train_segmentation(src, labels, str(tmp_path / "t.satseg"), TrainConfig(**dict(FAST, epochs=1)), "cpu")
+    fixed = train_segmentation(src, labels, str(tmp_path / "f.satseg"),
+                               TrainConfig(**dict(FAST, epochs=1, threshold=0.35)), "cpu")
+    assert load_checkpoint(fixed.model_path).metadata.threshold == 0.35
+    # same seed, same weights: the tuned run's Dice is the best over the grid, so at least the fixed one's
+    assert tuned.best_dice >= fixed.best_dice
+    with pytest.raises(InputError, match="THRESHOLD"):
+        TrainConfig(threshold=1.5).validate()
 
 
 def test_training_is_reproducible_on_cpu(scene, tmp_path):
