@@ -14,7 +14,7 @@ from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingExcepti
 from .base import SatSegAlgorithm
 from .feedback import QgisFeedback
 from .layers import raster_path, source_to_labels, write_polygons
-from .styling import apply_palette_on_load
+from .styling import apply_annotation_style_on_load, apply_palette_on_load
 
 __all__ = ["ClustersToClassesAlgorithm"]
 
@@ -135,6 +135,8 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
                                       feedback=SubFeedback(feedback, 85, 100))
             outputs[self.OUTPUT_POLYGONS] = write_polygons(self, parameters, self.OUTPUT_POLYGONS, context, records,
                                                            crs, result.class_names)
+            apply_annotation_style_on_load(context, outputs[self.OUTPUT_POLYGONS], "class", result.class_names,
+                                           self.tr("Class polygons"))
         report = self.parameterAsFileOutput(parameters, self.OUTPUT_REPORT, context)
         if report:
             names = result.class_names

@@ -124,7 +124,10 @@ def style_annotation_layer(layer, field: str, classes, value_map: bool = True) -
     categories = []
     for i, name in enumerate(classes):
         colour = class_colour(name, i)
-        symbol = QgsFillSymbol.createSimple({"color": colour + "59", "outline_color": colour, "outline_width": "0.6"})
+        r, g, b = (int(colour[j:j + 2], 16) for j in (1, 3, 5))
+        # "r,g,b,a": a hex string with alpha would be read as #AARRGGBB
+        symbol = QgsFillSymbol.createSimple({"color": f"{r},{g},{b},89", "outline_color": colour,
+                                             "outline_width": "0.6"})
         categories.append(QgsRendererCategory(name, symbol, name))
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
 

@@ -53,6 +53,9 @@ def test_annotation_layer_is_styled_with_a_drop_down(qgis_app, tmp_path):
     assert setup.type() == "ValueMap"
     assert [list(e.values())[0] for e in setup.config()["map"]] == ["urban", "rural", "uninhabited"]
     assert layer.renderer().type() == "categorizedSymbol"
+    categories = layer.renderer().categories()  # keep the copies alive while reading their symbols
+    urban = categories[0].symbol().color()  # urban is #e31a1c, a translucent fill
+    assert (urban.red(), urban.green(), urban.blue(), urban.alpha()) == (0xe3, 0x1a, 0x1c, 89)
     reopened = QgsVectorLayer(result["OUTPUT"], "again", "ogr")  # the style lives in the GeoPackage
     assert reopened.renderer().type() == "categorizedSymbol"
     assert reopened.editorWidgetSetup(reopened.fields().lookupField("class")).type() == "ValueMap"
