@@ -1,14 +1,14 @@
-"""QGIS plugin glue: registers the Processing provider and adds the SatSeg menu. Kept thin on purpose."""
+"""QGIS plugin glue: registers the Processing provider, adds the SatSeg menu, toolbar and dock. Kept thin on
+purpose: the dock (``ui.dock``) is imported only when it is first opened."""
 
 from __future__ import annotations
 
-import html
 from typing import List, Optional
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QMenu, QMessageBox
+from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
 
 from .processing_provider.base import ICON_PATH
 from .processing_provider.provider import ALGORITHMS, SatSegProvider
@@ -25,9 +25,17 @@ class SatSegPlugin:
     """The object QGIS holds for the plugin (see ``classFactory``)."""
 
     def __init__(self, iface) -> None:
+        # The installer's package folder on sys.path, and triton kept out: it crashes QGIS desktop (see
+        # engine.deps.CRASHING_IMPORTS). Pure Python, nothing heavy is imported here.
+        from .engine.deps import setup_imports  # noqa: PLC0415
+
+        setup_imports(QgsApplication.qgisSettingsDirPath())
         self.iface = iface
         self.provider: Optional[SatSegProvider] = None
         self.menu: Optional[QMenu] = None
+        self.toolbar: Optional[QToolBar] = None
+        self.dock = None
+        self.dock_action: Optional[QAction] = None
         self.actions: List[QAction] = []
 
     # Called by QGIS for qgis_process and desktop alike (hasProcessingProvider=yes).
@@ -42,9 +50,22 @@ class SatSegPlugin:
         self.initProcessing()
         if self.iface is None:
             return
-        menu_bar = self.iface.mainWindow().menuBar()
+        main_window = self.iface.mainWindow()
+        menu_bar = main_window.menuBar()
         self.menu = QMenu(tr("&SatSeg"), menu_bar)
         self.menu.setObjectName("mSatSegMenu")
+        self.dock_action = QAction(QIcon(ICON_PATH), tr("SatSeg Panel"), main_window)
+        self.dock_action.setObjectName("mActionSatSegDock")
+        self.dock_action.setCheckable(True)
+        self.dock_action.setToolTip(tr("SatSeg panel: annotate, label clusters, run workflows"))
+        self.dock_action.triggered.connect(self.show_dock)
+        self.menu.addAction(self.dock_action)
+        self.menu.addSeparator()
+        self.actions.append(self.dock_action)
+        self.toolbar = QToolBar(tr("SatSeg"), main_window)
+        self.toolbar.setObjectName("mSatSegToolBar")
+        self.toolbar.addAction(self.dock_action)
+        main_window.addToolBar(self.toolbar)
         for algorithm_class in ALGORITHMS:
             alg = algorithm_class()
             action = QAction(QIcon(ICON_PATH), alg.displayName() + "…", self.iface.mainWindow())
@@ -53,6 +74,11 @@ class SatSegPlugin:
             self.menu.addAction(action)
             self.actions.append(action)
         self.menu.addSeparator()
+        install = QAction(tr("Install Python packages…"), self.iface.mainWindow())
+        install.setObjectName("mActionSatSegInstall")
+        install.triggered.connect(self.show_installer)
+        self.menu.addAction(install)
+        self.actions.append(install)
         about = QAction(tr("About SatSeg and diagnostics…"), self.iface.mainWindow())
         about.setObjectName("mActionSatSegAbout")
         about.triggered.connect(self.show_diagnostics)
@@ -64,6 +90,23 @@ class SatSegPlugin:
         else:
             menu_bar.addMenu(self.menu)
 
+    def show_dock(self) -> None:
+        """Create the SatSeg dock on first use and show it; later the action toggles it."""
+        if self.dock is None:
+            from .ui.dock import SatSegDock  # noqa: PLC0415  (lazy: QGIS starts faster)
+
+            self.dock = SatSegDock(self.iface, parent=self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            # From now on the dock keeps the action's check state and answers it.
+            self.dock_action.triggered.disconnect(self.show_dock)
+            self.dock.setToggleVisibilityAction(self.dock_action)
+            # First use: say in the message bar (with an Install… button) when deep-learning packages are missing.
+            from .ui.installer_dialog import offer_installer  # noqa: PLC0415
+
+            offer_installer(self.iface)
+        self.dock.setUserVisible(True)
+        self.dock.raise_()
+
     def open_algorithm(self, algorithm_id: str) -> None:
         """Open the Processing dialog of a SatSeg algorithm."""
         import processing  # noqa: PLC0415  (QGIS's Processing plugin, loaded by then)
@@ -71,18 +114,28 @@ class SatSegPlugin:
         processing.execAlgorithmDialog(algorithm_id, {})
 
     def show_diagnostics(self) -> None:
-        """Show versions, interpreter, devices and any missing package with its install command."""
-        from .engine.diagnostics import environment_report, package_report  # noqa: PLC0415
+        """Show versions, interpreter, devices, paths and any missing package (not modal)."""
+        from .ui.diagnostics_dialog import show_diagnostics  # noqa: PLC0415
 
-        rows = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>"
-                       for k, v in environment_report().items())
-        rows += "".join(f"<tr><td>{html.escape(name)}</td><td>{html.escape(version)}"
-                        f"{'<br><code>' + html.escape(cmd) + '</code>' if cmd else ''}</td></tr>"
-                        for name, version, cmd in package_report())
-        QMessageBox.information(self.iface.mainWindow(), tr("SatSeg diagnostics"), f"<table>{rows}</table>")
+        show_diagnostics(self.iface.mainWindow())
+
+    def show_installer(self) -> None:
+        """Open the dependency installer (not modal)."""
+        from .ui.installer_dialog import show_installer  # noqa: PLC0415
+
+        show_installer(self.iface.mainWindow())
 
     def unload(self) -> None:
-        """Remove the menu and the provider."""
+        """Remove the dock, toolbar, menu and the provider."""
+        if self.dock is not None:
+            self.dock.cleanup()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.toolbar is not None:
+            self.toolbar.parent().removeToolBar(self.toolbar)
+            self.toolbar.setParent(None)  # Python owns it again: deleted now, not at interpreter exit
+            self.toolbar = None
         for action in self.actions:
             if self.menu is not None:
                 self.menu.removeAction(action)

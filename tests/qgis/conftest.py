@@ -22,10 +22,11 @@ qgis_core = pytest.importorskip("qgis.core")
 
 @pytest.fixture(scope="session")
 def session_plugin():
-    """The SatSeg plugin object, created through ``classFactory`` in a QgsApplication with Processing."""
+    """The SatSeg plugin object, created through ``classFactory`` in a GUI QgsApplication (offscreen) with
+    Processing."""
     from qgis.core import QgsApplication
 
-    app = QgsApplication([], False)
+    app = QgsApplication([], True)  # GUI app (offscreen): the dock tests need widgets
     app.initQgis()
     from processing.core.Processing import Processing
 
