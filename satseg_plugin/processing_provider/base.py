@@ -30,6 +30,7 @@ GROUPS: Dict[str, str] = {
     "clustering": "Clustering",
     "segmentation": "Segmentation",
     "population": "Population",
+    "export": "Export",
 }
 
 

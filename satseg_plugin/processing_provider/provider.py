@@ -14,7 +14,9 @@ from .create_annotation_layer import CreateAnnotationLayerAlgorithm
 from .deep_cluster import DeepClusterAlgorithm
 from .evaluate_clusters import EvaluateClustersAlgorithm
 from .evaluate_segmentation import EvaluateSegmentationAlgorithm
+from .export_cog import ExportCogAlgorithm
 from .export_rle import ExportRleAlgorithm
+from .export_vector import ExportVectorAlgorithm
 from .extract_clusters import ExtractClustersAlgorithm
 from .import_rle import ImportRleAlgorithm
 from .label_patches import LabelPatchesAlgorithm
@@ -34,7 +36,8 @@ ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlg
               ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm,
               TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm,
               CreateAnnotationLayerAlgorithm, LabelPatchesAlgorithm, PretrainSceneAlgorithm, DeepClusterAlgorithm,
-              ExtractClustersAlgorithm, OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm)
+              ExtractClustersAlgorithm, OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm,
+              ExportCogAlgorithm, ExportVectorAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):

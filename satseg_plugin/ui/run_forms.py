@@ -16,7 +16,7 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, Q
 from .annotate import annotation_classes, class_field_of
 from .tasks import AlgorithmChain, Step, algorithm_available, on_map
 
-__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "TRACK_ALGORITHMS"]
+__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "TRACK_ALGORITHMS"]
 
 ARCHITECTURES = ("U-Net", "PSPNet", "DeepLabV3+")
 ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2")
@@ -354,6 +354,64 @@ class TrackForm(WorkflowForm):
                 Step("satseg:trackcommunities", tracks)]
 
 
+#: Export choices: (label, algorithm id, extension, FORMAT value of satseg:exportvector or None)
+RASTER_EXPORTS = (("Cloud-Optimised GeoTIFF", "satseg:exportcog", ".tif", None),
+                  ("Competition RLE CSV (mask, 224 px tiles)", "satseg:exportrle", ".csv", None))
+VECTOR_EXPORTS = (("GeoPackage", "satseg:exportvector", ".gpkg", 0), ("GeoJSON", "satseg:exportvector", ".geojson", 1),
+                  ("ESRI Shapefile", "satseg:exportvector", ".shp", 2))
+
+
+class ExportForm(WorkflowForm):
+    """Export a result: polygons (buildings, communities, tracks) to GeoPackage / GeoJSON / Shapefile, rasters as
+    Cloud-Optimised GeoTIFF, a segmentation mask as competition RLE CSV. The file goes to a new folder under the
+    results folder; its path is shown when done."""
+
+    title = "Export"
+    algorithms = ("satseg:exportcog", "satseg:exportvector", "satseg:exportrle")
+    prefix = "export"
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.layer = _layer_combo(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.VectorLayer,
+                                  "satsegExportLayer")
+        self.format = _combo((), "satsegExportFormat")
+        self.form.addRow(self.tr("Layer"), self.layer)
+        self.form.addRow(self.tr("Format"), self.format)
+        self.advanced.setVisible(False)
+        self.run_button.setText(self.tr("Export"))
+        self.written = ""
+        self.layer.layerChanged.connect(self._layer_changed)
+        self._layer_changed(self.layer.currentLayer())
+
+    def choices(self):
+        """The export choices for the current layer."""
+        layer = self.layer.currentLayer()
+        if isinstance(layer, QgsRasterLayer):
+            return RASTER_EXPORTS
+        return VECTOR_EXPORTS if isinstance(layer, QgsVectorLayer) else ()
+
+    def _layer_changed(self, _layer) -> None:
+        self.format.clear()
+        self.format.addItems([self.tr(label) for label, *_ in self.choices()])
+
+    def steps(self, folder: str) -> List[Step]:  # noqa: D102
+        layer, choices = self.layer.currentLayer(), self.choices()
+        if layer is None or not choices:
+            raise ValueError(self.tr("Choose a layer to export."))
+        _label, algorithm, extension, fmt = choices[max(self.format.currentIndex(), 0)]
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name()) or "layer"
+        params: Dict[str, Any] = {"INPUT": layer, "OUTPUT": os.path.join(folder, name + extension)}
+        if fmt is not None:
+            params["FORMAT"] = fmt
+        return [Step(algorithm, lambda _results: params)]
+
+    def finished(self, ok: bool, results: Dict[str, Any]) -> None:  # noqa: D102
+        if ok:
+            outputs = next(iter(results.values()), {}) if results else {}
+            self.written = outputs.get("OUTPUT", "")
+            self.host.message(self.tr("Exported to {}").format(self.written), Qgis.Success)
+
+
 class RunPanel(QWidget):
     """The *Run* tab: one page per workflow."""
 
@@ -365,8 +423,9 @@ class RunPanel(QWidget):
         self.train_form = TrainSegmentForm(host, self)
         self.cluster_form = ClusterForm(host, self)
         self.track_form = TrackForm(host, self)
-        self.forms = [self.train_form, self.cluster_form, self.track_form]
-        self.titles = [self.tr("Train + segment"), self.tr("Cluster"), self.tr("Track populations")]
+        self.export_form = ExportForm(host, self)
+        self.forms = [self.train_form, self.cluster_form, self.track_form, self.export_form]
+        self.titles = [self.tr("Train + segment"), self.tr("Cluster"), self.tr("Track populations"), self.tr("Export")]
         for form, title in zip(self.forms, self.titles):
             self.toolbox.addItem(form, title)
         layout.addWidget(self.toolbox)

@@ -619,3 +619,32 @@ def test_plugin_menu_and_toolbar_open_the_dock(qgis_app, session_plugin, canvas)
         iface.window.deleteLater()  # while the application still exists
         QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
     assert registry.providerById("satseg") is not None
+
+
+def test_export_form_writes_cog_and_polygons_in_the_background(dock, cluster_layer, tmp_path):
+    """Export from the dock: a raster as Cloud-Optimised GeoTIFF, polygons as GeoJSON (lon/lat)."""
+    rasterio = pytest.importorskip("rasterio")
+    form = dock.run_panel.export_form
+    form.layer.setLayer(cluster_layer)
+    assert [form.format.itemText(i) for i in range(form.format.count())][0] == "Cloud-Optimised GeoTIFF"
+    chain = form.run()
+    assert chain is not None
+    assert wait_for(lambda: chain.done, 120) and chain.error == "", dock.messages
+    assert form.written.endswith("clusters.tif") and "export_" in form.written
+    with rasterio.open(form.written) as cog, rasterio.open(cluster_layer.source()) as src:
+        assert cog.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and cog.transform == src.transform
+        assert (cog.read() == src.read()).all()
+    polygons = QgsVectorLayer(f"Polygon?crs={CRS}&field=class:string", "buildings", "memory")
+    feature = QgsFeature(polygons.fields())
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(X0 + 10, Y0 - 20, X0 + 20, Y0 - 10)))
+    feature.setAttributes(["building"])
+    polygons.dataProvider().addFeatures([feature])
+    QgsProject.instance().addMapLayer(polygons)
+    form.layer.setLayer(polygons)
+    form.format.setCurrentIndex(1)  # GeoJSON
+    chain = form.run()
+    assert wait_for(lambda: chain.done, 120) and chain.error == "", dock.messages
+    assert form.written.endswith("buildings.geojson")
+    out = QgsVectorLayer(form.written)
+    assert out.featureCount() == 1 and out.crs().authid() == "EPSG:4326"
+    assert 14 < out.extent().xMinimum() < 16 and 45 < out.extent().yMinimum() < 46  # UTM 33N 500 km E -> 15° E
