@@ -326,7 +326,34 @@ def classes_done():
     for layer in QgsProject.instance().mapLayersByName("Class polygons"):  # show the class raster itself
         root.findLayer(layer.id()).setItemVisibilityChecked(False)
     iface.mapCanvas().refresh()
-    QTimer.singleShot(2500, guarded(lambda: (shoot("flow_classes.png"), done())))
+    QTimer.singleShot(2500, guarded(lambda: (shoot("flow_classes.png"), start_export())))
+
+
+@guarded
+def start_export():
+    """Run tab > Export: the building polygons of train + segment as GeoJSON, in the background."""
+    report["stage"] = "export"
+    dock = state["dock"]
+    dock.tabs.setCurrentWidget(dock.run_panel)
+    form = dock.run_panel.export_form
+    dock.run_panel.toolbox.setCurrentWidget(form)
+    polygons = [layer for layer in state["chain"].layers if isinstance(layer, QgsVectorLayer)]
+    report["export_layer"] = polygons[0].name() if polygons else None
+    form.layer.setLayer(polygons[0] if polygons else None)
+    form.format.setCurrentIndex([form.format.itemText(i) for i in range(form.format.count())].index("GeoJSON"))
+    form.run_button.click()
+    QTimer.singleShot(300, guarded(lambda: shoot("dock_export.png", dock)))
+    wait_until(lambda: form.chain is not None and form.chain.done, export_done, 60, "export")
+
+
+@guarded
+def export_done():
+    form = state["dock"].run_panel.export_form
+    report["export_error"] = form.chain.error
+    report["exported"] = form.written
+    exported = QgsVectorLayer(form.written) if form.written else None
+    report["exported_features"] = exported.featureCount() if exported is not None and exported.isValid() else -1
+    done()
 
 
 def done():

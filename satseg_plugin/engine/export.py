@@ -7,7 +7,6 @@ from typing import Optional
 
 from .errors import InputError
 from .progress import Feedback, NullFeedback
-from .raster import open_raster, raster_env
 from .staging import StagedFile
 
 __all__ = ["COG_COMPRESSIONS", "export_cog"]
@@ -34,8 +33,10 @@ def export_cog(source: str, output_path: str, compression: str = "DEFLATE", feed
     Returns:
         The absolute output path.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415  (lazy: the toolbox lists this algorithm without numpy or rasterio)
     from rasterio.shutil import copy as rio_copy  # noqa: PLC0415
+
+    from .raster import open_raster, raster_env  # noqa: PLC0415
 
     feedback = feedback or NullFeedback()
     if compression not in COG_COMPRESSIONS:

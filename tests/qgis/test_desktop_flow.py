@@ -78,7 +78,11 @@ def test_annotate_train_segment_and_label_clusters_in_qgis_desktop(tmp_path):
     # Make classes ran clusterstoclasses in the background with that table: a class raster with a legend.
     assert report["classes_error"] == ""
     assert report["classes_layers"]["Classes"] == "paletted" and report["classes_legend"] == ["building", "other"]
+    # Export (Run tab): the segmented building polygons as GeoJSON, every feature written.
+    assert report["export_layer"] == "Segmented polygons" and report["export_error"] == ""
+    assert report["exported"].endswith(".geojson") and os.path.exists(report["exported"])
+    assert report["exported_features"] == layers["Segmented polygons"]["features"]
     for shot in ("flow_annotate.png", "flow_running.png", "flow_results.png", "flow_label_clusters.png",
                  "flow_classes.png", "dock_annotate.png", "dock_run.png", "dock_run_cluster.png",
-                 "dock_label_clusters.png"):
+                 "dock_label_clusters.png", "dock_export.png"):
         assert os.path.getsize(os.path.join(SHOTS, shot)) > 5_000, shot

@@ -12,7 +12,7 @@ def test_provider_registered_with_algorithms(qgis_app):
     assert "satseg:patchraster" in algs
     for alg in algs.values():
         assert alg.name() == alg.name().lower() and alg.groupId() in ("patching", "clustering", "segmentation",
-                                                                      "population")
+                                                                      "population", "export")
         assert alg.shortHelpString() and alg.displayName()
 
 
