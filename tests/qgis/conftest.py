@@ -102,3 +102,29 @@ def qgis_process(tmp_path_factory):
 def parse_json_output(stdout: str) -> dict:
     """The JSON document qgis_process --json prints (skipping any log lines before it)."""
     return json.loads(stdout[stdout.index("{"):])
+
+
+def add_model_child(model, child_id: str, alg_id: str, sources: dict, outputs=()) -> None:
+    """Add ``alg_id`` as child ``child_id`` of a Processing ``model``, as the modeler dialog does: ``sources``
+    for the given inputs, every other input at its default value, and ``outputs`` exposed as model outputs
+    named ``<child_id>_<output>``."""
+    from qgis.core import (QgsApplication, QgsProcessingModelChildAlgorithm,  # noqa: PLC0415
+                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput)
+
+    step = QgsProcessingModelChildAlgorithm(alg_id)
+    step.setChildId(child_id)
+    for name, source in sources.items():
+        step.addParameterSources(name, [source])
+    for definition in QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinitions():
+        if definition.name() not in sources and not definition.isDestination() and \
+                definition.defaultValue() is not None:
+            step.addParameterSources(definition.name(),
+                                     [QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())])
+    model_outputs = {}
+    for output in outputs:
+        out = QgsProcessingModelOutput(f"{child_id}_{output}")
+        out.setChildId(child_id)
+        out.setChildOutputName(output)
+        model_outputs[f"{child_id}_{output}"] = out
+    step.setModelOutputs(model_outputs)
+    model.addChildAlgorithm(step)

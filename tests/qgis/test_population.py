@@ -15,7 +15,7 @@ rasterio = pytest.importorskip("rasterio")
 from qgis.core import QgsProcessingException, QgsVectorLayer  # noqa: E402
 
 from sample_data.population import generate_population_series  # noqa: E402
-from tests.qgis.conftest import parse_json_output  # noqa: E402
+from tests.qgis.conftest import add_model_child, parse_json_output  # noqa: E402
 
 FAST = {"EPOCHS": 15, "CENTRES_PER_EPOCH": 300, "K": 6, "MIN_SAMPLES": 20, "DEVICE": 1}
 
@@ -136,10 +136,8 @@ def test_qgis_process_optical_flow(qgis_process, series, tmp_path):
 def test_pipeline_runs_as_a_graphical_model(qgis_app, series, tmp_path):
     """opticalflow -> populationclusters -> trackcommunities wired as a Processing model."""
     import processing
-    from qgis.core import (QgsApplication, QgsProcessing, QgsProcessingModelAlgorithm,
-                           QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
-                           QgsProcessingModelOutput, QgsProcessingModelParameter,
-                           QgsProcessingParameterMultipleLayers)
+    from qgis.core import (QgsProcessing, QgsProcessingModelAlgorithm, QgsProcessingModelChildParameterSource,
+                           QgsProcessingModelParameter, QgsProcessingParameterMultipleLayers)
 
     static = QgsProcessingModelChildParameterSource.fromStaticValue
     parent = QgsProcessingModelChildParameterSource.fromChildOutput
@@ -149,22 +147,7 @@ def test_pipeline_runs_as_a_graphical_model(qgis_app, series, tmp_path):
                             QgsProcessingModelParameter("frames"))
 
     def child(child_id, alg_id, sources, outputs=()):
-        step = QgsProcessingModelChildAlgorithm(alg_id)
-        step.setChildId(child_id)
-        for name, source in sources.items():
-            step.addParameterSources(name, [source])
-        for definition in QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinitions():
-            if definition.name() not in sources and not definition.isDestination() and \
-                    definition.defaultValue() is not None:
-                step.addParameterSources(definition.name(), [static(definition.defaultValue())])
-        model_outputs = {}
-        for o in outputs:
-            out = QgsProcessingModelOutput(f"{child_id}_{o}")
-            out.setChildId(child_id)
-            out.setChildOutputName(o)
-            model_outputs[f"{child_id}_{o}"] = out
-        step.setModelOutputs(model_outputs)
-        model.addChildAlgorithm(step)
+        add_model_child(model, child_id, alg_id, sources, outputs)
 
     child("flow", "satseg:opticalflow", {"FRAMES": frames, "DEVICE": static(1),
                                          "OUTPUT_DIR": static(str(tmp_path / "flow"))})

@@ -7,6 +7,7 @@ import pytest
 from qgis.core import QgsProcessingException, QgsProject, QgsVectorLayer
 
 from sample_data.generate import generate_mosaic
+from tests.qgis.conftest import add_model_child
 
 pytest.importorskip("torchvision")
 pytest.importorskip("faiss")
@@ -87,6 +88,9 @@ def test_pretrain_and_deep_cluster_outputs(chain):
     best_urban = max((r for r in rows if r["group"] == "urban"), key=lambda r: float(r["silhouette"]))
     assert clu["SUGGESTED_CITY_K"] == int(best_urban["k"])
     assert open(clu["OUTPUT_PLOT"], "rb").read(4) == b"\x89PNG"
+    report = open(clu["OUTPUT_REPORT"], encoding="utf-8").read()  # shown in QGIS's Results Viewer
+    assert os.path.basename(clu["OUTPUT_PLOT"]) in report and report.count("<tr>") == 1 + len(rows)
+    assert report.count("peak") == 2  # one peak marked per group
 
 
 def test_extract_clusters_ids_and_copies(run_alg, chain, tmp_path):
@@ -115,8 +119,7 @@ def test_qgis_process_label_patches(qgis_process, chain, tmp_path):
 def test_chain_runs_as_a_graphical_model(qgis_app, tmp_path):
     """patchraster -> labelpatches -> pretrainscene -> deepcluster -> extractclusters wired as a Processing model."""
     import processing
-    from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
-                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
+    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildParameterSource,
                            QgsProcessingModelParameter, QgsProcessingParameterRasterLayer,
                            QgsProcessingParameterVectorLayer)
 
@@ -128,18 +131,7 @@ def test_chain_runs_as_a_graphical_model(qgis_app, tmp_path):
                             QgsProcessingModelParameter("annotations"))
 
     def child(child_id, alg_id, sources, outputs=()):
-        step = QgsProcessingModelChildAlgorithm(alg_id)
-        step.setChildId(child_id)
-        for name, source in sources.items():
-            step.addParameterSources(name, [source])
-        # as the modeler dialog does: every other input starts at its default value
-        for definition in QgsApplication.processingRegistry().algorithmById(alg_id).parameterDefinitions():
-            if definition.name() not in sources and not definition.isDestination() and \
-                    definition.defaultValue() is not None:
-                step.addParameterSources(definition.name(), [static(definition.defaultValue())])
-        step.setModelOutputs({f"{child_id}_{o}": _model_output(QgsProcessingModelOutput, f"{child_id}_{o}",
-                                                               child_id, o) for o in outputs})
-        model.addChildAlgorithm(step)
+        add_model_child(model, child_id, alg_id, sources, outputs)
 
     child("patch", "satseg:patchraster", {
         "INPUT": QgsProcessingModelChildParameterSource.fromModelParameter("raster"), "PATCH_WIDTH": static(32),
@@ -168,9 +160,3 @@ def test_chain_runs_as_a_graphical_model(qgis_app, tmp_path):
     assert layer.featureCount() == 64
     assert {f["cluster"] for f in layer.getFeatures()} <= set(range(1, 6))
 
-
-def _model_output(cls, name, child_id, output):
-    out = cls(name)
-    out.setChildId(child_id)
-    out.setChildOutputName(output)
-    return out
