@@ -68,7 +68,9 @@ class MissingDependencyError(SatSegError, ImportError):
         detail = f" ({reason})" if reason else ""
         super().__init__(
             f"SatSeg needs the Python package '{package}', which QGIS's Python cannot import{detail}. "
-            f"Install it with:\n    {command}\nthen restart QGIS."
+            "In QGIS desktop, SatSeg > Install Python packages… installs it into SatSeg's own folder without "
+            f"touching system packages. Or install it with:\n    {command}\nthen restart QGIS. (Where pip "
+            "refuses with 'externally-managed-environment', as on Debian 12, use the SatSeg menu entry.)"
         )
 
 

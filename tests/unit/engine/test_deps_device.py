@@ -20,6 +20,7 @@ def test_missing_package_names_pip_package_and_command(monkeypatch):
     message = str(info.value)
     assert "'faiss-cpu'" in message
     assert f"{deps.python_interpreter()} -m pip install --user faiss-cpu" in message
+    assert "SatSeg > Install Python packages" in message  # the way that works on Debian 12's managed Python
     assert deps.missing_packages("faiss", "json") == {"faiss": "faiss-cpu"}
 
 
