@@ -985,10 +985,21 @@ def _write_tif(path: str, scene: Scene) -> None:
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
 
 
-def _write_gpkg(path: str, buildings: Sequence[Building], epsg: int) -> None:
+def _write_polygon_gpkg(path: str, layer_name: str, epsg: int, fields: Sequence[Tuple[str, str]],
+                        rows: Sequence[Tuple[int, Polygon, Sequence[Any]]]) -> None:
+    """Write polygons to a fresh GeoPackage layer.
+
+    Args:
+        path: the GeoPackage (replaced when it exists).
+        layer_name: the layer.
+        epsg: its CRS.
+        fields: ``(name, kind)`` with kind ``int``, ``str`` or ``float``.
+        rows: ``(fid, polygon, values in fields order)``.
+    """
     with _ogr_exceptions() as ogr:
         from osgeo import osr
 
+        kinds = {"int": ogr.OFTInteger, "str": ogr.OFTString, "float": ogr.OFTReal}
         driver = ogr.GetDriverByName("GPKG")
         if os.path.exists(path):
             driver.DeleteDataSource(path)
@@ -996,23 +1007,27 @@ def _write_gpkg(path: str, buildings: Sequence[Building], epsg: int) -> None:
         srs = osr.SpatialReference()
         srs.ImportFromEPSG(epsg)
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer = ds.CreateLayer(LAYER_NAME, srs, ogr.wkbPolygon, options=["FID=fid", "GEOMETRY_NAME=geom"])
-        for name, kind in (("id", ogr.OFTInteger), ("roof", ogr.OFTString), ("area_m2", ogr.OFTReal)):
-            layer.CreateField(ogr.FieldDefn(name, kind))
+        layer = ds.CreateLayer(layer_name, srs, ogr.wkbPolygon, options=["FID=fid", "GEOMETRY_NAME=geom"])
+        for name, kind in fields:
+            layer.CreateField(ogr.FieldDefn(name, kinds[kind]))
         defn = layer.GetLayerDefn()
         layer.StartTransaction()
-        for b in buildings:
+        for fid, polygon, values in rows:
             feat = ogr.Feature(defn)
-            feat.SetFID(b.id)
-            feat.SetField("id", b.id)
-            feat.SetField("roof", b.roof)
-            feat.SetField("area_m2", b.area_m2)
-            feat.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(b.polygon)))
+            feat.SetFID(fid)
+            for (name, _kind), value in zip(fields, values):
+                feat.SetField(name, value)
+            feat.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(polygon)))
             layer.CreateFeature(feat)
             feat = None
         layer.CommitTransaction()
         layer = None
         ds = None
+
+
+def _write_gpkg(path: str, buildings: Sequence[Building], epsg: int) -> None:
+    _write_polygon_gpkg(path, LAYER_NAME, epsg, (("id", "int"), ("roof", "str"), ("area_m2", "float")),
+                        [(b.id, b.polygon, (b.id, b.roof, b.area_m2)) for b in buildings])
 
 
 def _paths(out_dir: _PathLike) -> Dict[str, str]:
@@ -2008,33 +2023,8 @@ def render_mosaic(size: int = 2048, pixel_size: float = 0.5, seed: int = 0, epsg
 
 
 def _write_regions_gpkg(path: str, regions: Sequence[Tuple[Polygon, str]], epsg: int) -> None:
-    with _ogr_exceptions() as ogr:
-        from osgeo import osr
-
-        driver = ogr.GetDriverByName("GPKG")
-        if os.path.exists(path):
-            driver.DeleteDataSource(path)
-        ds = driver.CreateDataSource(path)
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer = ds.CreateLayer(REGIONS_LAYER, srs, ogr.wkbPolygon, options=["FID=fid", "GEOMETRY_NAME=geom"])
-        for name, kind in (("id", ogr.OFTInteger), ("class", ogr.OFTString), ("area_m2", ogr.OFTReal)):
-            layer.CreateField(ogr.FieldDefn(name, kind))
-        defn = layer.GetLayerDefn()
-        layer.StartTransaction()
-        for i, (poly, cls) in enumerate(regions, start=1):
-            feat = ogr.Feature(defn)
-            feat.SetFID(i)
-            feat.SetField("id", i)
-            feat.SetField("class", cls)
-            feat.SetField("area_m2", float(poly.area))
-            feat.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(poly)))
-            layer.CreateFeature(feat)
-            feat = None
-        layer.CommitTransaction()
-        layer = None
-        ds = None
+    _write_polygon_gpkg(path, REGIONS_LAYER, epsg, (("id", "int"), ("class", "str"), ("area_m2", "float")),
+                        [(i, poly, (i, cls, float(poly.area))) for i, (poly, cls) in enumerate(regions, start=1)])
 
 
 def _mosaic_paths(out_dir: _PathLike) -> Dict[str, str]:
