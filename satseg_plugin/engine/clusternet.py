@@ -18,7 +18,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from .deps import require
-from .errors import InputError
+from .errors import InputError, check_settings
 from .kmeans import Whitening, kmeans, l2_normalize, nearest_centroid, nmi
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from .raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
@@ -89,9 +89,7 @@ class ClusterNetConfig:
                   ("SAMPLE_PIXELS", self.sample_pixels >= self.num_clusters, "at least NUM_CLUSTERS"),
                   ("LEARNING_RATE", self.learning_rate > 0, "positive"),
                   ("BAND_SHARE", 0 <= self.band_share < 1, "at least 0 and less than 1"))
-        for parameter, ok, what in checks:
-            if not ok:
-                raise InputError(f"must be {what}.", parameter)
+        check_settings(checks)
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 from affine import Affine
 
 from .deps import require
-from .errors import InputError
+from .errors import InputError, check_settings
 from .kmeans import kmeans, silhouette
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 
@@ -143,9 +143,7 @@ class CommunityConfig:
                   ("EPS", math.isfinite(self.eps) and self.eps > 0, "a positive number of pixels"),
                   ("MIN_SAMPLES", self.min_samples >= 1, "at least 1"),
                   ("TILE_PIXELS", self.tile_pixels >= 1, "at least 1"))
-        for parameter, ok, what in checks:
-            if not ok:
-                raise InputError(f"must be {what}.", parameter)
+        check_settings(checks)
 
 
 # --------------------------------------------------------------------------------------------- channels

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .deps import require
-from .errors import InputError
+from .errors import InputError, check_settings
 from .kmeans import Whitening, kmeans, l2_normalize, nmi, silhouette
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 from .scene_data import load_patches
@@ -89,9 +89,7 @@ class DeepClusterConfig:
                   ("BATCH_SIZE", self.batch_size >= 2, "at least 2", self.batch_size),
                   ("LEARNING_RATE", self.learning_rate > 0, "positive", self.learning_rate),
                   ("KMEANS_ITERATIONS", self.kmeans_iterations >= 1, "at least 1", self.kmeans_iterations))
-        for parameter, ok, what, value in checks:
-            if not ok:
-                raise InputError(f"must be {what}, got {value}.", parameter)
+        check_settings(checks)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Optional
 __all__ = [
     "SatSegError",
     "InputError",
+    "check_settings",
     "OutputError",
     "CanceledError",
     "MissingDependencyError",
@@ -89,3 +90,16 @@ class CheckpointError(SatSegError):
     def __init__(self, message: str, path: Optional[str] = None) -> None:
         self.path = path
         super().__init__(message)
+
+
+def check_settings(checks, prefix: str = "must be ") -> None:
+    """Raise :class:`InputError` for the first failed check of a settings object's ``validate``.
+
+    Args:
+        checks: ``(parameter, ok, requirement)`` or ``(parameter, ok, requirement, value)`` tuples; the message
+            is ``prefix + requirement`` followed by ``, got <value>`` when a value is given.
+        prefix: put before every requirement.
+    """
+    for parameter, ok, requirement, *value in checks:
+        if not ok:
+            raise InputError(f"{prefix}{requirement}" + (f", got {value[0]}." if value else "."), parameter)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from .deps import require
-from .errors import InputError
+from .errors import InputError, check_settings
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from .scene_data import load_patches
 from .staging import write_csv_rows
@@ -85,9 +85,7 @@ class SceneTrainConfig:
                   ("CONSISTENCY_WEIGHT", self.consistency_weight >= 0, "0 or more", self.consistency_weight),
                   ("RAMPUP_EPOCHS", self.rampup_epochs >= 0, "0 or more", self.rampup_epochs),
                   ("VAL_FRACTION", 0 <= self.val_fraction < 1, "in [0, 1)", self.val_fraction))
-        for parameter, ok, what, value in checks:
-            if not ok:
-                raise InputError(f"must be {what}, got {value}.", parameter)
+        check_settings(checks)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from rasterio.windows import Window
 
 from .augment import AugmentConfig, augment_batch
 from .deps import require
-from .errors import CanceledError, InputError
+from .errors import CanceledError, InputError, check_settings
 from .labels import IGNORE, LabelSet
 from .normalization import band_statistics, normalize
 from .progress import Feedback, NullFeedback, check_canceled
@@ -81,18 +81,17 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
         checks = [
-            ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels"),
-            ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1"),
-            ("EPOCHS", self.epochs >= 1, "must be at least 1"),
-            ("LEARNING_RATE", self.learning_rate > 0, "must be positive"),
-            ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1"),
-            ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1"),
-            ("PATIENCE", self.patience >= 1, "must be at least 1"),
-            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1"),
+            ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels", self.patch_size),
+            ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1", self.batch_size),
+            ("EPOCHS", self.epochs >= 1, "must be at least 1", self.epochs),
+            ("LEARNING_RATE", self.learning_rate > 0, "must be positive", self.learning_rate),
+            ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1", self.val_fraction),
+            ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1", self.positive_prob),
+            ("PATIENCE", self.patience >= 1, "must be at least 1", self.patience),
+            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1",
+             self.threshold),
         ]
-        for name, ok, text in checks:
-            if not ok:
-                raise InputError(f"{text}, got {getattr(self, name.lower())}.", name)
+        check_settings(checks, prefix="")
 
 
 @dataclass
