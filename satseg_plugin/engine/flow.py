@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import rasterio
@@ -233,13 +233,14 @@ class _Solver:
         return up * scale.view(1, 2, 1, 1)
 
 
-class _Step:
+class _Step(Protocol):
     """One solver's state between iterations: :meth:`step` advances it, :attr:`flow` is the estimate."""
 
     flow: "torch.Tensor"
 
-    def step(self, measure: bool) -> float:  # pragma: no cover - interface
-        raise NotImplementedError
+    def step(self, measure: bool) -> float:
+        """Advance one iteration; return the mean absolute change of the flow (NaN unless ``measure``)."""
+        ...
 
 
 def _dot_channels(grad: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
@@ -247,7 +248,7 @@ def _dot_channels(grad: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
     return (grad * x).sum(dim=1, keepdim=True)
 
 
-class _JacobiStep(_Step):
+class _JacobiStep:
     """Horn & Schunck's own update: ``u = ubar - Ex (Ex ubar + Ey vbar + Et') / (alpha^2 + Ex^2 + Ey^2)``."""
 
     def __init__(self, solver: _Solver, grad: "torch.Tensor", et: "torch.Tensor", alpha: float,
@@ -265,7 +266,7 @@ class _JacobiStep(_Step):
         return change
 
 
-class _ConjugateGradientStep(_Step):
+class _ConjugateGradientStep:
     """Preconditioned conjugate gradients on the same Horn–Schunck equations.
 
     The Jacobi update is the block-Jacobi method for the linear system
@@ -320,7 +321,7 @@ def _iterate(solver: _Solver, f1: "torch.Tensor", f2: "torch.Tensor", flow0: "to
     # linearised about flow0: Ex u + Ey v + Et' = 0 with Et' = Et - Ex u0 - Ey v0
     et = et - (grad * flow0).sum(dim=1, keepdim=True)
     kind = _ConjugateGradientStep if config.solver == "cg" else _JacobiStep
-    state = kind(solver, grad, et, config.alpha, flow0)
+    state: _Step = kind(solver, grad, et, config.alpha, flow0)
     lo, hi = span
     done, change = 0, float("inf")
     while done < config.iterations:

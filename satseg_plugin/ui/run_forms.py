@@ -56,7 +56,8 @@ def _layer_combo(filters, name: str, optional: bool = False) -> QgsMapLayerCombo
 
 class WorkflowForm(QWidget):
     """A form that runs a chain of algorithms. Subclasses set :attr:`title`, :attr:`algorithms` and
-    :attr:`prefix`, add their fields to :attr:`form`, and implement :meth:`steps`.
+    :attr:`prefix`, add their fields to :attr:`form`, and define ``steps(folder) -> List[Step]``: the chain's
+    steps writing into ``folder`` (raising ValueError with a message for the user when the form is incomplete).
 
     Signals:
         chainStarted(object): the :class:`AlgorithmChain` just started.
@@ -106,10 +107,6 @@ class WorkflowForm(QWidget):
     def running(self) -> bool:
         """Whether this form's chain is still running."""
         return self.chain is not None and self.chain.running
-
-    def steps(self, folder: str) -> List[Step]:
-        """The chain's steps writing into ``folder``; raises ValueError with a message for the user."""
-        raise NotImplementedError
 
     def run(self) -> Optional[AlgorithmChain]:
         """Check the form and start its chain in the background; returns the chain (None when refused)."""
