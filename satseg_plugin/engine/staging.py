@@ -143,9 +143,12 @@ class StagedFile:
         overwrite: replace an existing file.
         parameter: the Processing parameter named in error messages.
         suffix: extension kept on the temporary name so drivers recognise it (e.g. ``.tif``).
+        companions: extensions of files the driver writes beside the main one (a Shapefile's ``.shx``,
+            ``.dbf``, ``.prj``, ...): moved with it on commit and removed with it on failure.
     """
 
-    def __init__(self, path: str, overwrite: bool = True, parameter: Optional[str] = None, suffix: str = "") -> None:
+    def __init__(self, path: str, overwrite: bool = True, parameter: Optional[str] = None, suffix: str = "",
+                 companions: Sequence[str] = ()) -> None:
         self.path = os.path.abspath(path)
         self.parameter = parameter
         if os.path.exists(self.path) and not overwrite:
@@ -153,8 +156,14 @@ class StagedFile:
         if os.path.isdir(self.path):
             raise OutputError(f"'{self.path}' is a folder. Choose a file name.", parameter)
         self.suffix = suffix or os.path.splitext(self.path)[1]
+        self.companions = tuple(companions)
         self.tmp: Optional[str] = None
         self._created: List[str] = []
+
+    def _pairs(self):
+        """``(temporary, final)`` paths of the companion files."""
+        tmp_root, final_root = os.path.splitext(self.tmp)[0], os.path.splitext(self.path)[0]
+        return [(tmp_root + ext, final_root + ext) for ext in self.companions]
 
     def __enter__(self) -> str:
         self._created = _ensure_parent(self.path, self.parameter)
@@ -166,12 +175,17 @@ class StagedFile:
         """Rename the temporary file over the final path."""
         if self.tmp is None or not os.path.exists(self.tmp):
             raise RuntimeError("nothing staged")
+        for tmp, final in self._pairs():
+            if os.path.exists(tmp):
+                os.replace(tmp, final)
+            elif os.path.exists(final):
+                os.remove(final)  # a stale companion of an earlier output would not match the new file
         os.replace(self.tmp, self.path)
         self.tmp = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp is not None:
-            for leftover in (self.tmp, self.tmp + ".aux.xml", self.tmp + ".ovr"):
+            for leftover in (self.tmp, self.tmp + ".aux.xml", self.tmp + ".ovr", *(t for t, _f in self._pairs())):
                 if os.path.exists(leftover):
                     os.remove(leftover)
             self.tmp = None

@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from qgis.core import (QgsCoordinateTransformContext, QgsProcessingContext, QgsProcessingException,
-                       QgsProcessingParameterEnum, QgsProcessingParameterFileDestination,
-                       QgsProcessingParameterVectorLayer, QgsVectorFileWriter)
+from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsCoordinateTransformContext,
+                       QgsProcessingContext, QgsProcessingException, QgsProcessingParameterEnum,
+                       QgsProcessingParameterFileDestination, QgsProcessingParameterVectorLayer, QgsVectorFileWriter)
 
+from ..engine.staging import StagedFile
 from .base import SatSegAlgorithm
 from .feedback import QgisFeedback
 
 __all__ = ["ExportVectorAlgorithm", "FORMATS"]
 
+#: Files the Shapefile driver writes beside the .shp.
+SHAPEFILE_COMPANIONS = (".shx", ".dbf", ".prj", ".cpg", ".qpj")
 #: (label, OGR driver, extension)
 FORMATS = (("GeoPackage", "GPKG", ".gpkg"), ("GeoJSON", "GeoJSON", ".geojson"),
            ("ESRI Shapefile", "ESRI Shapefile", ".shp"))
@@ -54,8 +57,6 @@ class ExportVectorAlgorithm(SatSegAlgorithm):
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgisFeedback) -> Dict[str, Any]:  # noqa: D102
-        from qgis.core import QgsCoordinateReferenceSystem  # noqa: PLC0415
-
         layer = self.parameterAsVectorLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.INPUT))
@@ -67,46 +68,23 @@ class ExportVectorAlgorithm(SatSegAlgorithm):
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = driver
         options.fileEncoding = "UTF-8"
+        options.layerName = os.path.splitext(os.path.basename(output))[0]  # not the temporary file's name
         if driver == "GeoJSON":
-            options.ct = self._to_wgs84(layer, context, QgsCoordinateReferenceSystem("EPSG:4326"))
+            options.ct = QgsCoordinateTransform(layer.crs(), QgsCoordinateReferenceSystem("EPSG:4326"),
+                                                context.transformContext())
         if driver == "ESRI Shapefile":
             long_names = [f.name() for f in layer.fields() if len(f.name()) > 10]
             if long_names:
                 feedback.warning(self.tr("Shapefile field names are cut to 10 characters: {}.").format(
                     ", ".join(long_names)))
-        # write next to the target, then move: a failed export leaves no half-written file
-        folder = os.path.dirname(os.path.abspath(output)) or "."
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".satseg-tmp-{os.path.basename(output)}")
-        error, message, _path, _layer = QgsVectorFileWriter.writeAsVectorFormatV3(
-            layer, tmp, context.transformContext() or QgsCoordinateTransformContext(), options)
-        if error != QgsVectorFileWriter.NoError:
-            self._remove(tmp, driver)
-            raise QgsProcessingException(self.tr("{}: could not write {}: {}").format(self.OUTPUT, label, message))
-        self._move(tmp, output, driver)
+        companions = SHAPEFILE_COMPANIONS if driver == "ESRI Shapefile" else ()
+        staged = StagedFile(output, parameter=self.OUTPUT, suffix=extension, companions=companions)
+        with staged as tmp:  # a failed export leaves no half-written file
+            error, message, _path, _layer = QgsVectorFileWriter.writeAsVectorFormatV3(
+                layer, tmp, context.transformContext() or QgsCoordinateTransformContext(), options)
+            if error != QgsVectorFileWriter.NoError:
+                raise QgsProcessingException(self.tr("{}: could not write {}: {}").format(self.OUTPUT, label,
+                                                                                         message))
+            staged.commit()
         feedback.info(self.tr("Wrote {} features as {}: {}").format(layer.featureCount(), label, output))
         return {self.OUTPUT: output}
-
-    @staticmethod
-    def _to_wgs84(layer, context, wgs84):
-        from qgis.core import QgsCoordinateTransform  # noqa: PLC0415
-
-        return QgsCoordinateTransform(layer.crs(), wgs84, context.transformContext())
-
-    @staticmethod
-    def _parts(path: str, driver: str):
-        """The files a dataset consists of (a Shapefile is several)."""
-        if driver != "ESRI Shapefile":
-            return [path]
-        root = os.path.splitext(path)[0]
-        return [root + e for e in (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qpj")]
-
-    def _move(self, tmp: str, output: str, driver: str) -> None:
-        for src, dst in zip(self._parts(tmp, driver), self._parts(output, driver)):
-            if os.path.exists(src):
-                os.replace(src, dst)
-
-    def _remove(self, tmp: str, driver: str) -> None:
-        for path in self._parts(tmp, driver):
-            if os.path.exists(path):
-                os.remove(path)

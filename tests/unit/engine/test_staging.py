@@ -83,3 +83,21 @@ def test_staged_file(tmp_path):
     assert final.read_text() == "new"
     with pytest.raises(OutputError, match="exists"):
         StagedFile(str(final), overwrite=False, parameter="OUTPUT")
+
+
+def test_staged_file_moves_and_cleans_companion_files(tmp_path):
+    (tmp_path / "out.qpj").write_text("stale")  # an earlier output's companion the new one does not write
+    staged = StagedFile(str(tmp_path / "out.shp"), suffix=".shp", companions=(".shx", ".dbf", ".qpj"))
+    with staged as tmp:
+        for ext in (".shp", ".shx", ".dbf"):
+            open(tmp[:-4] + ext, "w").write(ext)
+        staged.commit()
+    assert sorted(os.listdir(tmp_path)) == ["out.dbf", "out.shp", "out.shx"]
+    assert (tmp_path / "out.dbf").read_text() == ".dbf"
+    failed = StagedFile(str(tmp_path / "new.shp"), suffix=".shp", companions=(".shx", ".dbf"))
+    with pytest.raises(RuntimeError):
+        with failed as tmp:
+            for ext in (".shp", ".shx", ".dbf"):
+                open(tmp[:-4] + ext, "w").write(ext)
+            raise RuntimeError("driver failed")
+    assert sorted(os.listdir(tmp_path)) == ["out.dbf", "out.shp", "out.shx"]
