@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from qgis.core import QgsMapLayer, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingLayerPostProcessorInterface
 
@@ -21,58 +21,44 @@ def style_path(name: str) -> str:
     return path
 
 
-class _StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Loads a .qml style onto a layer once Processing has added it to the project."""
+class _PostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Runs ``style(layer, feedback)`` on an output once Processing has added it to the project, then renames
+    it to ``name`` (if given) and repaints it."""
 
     # Processing keeps only a raw pointer to post-processors: keep the Python objects alive here.
-    _alive: List["_StylePostProcessor"] = []
+    _alive: List["_PostProcessor"] = []
 
-    def __init__(self, qml: str, name: str = "") -> None:
+    def __init__(self, style: Callable[[QgsMapLayer, QgsProcessingFeedback], None], name: str = "") -> None:
         super().__init__()
-        self.qml, self.name = qml, name
+        self.style, self.name = style, name
+        _PostProcessor._alive.append(self)
 
     def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
                          feedback: QgsProcessingFeedback) -> None:
         if layer is None or not layer.isValid():
             return
-        _msg, ok = layer.loadNamedStyle(self.qml)
-        if not ok:
-            feedback.pushWarning(f"Could not apply style {os.path.basename(self.qml)} to {layer.name()}.")
+        self.style(layer, feedback)
         if self.name:
             layer.setName(self.name)
         layer.triggerRepaint()
+
+
+def _style_on_load(context: QgsProcessingContext, layer_id: str, style, name: str) -> None:
+    """Attach a :class:`_PostProcessor` to output ``layer_id`` if Processing will load it."""
+    if context.willLoadLayerOnCompletion(layer_id):
+        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_PostProcessor(style, name))
 
 
 def apply_style_on_load(context: QgsProcessingContext, layer_id: str, style: str, name: str = "") -> None:
     """Style output ``layer_id`` with bundled style ``style`` when Processing loads it on completion."""
-    if not context.willLoadLayerOnCompletion(layer_id):
-        return
-    processor = _StylePostProcessor(style_path(style), name)
-    _StylePostProcessor._alive.append(processor)
-    context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
+    qml = style_path(style)
 
+    def load_qml(layer: QgsMapLayer, feedback: QgsProcessingFeedback) -> None:
+        _msg, ok = layer.loadNamedStyle(qml)
+        if not ok:
+            feedback.pushWarning(f"Could not apply style {os.path.basename(qml)} to {layer.name()}.")
 
-class _PalettePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Shows a raster's colour table as a categorised (paletted) legend with a label per value."""
-
-    _alive: List["_PalettePostProcessor"] = []
-
-    def __init__(self, labels: Dict[int, str], name: str = "") -> None:
-        super().__init__()
-        self.labels, self.name = labels, name
-
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
-                         feedback: QgsProcessingFeedback) -> None:
-        if layer is None or not layer.isValid():
-            return
-        renderer = palette_renderer(layer, self.labels)
-        if renderer is None:
-            feedback.pushWarning(f"{layer.name()} has no colour table; it keeps QGIS's default style.")
-        else:
-            layer.setRenderer(renderer)
-        if self.name:
-            layer.setName(self.name)
-        layer.triggerRepaint()
+    _style_on_load(context, layer_id, load_qml, name)
 
 
 def palette_renderer(layer, labels: Dict[int, str]):
@@ -93,11 +79,16 @@ def palette_renderer(layer, labels: Dict[int, str]):
 def apply_palette_on_load(context: QgsProcessingContext, layer_id: str, labels: Dict[int, str],
                           name: str = "") -> None:
     """Style a categorical raster output (clusters, classes) from its colour table when Processing loads it."""
-    if not context.willLoadLayerOnCompletion(layer_id):
-        return
-    processor = _PalettePostProcessor(dict(labels), name)
-    _PalettePostProcessor._alive.append(processor)
-    context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
+    labels = dict(labels)
+
+    def paletted(layer: QgsMapLayer, feedback: QgsProcessingFeedback) -> None:
+        renderer = palette_renderer(layer, labels)
+        if renderer is None:
+            feedback.pushWarning(f"{layer.name()} has no colour table; it keeps QGIS's default style.")
+        else:
+            layer.setRenderer(renderer)
+
+    _style_on_load(context, layer_id, paletted, name)
 
 
 #: Colours of well-known annotation classes; other classes take colours from :data:`_CLASS_COLOURS`.
@@ -132,51 +123,13 @@ def style_annotation_layer(layer, field: str, classes, value_map: bool = True) -
     layer.setRenderer(QgsCategorizedSymbolRenderer(field, categories))
 
 
-class _AnnotationStylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-    _alive: List["_AnnotationStylePostProcessor"] = []
-
-    def __init__(self, field: str, classes, name: str, value_map: bool) -> None:
-        super().__init__()
-        self.field, self.classes, self.name, self.value_map = field, list(classes), name, value_map
-
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
-                         feedback: QgsProcessingFeedback) -> None:
-        if layer is None or not layer.isValid():
-            return
-        style_annotation_layer(layer, self.field, self.classes, self.value_map)
-        if self.name:
-            layer.setName(self.name)
-        layer.triggerRepaint()
-
-
 def apply_annotation_style_on_load(context: QgsProcessingContext, layer_id: str, field: str, classes,
                                    name: str = "", value_map: bool = False) -> None:
     """Style a layer by the classes of ``field`` when Processing loads it (``value_map``: and make the field a
     drop-down of them, for annotation layers)."""
-    if not context.willLoadLayerOnCompletion(layer_id):
-        return
-    processor = _AnnotationStylePostProcessor(field, classes, name, value_map)
-    _AnnotationStylePostProcessor._alive.append(processor)
-    context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(processor)
-
-
-class _SegmentsPostProcessor(QgsProcessingLayerPostProcessorInterface):
-    """Colours an integer id raster (community segments) with one random colour per id, 0 left transparent."""
-
-    _alive: List["_SegmentsPostProcessor"] = []
-
-    def __init__(self, name: str = "") -> None:
-        super().__init__()
-        self.name = name
-
-    def postProcessLayer(self, layer: QgsMapLayer, context: QgsProcessingContext,  # noqa: N802, D102
-                         feedback: QgsProcessingFeedback) -> None:
-        if layer is None or not layer.isValid():
-            return
-        layer.setRenderer(id_renderer(layer))
-        if self.name:
-            layer.setName(self.name)
-        layer.triggerRepaint()
+    classes = list(classes)
+    _style_on_load(context, layer_id, lambda layer, _feedback: style_annotation_layer(layer, field, classes, value_map),
+                   name)
 
 
 def id_renderer(layer):
@@ -200,7 +153,5 @@ def load_raster_on_completion(context: QgsProcessingContext, path: str, name: st
     when the algorithm finishes; ``ids``: style it as an id raster (:func:`id_renderer`)."""
     details = QgsProcessingContext.LayerDetails(name, context.project(), output_name)
     if ids:
-        processor = _SegmentsPostProcessor(name)
-        _SegmentsPostProcessor._alive.append(processor)
-        details.setPostProcessor(processor)
+        details.setPostProcessor(_PostProcessor(lambda layer, _feedback: layer.setRenderer(id_renderer(layer)), name))
     context.addLayerToLoadOnCompletion(path, details)
