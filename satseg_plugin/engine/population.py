@@ -117,11 +117,6 @@ def flow_index_for_frame(frame: int, frames: int) -> int:
     return min(frame, frames - 2)
 
 
-def _names_check(names: Sequence[str], parameter: str) -> None:
-    if len(set(names)) != len(names):
-        raise InputError("two inputs have the same file name; give each frame its own file name.", parameter)
-
-
 def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[Any] = None, vector_step: int = 10,
                      min_magnitude: float = 0.0, overwrite: bool = False, band: int = 1,
                      feedback: Optional[Feedback] = None) -> FlowRun:
