@@ -151,13 +151,12 @@ def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[
         for t, flow in enumerate(flows):
             check_canceled(feedback)
             name = f"flow_{t}_{series.names[t]}_{series.names[t + 1]}.tif"
-            write_flow(staged.staged_path(name), flow, series, nodata_mask=series.nodata_mask(t, t + 1),
-                       parameter="OUTPUT_DIR")
+            nodata = series.nodata_mask(t, t + 1)
+            write_flow(staged.staged_path(name), flow, series, nodata_mask=nodata, parameter="OUTPUT_DIR")
             paths.append(staged.final_path(name))
-            u = np.where(series.nodata_mask(t, t + 1), np.nan, flow.u)
-            v = np.where(series.nodata_mask(t, t + 1), np.nan, flow.v)
+            u, v = np.where(nodata, np.nan, flow.u), np.where(nodata, np.nan, flow.v)
             vectors += [(t, vec) for vec in flow_vectors(u, v, series.transform, vector_step, min_magnitude)]
-            speed = np.hypot(flow.u, flow.v)[~series.nodata_mask(t, t + 1)]
+            speed = np.hypot(flow.u, flow.v)[~nodata]
             stats.append({"pair": t, "from": series.names[t], "to": series.names[t + 1],
                           "iterations": flow.iterations, "converged": bool(flow.converged),
                           "mean_speed_px": float(speed.mean()) if speed.size else 0.0,
