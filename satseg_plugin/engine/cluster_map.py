@@ -1,14 +1,17 @@
 """Apply a ClusterNet model: tiled per-pixel features and nearest-centroid cluster ids, streamed to a GeoTIFF.
 
-Tiles lie on one grid anchored at the raster's origin (whatever EXTENT is asked for), overlap, and every
-pixel takes its features from the tile whose centre is nearest along each axis (the overlap-tile strategy of
-the U-Net paper). So a pixel's cluster is the same in a whole-raster run and in an EXTENT run, and no pixel
-is ever taken from the border band of a tile, where zero padding changes the features.
+Tiles lie on one grid anchored at the raster's origin (whatever EXTENT is asked for) and overlap. Each tile
+owns its core (the pixels nearer its centre than any other tile's, along each axis), and across a ramp of
+half the overlap centred on each core border the features go linearly from one tile's to the other's. A deep
+network's features depend on the tile's context, so taking each pixel from one tile only leaves seams of
+changed cluster ids along core borders; the ramp removes them while no pixel takes weight from the outer
+quarter of an overlap, where zero padding changes the features. A pixel's features depend only on the grid,
+so its cluster is the same in a whole-raster run and in an EXTENT run.
 
-Why not blend features with a Hann window as segmentation blends probabilities? Blending D-channel
-features needs ``D x (tile + 256) x width`` float accumulators (2 GB for D = 32 on a 20000 px wide raster),
-while the cluster id of a pixel needs only its own tile's features: memory here is one tile row of uint16
-ids, independent of D and of the raster size.
+Why a ramp at the core borders instead of the Hann window that segmentation blends probabilities with? A
+Hann window needs ``D x (tile + 256) x band`` float accumulators (D = 32 to 64 feature channels); the ramp
+needs only the ``2 x half`` rows where tile rows meet, so the carried rows of one column band cost
+``(D + 1) x overlap / 2 x band`` floats and the raster's size never matters.
 """
 
 from __future__ import annotations
@@ -25,17 +28,22 @@ from rasterio.windows import Window
 
 from .deps import require
 from .errors import InputError
-from .grid import axis_offsets
+from .grid import axis_offsets, column_bands
 from .progress import Feedback, NullFeedback, check_canceled
 from .raster import (bounds_region, check_geotiff_name, check_georeferencing, check_model_fits, geotiff_profile,
                      nodata_pixels, open_raster, overview_factors, raster_env)
 from .staging import StagedFile
 
-__all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "core_spans", "core_blocks", "cluster_raster",
-           "open_cluster_model", "CLUSTER_NODATA"]
+__all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "FeatureBlock", "core_spans", "ramp_half",
+           "ramp_weights", "support", "feature_blocks", "cluster_raster", "open_cluster_model", "CLUSTER_NODATA",
+           "CLUSTER_BAND_COLUMNS"]
 
 #: Nodata of cluster rasters; clusters are numbered 1..K.
 CLUSTER_NODATA = 0
+#: Widest column band swept at once: the carried ramp rows cost ``(D + 1) x 2 half x band`` floats (about
+#: 75 MiB for 35 channels and the default 512 px tiles). A multiple of the output block size.
+CLUSTER_BAND_COLUMNS = 8192
+_ROW_BLOCK = 256  # output block edge: rows are written in whole blocks
 
 
 @dataclass(frozen=True)
@@ -153,13 +161,39 @@ def _palette(k: int) -> List[Tuple[int, int, int]]:
 
 @dataclass
 class _Grid:
-    """The tiles covering a pixel region on the raster-anchored grid."""
+    """The tiles needed for a pixel region on the raster-anchored grid.
+
+    ``rows`` and ``cols`` hold ``(origin, core_start, core_end)`` of every tile whose support (its core
+    widened by ``half`` on each inner side) meets the region; ``height``/``width`` are the raster's.
+    """
 
     tile: int
     overlap: int
+    half: int
     region: Tuple[int, int, int, int]
     rows: List[Tuple[int, int, int]]
     cols: List[Tuple[int, int, int]]
+    height: int
+    width: int
+
+
+def ramp_half(overlap: int) -> int:
+    """Half width of the blend ramp centred on each core border: a quarter of the overlap.
+
+    Ramp pixels are at least ``overlap / 4`` from either tile's edge, where zero padding has faded.
+    """
+    return overlap // 4
+
+
+def support(span: Tuple[int, int, int], length: int, half: int) -> Tuple[int, int]:
+    """Pixels ``[start, stop)`` where a tile's features have a weight: its core plus ``half`` past inner borders."""
+    _, start, stop = span
+    return (start - half if start > 0 else 0), (stop + half if stop < length else length)
+
+
+def ramp_weights(half: int) -> np.ndarray:
+    """Weight of the later tile across a ramp of ``2 * half`` pixels (the earlier one gets ``1 - w``)."""
+    return ((np.arange(2 * half, dtype=np.float32) + 0.5) / max(2 * half, 1)).astype(np.float32)
 
 
 def _grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfig) -> _Grid:
@@ -167,62 +201,172 @@ def _grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfi
     overlap = tile // 4 if config.overlap is None else int(config.overlap)
     if not 0 <= overlap < tile:
         raise InputError(f"must be at least 0 and less than the tile size ({tile}), got {overlap}.", "OVERLAP")
+    half = ramp_half(overlap)
     region = bounds_region(src, config.bounds)
     x0, y0, width, height = region
-    # the grid is the whole raster's, so an extent run gives the same ids as a whole-raster run
-    cols = [c for c in core_spans(src.width, tile, overlap) if c[2] > x0 and c[1] < x0 + width]
-    rows = [r for r in core_spans(src.height, tile, overlap) if r[2] > y0 and r[1] < y0 + height]
-    return _Grid(tile, overlap, region, rows, cols)
+
+    def needed(length: int, lo: int, hi: int) -> List[Tuple[int, int, int]]:
+        # the grid is the whole raster's, so an extent run gives the same ids as a whole-raster run
+        spans = core_spans(length, tile, overlap)
+        return [c for c in spans if support(c, length, half)[1] > lo and support(c, length, half)[0] < hi]
+
+    return _Grid(tile, overlap, half, region, needed(src.height, y0, y0 + height), needed(src.width, x0, x0 + width),
+                 src.height, src.width)
 
 
-def core_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, config: ClusterMapConfig,
-                feedback: Feedback):
-    """Per batch of tiles ``(r0, r1, cores, row_done)``, tile rows top to bottom, rows clipped to the region.
+@dataclass
+class FeatureBlock:
+    """Finished features of a block of raster pixels ``[r0, r1) x [c0, c1)`` (raster pixel coordinates).
 
-    ``cores`` lists ``(c0, c1, features (D, r1 - r0, c1 - c0), empty (r1 - r0, c1 - c0))`` per tile of the
-    batch: the tile's core clipped to the region, in raster pixel coordinates. ``row_done`` is True on the
-    last batch of a tile row. Consumers must be done with a batch's features before asking for the next:
-    only one batch of features is alive at a time, so memory does not grow with the raster's width.
+    Blocks come column band by column band (``band``: its columns), each band top to bottom; when a band's
+    block starts at row ``r0``, every row of that band above ``r0`` has been given.
+    """
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    features: np.ndarray  # (D, r1 - r0, c1 - c0) float32
+    empty: np.ndarray  # (r1 - r0, c1 - c0) bool: nodata pixels
+    band: Tuple[int, int]
+
+
+def _tile_rows(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, cols: List[Tuple[int, int, int]],
+               ty: int, batch_size: List[int], config: ClusterMapConfig, feedback: Feedback):
+    """Features of the tiles ``cols`` of the tile row at ``ty``, one tile at a time, left to right.
+
+    Yields ``(span, features (D + 1, tile, tile))``: the last channel flags nodata pixels (1.0), so it is
+    blended with the features and stays exactly 0 or 1 (a pixel is nodata in every tile that holds it).
     """
     torch = cm.torch
     from .device import shrink_batch_after_oom  # noqa: PLC0415
 
-    tile = grid.tile
-    x0, y0, width, height = grid.region
-    bands = list(cm.metadata.bands)
-    batch_size = max(1, config.batch_size)
-    for ty, ry0, ry1 in grid.rows:
+    tile, bands = grid.tile, list(cm.metadata.bands)
+    start = 0
+    while start < len(cols):
         check_canceled(feedback)
-        r0, r1 = max(ry0, y0), min(ry1, y0 + height)
-        start = 0
-        while start < len(grid.cols):
+        chunk = cols[start:start + batch_size[0]]
+        raws, empties = [], []
+        for tx, _, _ in chunk:
+            w, h = min(tile, src.width - tx), min(tile, src.height - ty)
+            data = src.read(bands, window=Window(tx, ty, w, h)).astype(np.float32)
+            raw = np.zeros((len(bands), tile, tile), np.float32)
+            raw[:, :h, :w] = data
+            empty = np.ones((tile, tile), bool)
+            empty[:h, :w] = nodata_pixels(data, src.nodata) | ~np.all(np.isfinite(data), axis=0)
+            raw[:, empty] = cm.mean[:, None]  # empty pixels are fed as the band means
+            raws.append(raw)
+            empties.append(empty)
+        try:
+            feats = cm.features(np.stack(raws), config.amp)
+        except torch.cuda.OutOfMemoryError:
+            batch_size[0] = shrink_batch_after_oom(batch_size[0], feedback, "tile",
+                                                   "Lower TILE_SIZE or use DEVICE=cpu.")
+            continue
+        del raws
+        for span, f, empty in zip(chunk, feats, empties):
+            yield span, np.concatenate([f, empty[None].astype(np.float32)])
+        start += len(chunk)
+        del feats
+
+
+def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, config: ClusterMapConfig,
+                   feedback: Feedback, band_columns: Optional[int] = None):
+    """Blended per-pixel features of the grid's region, as :class:`FeatureBlock` s.
+
+    Each tile owns its core; across a ramp of ``2 * grid.half`` pixels centred on each core border the
+    features go linearly from one tile's to the other's (separably in x and y, so four tiles meet at a
+    corner), which keeps cluster ids free of tile seams. A pixel's features depend only on the
+    raster-anchored grid, never on the region or on the column bands.
+
+    The region is swept in column bands of at most ``band_columns`` pixels, each top to bottom. Memory
+    is one batch of tile features, the ramp columns of the last tile and the ramp rows of the band's last
+    tile row (``(D + 1) x 2 half x band`` floats), never the raster's size. A tile column on a band border is
+    computed for both bands (about ``tile / band_columns`` extra work).
+    """
+    band_columns = band_columns or CLUSTER_BAND_COLUMNS
+    x0, y0, width, height = grid.region
+    h, ramp = grid.half, ramp_weights(grid.half)
+    batch_size = [max(1, config.batch_size)]
+    bands = column_bands(x0, width, band_columns)
+    for band_index, (bc0, bc1) in enumerate(bands):
+        # tiles whose support meets the band; the first one's left ramp (unblended) lies outside the band
+        cols = [c for c in grid.cols if support(c, grid.width, h)[1] > bc0 and support(c, grid.width, h)[0] < bc1]
+        above = None  # (first row, (D + 1, 2h, band)): the previous tile row's ramp rows, blended in x
+        for row_index, (ty, ry0, ry1) in enumerate(grid.rows):
             check_canceled(feedback)
-            chunk = grid.cols[start:start + batch_size]
-            raws, empties = [], []
-            for tx, _, _ in chunk:
-                w, h = min(tile, src.width - tx), min(tile, src.height - ty)
-                data = src.read(bands, window=Window(tx, ty, w, h)).astype(np.float32)
-                raw = np.zeros((len(bands), tile, tile), np.float32)
-                raw[:, :h, :w] = data
-                empty = np.ones((tile, tile), bool)
-                empty[:h, :w] = nodata_pixels(data, src.nodata) | ~np.all(np.isfinite(data), axis=0)
-                raw[:, empty] = cm.mean[:, None]  # empty pixels are fed as the band means
-                raws.append(raw)
-                empties.append(empty)
-            try:
-                feats = cm.features(np.stack(raws), config.amp)
-            except torch.cuda.OutOfMemoryError:
-                batch_size = shrink_batch_after_oom(batch_size, feedback, "tile", "Lower TILE_SIZE or use DEVICE=cpu.")
-                continue
-            del raws
-            cores = []
-            for (tx, cx0, cx1), f, empty in zip(chunk, feats, empties):
-                c0, c1 = max(cx0, x0), min(cx1, x0 + width)
-                rows, cols = slice(r0 - ty, r1 - ty), slice(c0 - tx, c1 - tx)
-                cores.append((c0, c1, f[:, rows, cols], empty[rows, cols]))
-            start += len(chunk)
-            yield r0, r1, cores, start >= len(grid.cols)
-            del feats, cores
+            ys0, ys1 = support((ty, ry0, ry1), grid.height, h)
+            below = None
+            left = None  # (first column, (D + 1, rows, 2h)): the previous tile's ramp columns
+            for (tx, cx0, cx1), f in _tile_rows(src, cm, grid, cols, ty, batch_size, config, feedback):
+                xs0, xs1 = support((tx, cx0, cx1), grid.width, h)
+                piece = f[:, ys0 - ty:ys1 - ty, xs0 - tx:xs1 - tx]
+                if left is not None and left[0] == xs0:
+                    piece[:, :, :2 * h] = left[1] * (1 - ramp) + piece[:, :, :2 * h] * ramp
+                if xs1 < grid.width:  # the last 2h columns wait for the next tile
+                    xs1 -= 2 * h
+                    left = (xs1, piece[:, :, xs1 - xs0:].copy())
+                a, b = max(xs0, bc0), min(xs1, bc1)
+                if b <= a:
+                    continue
+                piece = piece[:, :, a - xs0:b - xs0]
+                if above is not None and above[0] == ys0:
+                    top = above[1][:, :, a - bc0:b - bc0]
+                    piece[:, :2 * h] = top * (1 - ramp[:, None]) + piece[:, :2 * h] * ramp[:, None]
+                r1 = ys1
+                if ys1 < grid.height:  # the last 2h rows wait for the next tile row
+                    r1 = ys1 - 2 * h
+                    if below is None:
+                        below = (r1, np.empty((piece.shape[0], 2 * h, bc1 - bc0), np.float32))
+                    below[1][:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
+                r0, r1 = max(ys0, y0), min(r1, y0 + height)
+                if r1 > r0:
+                    block = piece[:, r0 - ys0:r1 - ys0]
+                    yield FeatureBlock(r0, r1, a, b, block[:-1], block[-1] > 0.5, (bc0, bc1))
+            above = below
+            feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / (len(bands) * len(grid.rows)))
+
+
+class _IdBand:
+    """Cluster ids of one column band, written in whole output blocks as rows are finished."""
+
+    def __init__(self, band: Tuple[int, int], grid: _Grid, dst, transform_of, mask, previous,
+                 counts: np.ndarray) -> None:
+        self.c0, self.c1 = band
+        self.x0, self.y0, _, self.height = grid.region
+        self.buf = np.full((grid.tile + _ROW_BLOCK, self.c1 - self.c0), CLUSTER_NODATA, np.uint16)
+        self.base = self.y0
+        self.dst, self.transform_of, self.mask, self.previous, self.counts = dst, transform_of, mask, previous, counts
+
+    def put(self, r0: int, c0: int, keep: np.ndarray, ids: np.ndarray) -> None:
+        """Ids of the ``keep`` pixels of a block whose top-left raster pixel is ``(c0, r0)``."""
+        h, w = keep.shape
+        self.buf[r0 - self.base:r0 - self.base + h, c0 - self.c0:c0 - self.c0 + w][keep] = ids
+
+    def flush(self, upto: int = 0, final: bool = False) -> None:
+        """Write finished rows ``[base, upto)`` in whole blocks (all finished rows when ``final``)."""
+        rows = (self.y0 + self.height if final else upto) - self.base
+        if not final:
+            rows = (rows // _ROW_BLOCK) * _ROW_BLOCK
+        if rows <= 0:
+            return
+        strip = self.buf[:rows]
+        out = Window(self.c0 - self.x0, self.base - self.y0, self.c1 - self.c0, rows)
+        if self.mask is not None:
+            from rasterio.features import geometry_mask  # noqa: PLC0415
+
+            strip[geometry_mask([self.mask], out_shape=strip.shape, transform=self.transform_of(
+                Window(self.c0, self.base, self.c1 - self.c0, rows)))] = CLUSTER_NODATA
+        if self.previous is not None:
+            nodata = self.previous.nodata if self.previous.nodata is not None else 0
+            strip[self.previous.read(1, window=out) == nodata] = CLUSTER_NODATA
+        self.counts += np.bincount(strip.ravel(), minlength=len(self.counts))[:len(self.counts)]
+        self.dst.write(strip[None], window=out)
+        keep = len(self.buf) - rows
+        self.buf[:keep] = self.buf[rows:]
+        self.buf[keep:] = CLUSTER_NODATA
+        self.base += rows
+
 
 
 def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> ClusterModel:
@@ -270,6 +414,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                       f"{grid.overlap} px) over {width} x {height} px into {k} clusters.")
         profile = geotiff_profile(width, height, 1, "uint16", src.crs, src.window_transform(
             Window(x0, y0, width, height)), CLUSTER_NODATA, level=1)
+        profile.update(blockxsize=_ROW_BLOCK, blockysize=_ROW_BLOCK)
         counts = np.zeros(top + 1, np.int64)
         staged = StagedFile(output_path, parameter="OUTPUT", suffix=".tif")
         previous = open_raster(keep_nodata_of, "INPUT") if keep_nodata_of else None
@@ -283,32 +428,19 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                 dst.update_tags(satseg_tile=grid.tile, satseg_overlap=grid.overlap, satseg_model=os.path.basename(
                     model_path))
                 dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*c, 255) for i, c in enumerate(_palette(top))}})
-                strip, done = None, 0
-                for r0, r1, cores, row_done in core_blocks(src, cm, grid, config, feedback):
-                    if strip is None:
-                        strip = np.full((r1 - r0, width), CLUSTER_NODATA, np.uint16)
-                    for c0, c1, feats, empty in cores:
-                        keep = ~empty
-                        if keep.any():
-                            rows = np.ascontiguousarray(feats[:, keep].T)
-                            ids = cm.assign(rows, splits)
-                            strip[:, c0 - x0:c1 - x0][keep] = ids
-                    if not row_done:
-                        continue
-                    done += 1
-                    if config.mask is not None:
-                        from rasterio.features import geometry_mask  # noqa: PLC0415
-
-                        outside = geometry_mask([config.mask], out_shape=strip.shape,
-                                                transform=src.window_transform(Window(x0, r0, width, r1 - r0)))
-                        strip[outside] = CLUSTER_NODATA
-                    if previous is not None:
-                        before = previous.read(1, window=Window(0, r0 - y0, width, r1 - r0))
-                        strip[before == (previous.nodata if previous.nodata is not None else 0)] = CLUSTER_NODATA
-                    counts += np.bincount(strip.ravel(), minlength=top + 1)[:top + 1]
-                    dst.write(strip[None], window=Window(0, r0 - y0, width, r1 - r0))
-                    strip = None
-                    feedback.set_progress(95.0 * done / len(grid.rows))
+                ids = None
+                for block in feature_blocks(src, cm, grid, config, feedback):
+                    if ids is None or (ids.c0, ids.c1) != block.band:
+                        if ids is not None:
+                            ids.flush(final=True)
+                        ids = _IdBand(block.band, grid, dst, src.window_transform, config.mask, previous, counts)
+                    ids.flush(block.r0)
+                    keep = ~block.empty
+                    if keep.any():
+                        ids.put(block.r0, block.c0, keep, cm.assign(np.ascontiguousarray(block.features[:, keep].T),
+                                                                     splits))
+                if ids is not None:
+                    ids.flush(final=True)
                 check_canceled(feedback)
                 factors = overview_factors(width, height)
                 if factors:

@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 from .errors import InputError
 
-__all__ = ["EDGE_MODES", "PatchWindow", "axis_offsets", "patch_grid"]
+__all__ = ["EDGE_MODES", "PatchWindow", "axis_offsets", "column_bands", "patch_grid"]
 
 #: ``shift``: the last patch moves inward so the edge is covered; ``pad``: the last patch runs past the
 #: edge and is padded with nodata; ``drop``: patches that do not fit are left out.
@@ -34,6 +34,11 @@ class PatchWindow:
     y_off: int
     width: int
     height: int
+
+
+def column_bands(x0: int, width: int, band: int) -> List[Tuple[int, int]]:
+    """Split columns ``[x0, x0 + width)`` into ``(start, stop)`` bands of at most ``band`` columns."""
+    return [(c, min(c + band, x0 + width)) for c in range(x0, x0 + width, band)]
 
 
 def axis_offsets(start: int, length: int, patch: int, stride: int, edge: str) -> Tuple[List[int], bool]:

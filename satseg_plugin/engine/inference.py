@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from .deps import require
 from .errors import InputError
-from .grid import axis_offsets
+from .grid import axis_offsets, column_bands
 from .progress import Feedback, NullFeedback, check_canceled
 from .raster import (bounds_region, check_geotiff_name, check_georeferencing, check_model_fits, geotiff_profile,
                      nodata_pixels, open_raster, overview_factors, raster_env)
@@ -92,11 +92,6 @@ def tile_origins(start: int, length: int, tile: int, stride: int) -> List[int]:
         return [start]
     offsets, _ = axis_offsets(start, length, tile, stride, "shift")
     return offsets
-
-
-def column_bands(x0: int, width: int, band: int = BAND_COLUMNS) -> List[Tuple[int, int]]:
-    """Split columns ``[x0, x0 + width)`` into ``(start, stop)`` bands of at most ``band`` columns."""
-    return [(c, min(c + band, x0 + width)) for c in range(x0, x0 + width, band)]
 
 
 class _Ensemble:

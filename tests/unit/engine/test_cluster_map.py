@@ -230,3 +230,75 @@ def test_cancel_keeps_the_previous_output(scene, model, whole, tmp_path):
     assert len(fb.progress) == 2
     assert read_bytes(path) == before
     assert os.listdir(tmp_path) == ["c.tif"]
+
+
+# ----------------------------------------------------------------------------------------------- blending
+
+def _blended_by_hand(scene, model, tile, overlap):
+    """Every tile's features over the whole scene, weighted per pixel by separable ramps written out here."""
+    from satseg_plugin.engine.cluster_map import ClusterModel, core_spans
+
+    cm = ClusterModel(model, torch.device("cpu"))
+    half = overlap // 4
+    with rasterio.open(scene) as src:
+        raw = src.read(list(cm.metadata.bands)).astype(np.float32)
+    height, width = raw.shape[1:]
+
+    def weights(length):  # (tiles, length): 1 inside a core, linear across 2 * half px around each border
+        spans = core_spans(length, tile, overlap)
+        w = np.zeros((len(spans), length), np.float32)
+        for i, (_, start, stop) in enumerate(spans):
+            w[i, start:stop] = 1
+        for i, (_, _, border) in enumerate(spans[:-1]):
+            for p in range(border - half, border + half):
+                later = (p - (border - half) + 0.5) / (2 * half)
+                w[i, p], w[i + 1, p] = 1 - later, later
+        return spans, w
+
+    rows, wy = weights(height)
+    cols, wx = weights(width)
+    out = 0
+    for i, (ty, _, _) in enumerate(rows):
+        for j, (tx, _, _) in enumerate(cols):
+            f = cm.features(raw[None, :, ty:ty + tile, tx:tx + tile])[0]
+            full = np.zeros((f.shape[0], height, width), np.float32)
+            full[:, ty:ty + tile, tx:tx + tile] = f
+            out = out + full * wy[i][None, :, None] * wx[j][None, None, :]
+    return cm, out, raw
+
+
+@pytest.mark.parametrize("band_columns", [None, 80])
+def test_features_blend_linearly_across_core_borders(scene, model, band_columns):
+    """feature_blocks == every tile's features weighted by hand-made ramps, with one band or several."""
+    from satseg_plugin.engine.cluster_map import _grid, feature_blocks
+    from satseg_plugin.engine.progress import NullFeedback
+
+    cm, expected, raw = _blended_by_hand(scene, model, 64, 16)
+    config = ClusterMapConfig(**GRID)
+    got = np.full_like(expected, np.nan)
+    bands = set()
+    with rasterio.open(scene) as src:
+        grid = _grid(src, cm, config)
+        assert grid.half == 4
+        for block in feature_blocks(src, cm, grid, config, NullFeedback(), band_columns):
+            region = got[:, block.r0:block.r1, block.c0:block.c1]
+            assert np.isnan(region).all()  # every pixel comes once
+            region[:] = block.features
+            assert not block.empty.any()
+            bands.add(block.band)
+    assert len(bands) == (1 if band_columns is None else 4)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    # the ramps matter: a pixel just left of the first core border (x = 56) is not its own tile's features
+    own = cm.features(raw[None, :, 0:64, 0:64])[0]
+    assert np.abs(got[:, 8:40, 55] - own[:, 8:40, 55]).max() > 1e-2
+    np.testing.assert_allclose(got[:, 8:40, 30], own[:, 8:40, 30], atol=1e-5)  # a core's middle is
+
+
+def test_column_bands_give_the_same_ids(scene, model, whole, tmp_path, monkeypatch):
+    from satseg_plugin.engine import cluster_map
+
+    monkeypatch.setattr(cluster_map, "CLUSTER_BAND_COLUMNS", 96)
+    result = cluster_raster(scene, model, str(tmp_path / "b.tif"), ClusterMapConfig(**GRID), "cpu")
+    with rasterio.open(result.path) as out:
+        np.testing.assert_array_equal(out.read(1), whole[0])
+    assert result.pixel_counts == whole[1].pixel_counts
