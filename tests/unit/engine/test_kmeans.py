@@ -68,9 +68,14 @@ def test_kmeans_same_seed_same_result():
 
 def test_kmeans_with_one_cluster_finds_the_mean():
     x = np.random.default_rng(3).normal(loc=5.0, size=(500, 4))
-    result = kmeans(x, 1)
+    result = kmeans(x, 1, max_points_per_centroid=None)  # trained on every sample
     np.testing.assert_allclose(result.centroids[0], x.mean(axis=0), rtol=1e-5)
     assert result.assignments.tolist() == [0] * 500
+    # by default on a sample of 256 (per centroid): the sample's mean, within its standard error of 1 / 16
+    sampled = kmeans(x, 1)
+    sample = np.sort(np.random.default_rng(0).choice(500, 256, replace=False))
+    np.testing.assert_allclose(sampled.centroids[0], x[sample].mean(axis=0), rtol=1e-5)
+    assert np.abs(sampled.centroids[0] - x.mean(axis=0)).max() < 0.25
 
 
 def test_kmeans_subsampled_training_still_assigns_every_sample():
