@@ -13,8 +13,8 @@ partly overlapping clusters). With k = 20 the clustering must merge components, 
 roughly recover them.
 
 Methods: SatSeg's ``kmeans`` as ClusterNet training calls it (its defaults: a training sample of 256
-points per centroid, 3 restarts seeded by greedy k-means++, 20 faiss Lloyd iterations each, one exact faiss
-assignment of every point); the same on every point with one restart (Lloyd on all the data, for
+points per centroid, 5 restarts seeded by greedy k-means++ from 32 points per centroid, 20 faiss Lloyd
+iterations each on the sample, one exact faiss assignment of every point); the same on every point with one restart (Lloyd on all the data, for
 information); scikit-learn's ``KMeans()`` with its defaults (greedy k-means++, up to 300 iterations, tol
 1e-4), ``KMeans`` stopped at 20 iterations, and ``MiniBatchKMeans()`` with its defaults.
 
@@ -256,9 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
          f"of {COMPONENTS} components (means ~ N(0, 3^2 I), Dirichlet(2) weights, per-component random rotation "
          f"and log-uniform axis standard deviations in [0.2, 1.5]), feature seed {args.seed}."),
         ("- Settings: SatSeg `kmeans` with its defaults, as ClusterNet training, DeepCluster and the population "
-         "communities call it: a seeded training sample of 256 points per centroid (faiss's default), 3 restarts "
-         "each seeded by greedy k-means++ (`sklearn.cluster.kmeans_plusplus`) and run for 20 faiss Lloyd "
-         "iterations on the sample, the lowest sample objective kept, then one exact faiss nearest-centroid pass "
+         "communities call it: a seeded training sample of 256 points per centroid (faiss's default), 5 restarts "
+         "each seeded by greedy k-means++ (`sklearn.cluster.kmeans_plusplus`) from 32 random points per centroid "
+         "of the sample and run for 20 faiss Lloyd iterations on the sample, the lowest sample objective kept, then one exact faiss nearest-centroid pass "
          "over every point. The info row runs faiss Lloyd on every point (20 iterations, one greedy k-means++ "
          "seeding). scikit-learn `KMeans()` defaults: greedy k-means++ (2 + log k candidates per step), Lloyd, "
          "one initialisation, up to 300 iterations with tol 1e-4; the 20-iteration row sets `max_iter=20, tol=0`. "

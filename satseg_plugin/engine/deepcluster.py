@@ -105,6 +105,7 @@ class DeepClusterResult:
         counts: ``{group: number of patches}`` of the clustered groups.
         history: one dict per group and epoch: ``group``, ``epoch``, ``objective``, ``nmi_previous``,
             ``loss``, ``clusters_used``.
+        report_path: the HTML page with the plot and the table, if asked for.
     """
 
     features_path: str
@@ -114,6 +115,7 @@ class DeepClusterResult:
     suggested: Dict[str, int]
     counts: Dict[str, int]
     history: List[Dict[str, Any]] = field(default_factory=list)
+    report_path: Optional[str] = None
 
 
 @dataclass
@@ -251,6 +253,28 @@ def _write_plot(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, int]
     return os.path.abspath(path)
 
 
+def _write_report(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, Optional[int]],
+                  plot_path: Optional[str]) -> str:
+    """An HTML page with the silhouette plot and table (QGIS shows it in its Processing Results Viewer)."""
+    import html  # noqa: PLC0415
+    import pathlib  # noqa: PLC0415
+
+    body = "".join(f"<tr><td>{html.escape(str(r['group']))}</td><td>{r['k']}</td><td>{r['silhouette']:.4f}</td>"
+                   f"<td>{r['inertia']:.4g}</td>"
+                   f"<td>{'&#9664; peak' if suggested.get(r['group']) == r['k'] else ''}</td></tr>" for r in rows)
+    image = f'<p><img src="{pathlib.Path(plot_path).resolve().as_uri()}" width="640"></p>' if plot_path else ""
+    text = ("<html><head><meta charset='utf-8'><title>Silhouette per k</title></head><body>"
+            "<h2>DeepCluster: silhouette per k</h2>" + image +
+            "<table border='1' cellpadding='3'><tr><th>group</th><th>k</th><th>silhouette</th><th>inertia</th>"
+            f"<th></th></tr>{body}</table></body></html>")
+    staged = StagedFile(path, parameter="OUTPUT_REPORT", suffix=".html")
+    with staged as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        staged.commit()
+    return os.path.abspath(path)
+
+
 def _suggest(rows: List[Dict[str, Any]], group: str) -> Optional[int]:
     scored = [(row["silhouette"], -row["k"]) for row in rows if row["group"] == group
               and not math.isnan(row["silhouette"])]
@@ -260,7 +284,7 @@ def _suggest(rows: List[Dict[str, Any]], group: str) -> Optional[int]:
 def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_groups: Optional[Sequence[str]],
                  model_path: str, features_path: str, config: DeepClusterConfig = DeepClusterConfig(),
                  device: str = "auto", feedback: Optional[Feedback] = None, table_path: Optional[str] = None,
-                 plot_path: Optional[str] = None) -> DeepClusterResult:
+                 plot_path: Optional[str] = None, report_path: Optional[str] = None) -> DeepClusterResult:
     """Train one DeepCluster network per group from a scene model and score numbers of clusters.
 
     Cost per group and epoch: one forward pass over the group's patches, a k-means, one training pass;
@@ -284,6 +308,7 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
         feedback: progress and cancel (checked at every batch, epoch and scored k).
         table_path: CSV ``group,k,silhouette,inertia``.
         plot_path: PNG of the silhouette against k, one line per group, each peak marked.
+        report_path: HTML page with the plot and the table.
 
     Returns:
         The :class:`DeepClusterResult`.
@@ -403,9 +428,11 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
                                "satseg_version": __version__})
     written_table = _write_table(table_path, table) if table_path else None
     written_plot = _write_plot(plot_path, table, suggested) if plot_path else None
+    written_report = _write_report(report_path, table, suggested, written_plot) if report_path else None
     feedback.set_progress(100.0)
     return DeepClusterResult(features_path=written, table_path=written_table, plot_path=written_plot, rows=table,
-                             suggested=suggested, counts={g: int(len(members[g])) for g in chosen}, history=history)
+                             suggested=suggested, counts={g: int(len(members[g])) for g in chosen}, history=history,
+                             report_path=written_report)
 
 
 def _read_features(path: str) -> Tuple[np.ndarray, np.ndarray, Dict[str, str]]:

@@ -323,8 +323,11 @@ def run_tracking(segment_paths: Sequence[str], flow_paths: Sequence[str], frame_
             raise InputError(f"{len(frame_paths)} frames for {len(segments)} segment rasters; give one frame per "
                              "segment raster, or none.", "FRAMES")
         series = load_frames(frame_paths, SubFeedback(feedback, 0, 5))
-        if (series.height, series.width) != shape:
-            raise InputError("the frames are not on the segment rasters' grid.", "FRAMES")
+        from .frames import same_grid  # noqa: PLC0415
+
+        if series.crs != crs or not same_grid(transform, shape, series.transform, (series.height, series.width)):
+            raise InputError("the frames are not on the segment rasters' grid (CRS, pixel size, origin and size "
+                             "must match); give the frames the communities were computed from.", "FRAMES")
         populations = list(series.arrays)
     tracking = track_communities(segments, flows, SubFeedback(feedback, 5, 90), min_overlap=min_overlap,
                                  min_fraction=min_fraction, compare=compare)

@@ -48,9 +48,10 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
         return self.tr(
             "Applies a model from 'Train pixel clustering model': per-pixel features are computed tile by tile "
             "and each pixel gets the id (1..K) of the nearest centroid (faiss). Tiles lie on one grid anchored at "
-            "the raster's origin and overlap; every pixel takes its features from the tile whose centre is "
-            "nearest, so a pixel gets the same cluster whatever extent is asked for, and never comes from a "
-            "tile's border band. Output: a uint16 GeoTIFF on the input's grid (nodata 0, nodata input pixels stay "
+            "the raster's origin and overlap; each tile owns the pixels nearest its centre, and across a band "
+            "of half the overlap around each border the features of the two tiles are blended linearly, so ids "
+            "show no tile seams, never come from a tile's outer border, and a pixel gets the same cluster "
+            "whatever extent is asked for. Output: a uint16 GeoTIFF on the input's grid (nodata 0, nodata input pixels stay "
             "nodata) with a colour table and a categorised legend; optionally polygons per cluster.\n\n"
             "Next step: 'Clusters to classes' names the clusters.")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from qgis.core import (QgsProcessing, QgsProcessingContext, QgsProcessingOutputHtml, QgsProcessingOutputNumber,
                        QgsProcessingOutputString, QgsProcessingParameterFeatureSource, QgsProcessingParameterField,
@@ -131,30 +131,12 @@ class DeepClusterAlgorithm(SatSegAlgorithm):
         plot = self.parameterAsFileOutput(parameters, self.OUTPUT_PLOT, context) or None
         model = self.parameterAsFile(parameters, self.MODEL, context)
         result = deep_cluster(paths, groups, tuple(cluster_groups), model, features_path, config,
-                              self.device_spec(parameters, context), feedback, table, plot)
+                              self.device_spec(parameters, context), feedback, table, plot,
+                              os.path.splitext(features_path)[0] + "_silhouette.html")
         suggested = ", ".join(f"{g}: {k}" for g, k in result.suggested.items())
         feedback.info(f"Suggested k (silhouette peak): {suggested}")
         ks = [result.suggested.get(g) for g in cluster_groups] + [None, None]
-        report = silhouette_report(os.path.splitext(features_path)[0] + "_silhouette.html", result, plot)
         return {self.OUTPUT_FEATURES: features_path, self.OUTPUT_TABLE: table, self.OUTPUT_PLOT: plot,
-                self.OUTPUT_REPORT: report, self.SUGGESTED: suggested, self.SUGGESTED_CITY_K: ks[0],
+                self.OUTPUT_REPORT: result.report_path, self.SUGGESTED: suggested, self.SUGGESTED_CITY_K: ks[0],
                 self.SUGGESTED_RURAL_K: ks[1]}
 
-
-def silhouette_report(path: str, result, plot: Optional[str]) -> str:
-    """An HTML page with the silhouette plot and table, which QGIS shows in its Processing Results Viewer."""
-    import html  # noqa: PLC0415
-    import pathlib  # noqa: PLC0415
-
-    rows = "".join(f"<tr><td>{html.escape(str(r['group']))}</td><td>{r['k']}</td><td>{r['silhouette']:.4f}</td>"
-                   f"<td>{r['inertia']:.4g}</td>"
-                   f"<td>{'&#9664; peak' if result.suggested.get(r['group']) == r['k'] else ''}</td></tr>"
-                   for r in result.rows)
-    image = f'<p><img src="{pathlib.Path(plot).resolve().as_uri()}" width="640"></p>' if plot else ""
-    text = ("<html><head><meta charset='utf-8'><title>Silhouette per k</title></head><body>"
-            "<h2>DeepCluster: silhouette per k</h2>" + image +
-            "<table border='1' cellpadding='3'><tr><th>group</th><th>k</th><th>silhouette</th><th>inertia</th>"
-            f"<th></th></tr>{rows}</table></body></html>")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return path

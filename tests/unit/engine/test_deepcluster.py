@@ -63,7 +63,8 @@ def clustered(data):
     feedback = RecordingFeedback()
     result = deep_cluster(data["paths"], GROUPS, ("urban", "rural"), data["model_path"],
                           str(out / "features.safetensors"), TINY, device="cpu", feedback=feedback,
-                          table_path=str(out / "silhouette.csv"), plot_path=str(out / "silhouette.png"))
+                          table_path=str(out / "silhouette.csv"), plot_path=str(out / "silhouette.png"),
+                          report_path=str(out / "silhouette.html"))
     return result, feedback
 
 
@@ -82,6 +83,11 @@ def test_silhouette_table_plot_and_suggestion(clustered):
     assert [float(r["silhouette"]) for r in rows] == pytest.approx([r["silhouette"] for r in result.rows])
     with open(result.plot_path, "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(result.report_path, encoding="utf-8") as handle:  # the page QGIS's Results Viewer shows
+        page = handle.read()
+    assert page.count("<tr><td>") == 8 and page.count("peak") == 2 and "silhouette.png" in page
+    assert sorted(os.listdir(os.path.dirname(result.report_path))) == [
+        "features.safetensors", "silhouette.csv", "silhouette.html", "silhouette.png"]  # nothing staged left
     assert [(h["group"], h["epoch"]) for h in result.history] == [("urban", 1), ("rural", 1)]
     assert feedback.progress[-1] == 100.0
 

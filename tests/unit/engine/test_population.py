@@ -75,6 +75,17 @@ def test_communities_and_tracks(frames, flows, tmp_path):
         assert set(run.tracking.track_ids[t]) == {r.segment_id for r in records}
         for r in records:  # population-weighted centroids agree with the community records
             assert run.centroids[t][r.segment_id] == pytest.approx((r.centroid_x, r.centroid_y))
+    # frames of the same size but in another CRS are not the segments' frames
+    moved = []
+    for path in frames:
+        with rasterio.open(path) as src:
+            profile, data = src.profile, src.read()
+        profile.update(crs=CRS.from_epsg(32633))
+        moved.append(str(tmp_path / os.path.basename(path)))
+        with rasterio.open(moved[-1], "w", **profile) as dst:
+            dst.write(data)
+    with pytest.raises(InputError, match="FRAMES"):
+        run_tracking(comm.segment_paths, flows.flow_paths, moved)
 
 
 def test_bad_inputs_name_the_parameter(frames, flows, tmp_path):
