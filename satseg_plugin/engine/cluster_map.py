@@ -41,7 +41,7 @@ __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "FeatureBlock
 #: Nodata of cluster rasters; clusters are numbered 1..K.
 CLUSTER_NODATA = 0
 #: Widest column band swept at once: the carried ramp rows cost ``(D + 1) x 2 half x band`` floats (about
-#: 75 MiB for 35 channels and the default 512 px tiles). A multiple of the output block size.
+#: 72 MiB for 35 channels and the default 512 px tiles). A multiple of the output block size.
 CLUSTER_BAND_COLUMNS = 8192
 _ROW_BLOCK = 256  # output block edge: rows are written in whole blocks
 
@@ -280,8 +280,8 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
     raster-anchored grid, never on the region or on the column bands.
 
     The region is swept in column bands of at most ``band_columns`` pixels, each top to bottom. Memory
-    is one batch of tile features, the ramp columns of the last tile and the ramp rows of the band's last
-    tile row (``(D + 1) x 2 half x band`` floats), never the raster's size. A tile column on a band border is
+    is one batch of tile features, the ramp columns of the last tile and the ramp rows carried from one
+    tile row to the next (``(D + 1) x 2 half x band`` floats), never the raster's size. A tile column on a band border is
     computed for both bands (about ``tile / band_columns`` extra work).
     """
     band_columns = band_columns or CLUSTER_BAND_COLUMNS
@@ -292,11 +292,13 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
     for band_index, (bc0, bc1) in enumerate(bands):
         # tiles whose support meets the band; the first one's left ramp (unblended) lies outside the band
         cols = [c for c in grid.cols if support(c, grid.width, h)[1] > bc0 and support(c, grid.width, h)[0] < bc1]
-        above = None  # (first row, (D + 1, 2h, band)): the previous tile row's ramp rows, blended in x
+        # The ramp rows of the previous tile row (blended in x), one buffer for the band: a tile's columns
+        # are read from it and then overwritten with this row's ramp rows (tiles of a row never share columns).
+        carry = None  # (D + 1, 2h, band) float32
+        carry_row = None  # raster row of carry[:, 0] for the tile row being processed
         for row_index, (ty, ry0, ry1) in enumerate(grid.rows):
             check_canceled(feedback)
             ys0, ys1 = support((ty, ry0, ry1), grid.height, h)
-            below = None
             left = None  # (first column, (D + 1, rows, 2h)): the previous tile's ramp columns
             for (tx, cx0, cx1), f in _tile_rows(src, cm, grid, cols, ty, batch_size, config, feedback):
                 xs0, xs1 = support((tx, cx0, cx1), grid.width, h)
@@ -310,20 +312,20 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
                 if b <= a:
                     continue
                 piece = piece[:, :, a - xs0:b - xs0]
-                if above is not None and above[0] == ys0:
-                    top = above[1][:, :, a - bc0:b - bc0]
+                if carry_row == ys0:
+                    top = carry[:, :, a - bc0:b - bc0]
                     piece[:, :2 * h] = top * (1 - ramp[:, None]) + piece[:, :2 * h] * ramp[:, None]
                 r1 = ys1
                 if ys1 < grid.height:  # the last 2h rows wait for the next tile row
                     r1 = ys1 - 2 * h
-                    if below is None:
-                        below = (r1, np.empty((piece.shape[0], 2 * h, bc1 - bc0), np.float32))
-                    below[1][:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
+                    if carry is None:
+                        carry = np.empty((piece.shape[0], 2 * h, bc1 - bc0), np.float32)
+                    carry[:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
                 r0, r1 = max(ys0, y0), min(r1, y0 + height)
                 if r1 > r0:
                     block = piece[:, r0 - ys0:r1 - ys0]
                     yield FeatureBlock(r0, r1, a, b, block[:-1], block[-1] > 0.5, (bc0, bc1))
-            above = below
+            carry_row = ys1 - 2 * h if ys1 < grid.height else None
             feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / (len(bands) * len(grid.rows)))
 
 
