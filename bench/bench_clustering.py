@@ -773,11 +773,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def row_features_mib(width: int, t: int) -> float:
         """Arrays that grow with the width up to one column band (from the code): the ramp rows carried from
-        one tile row to the next ((D + 1) x 2 half x band float32) and the band's uint16 id buffer."""
+        one tile row to the next (D x 2 half x band float32) and the band's uint16 id buffer."""
         from satseg_plugin.engine.cluster_map import CLUSTER_BAND_COLUMNS, ramp_half
 
         band = min(width, CLUSTER_BAND_COLUMNS)
-        return ((feat_ch + 1) * 2 * ramp_half(t // 4) * band * 4 + (t + 256) * band * 2) / 2**20
+        return (feat_ch * 2 * ramp_half(t // 4) * band * 4 + (t + 256) * band * 2) / 2**20
 
     mem_rows = ["| Raster (W x H) | Mpx | Tiles | Time in child (s) | Mpx/s | Forward / id assignment (s) | "
                 "Peak RSS (MiB) | Above the import floor (MiB) | x the first run | Peak GDAL block cache (MiB) | "

@@ -11,7 +11,7 @@ so its cluster is the same in a whole-raster run and in an EXTENT run.
 Why a ramp at the core borders instead of the Hann window that segmentation blends probabilities with? A
 Hann window needs ``D x (tile + 256) x band`` float accumulators (D = 32 to 64 feature channels); the ramp
 needs only the ``2 x half`` rows where tile rows meet, so the carried rows of one column band cost
-``(D + 1) x overlap / 2 x band`` floats and the raster's size never matters.
+``D x overlap / 2 x band`` floats and the raster's size never matters.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "FeatureBlock
 
 #: Nodata of cluster rasters; clusters are numbered 1..K.
 CLUSTER_NODATA = 0
-#: Widest column band swept at once: the carried ramp rows cost ``(D + 1) x 2 half x band`` floats (about
-#: 72 MiB for 35 channels and the default 512 px tiles). A multiple of the output block size.
+#: Widest column band swept at once: the carried ramp rows cost ``D x 2 half x band`` floats (about 70 MiB
+#: for 35 channels and the default 512 px tiles). A multiple of the output block size.
 CLUSTER_BAND_COLUMNS = 8192
 _ROW_BLOCK = 256  # output block edge: rows are written in whole blocks
 
@@ -235,8 +235,8 @@ def _tile_rows(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, cols:
                ty: int, batch_size: List[int], config: ClusterMapConfig, feedback: Feedback):
     """Features of the tiles ``cols`` of the tile row at ``ty``, one tile at a time, left to right.
 
-    Yields ``(span, features (D + 1, tile, tile))``: the last channel flags nodata pixels (1.0), so it is
-    blended with the features and stays exactly 0 or 1 (a pixel is nodata in every tile that holds it).
+    Yields ``(span, features (D, tile, tile), empty (tile, tile))``; ``empty`` flags nodata pixels (and
+    pixels past the raster's edge), which are the same in every tile that holds them.
     """
     torch = cm.torch
     from .device import shrink_batch_after_oom  # noqa: PLC0415
@@ -265,7 +265,7 @@ def _tile_rows(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, cols:
             continue
         del raws
         for span, f, empty in zip(chunk, feats, empties):
-            yield span, np.concatenate([f, empty[None].astype(np.float32)])
+            yield span, f, empty
         start += len(chunk)
         del feats
 
@@ -281,7 +281,7 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
 
     The region is swept in column bands of at most ``band_columns`` pixels, each top to bottom. Memory
     is one batch of tile features, the ramp columns of the last tile and the ramp rows carried from one
-    tile row to the next (``(D + 1) x 2 half x band`` floats), never the raster's size. A tile column on a band border is
+    tile row to the next (``D x 2 half x band`` floats), never the raster's size. A tile column on a band border is
     computed for both bands (about ``tile / band_columns`` extra work).
     """
     band_columns = band_columns or CLUSTER_BAND_COLUMNS
@@ -294,13 +294,13 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
         cols = [c for c in grid.cols if support(c, grid.width, h)[1] > bc0 and support(c, grid.width, h)[0] < bc1]
         # The ramp rows of the previous tile row (blended in x), one buffer for the band: a tile's columns
         # are read from it and then overwritten with this row's ramp rows (tiles of a row never share columns).
-        carry = None  # (D + 1, 2h, band) float32
+        carry = None  # (D, 2h, band) float32
         carry_row = None  # raster row of carry[:, 0] for the tile row being processed
         for row_index, (ty, ry0, ry1) in enumerate(grid.rows):
             check_canceled(feedback)
             ys0, ys1 = support((ty, ry0, ry1), grid.height, h)
-            left = None  # (first column, (D + 1, rows, 2h)): the previous tile's ramp columns
-            for (tx, cx0, cx1), f in _tile_rows(src, cm, grid, cols, ty, batch_size, config, feedback):
+            left = None  # (first column, (D, rows, 2h)): the previous tile's ramp columns
+            for (tx, cx0, cx1), f, empty in _tile_rows(src, cm, grid, cols, ty, batch_size, config, feedback):
                 xs0, xs1 = support((tx, cx0, cx1), grid.width, h)
                 piece = f[:, ys0 - ty:ys1 - ty, xs0 - tx:xs1 - tx]
                 if left is not None and left[0] == xs0:
@@ -323,8 +323,8 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
                     carry[:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
                 r0, r1 = max(ys0, y0), min(r1, y0 + height)
                 if r1 > r0:
-                    block = piece[:, r0 - ys0:r1 - ys0]
-                    yield FeatureBlock(r0, r1, a, b, block[:-1], block[-1] > 0.5, (bc0, bc1))
+                    yield FeatureBlock(r0, r1, a, b, piece[:, r0 - ys0:r1 - ys0], empty[r0 - ty:r1 - ty, a - tx:b - tx],
+                                       (bc0, bc1))
             carry_row = ys1 - 2 * h if ys1 < grid.height else None
             feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / (len(bands) * len(grid.rows)))
 

@@ -10,6 +10,7 @@ from qgis.core import QgsFeature, QgsField, QgsGeometry, QgsProcessingException,
 from qgis.PyQt.QtCore import QVariant
 
 from sample_data.generate import generate_scene, read_buildings
+from tests.qgis.conftest import parse_json_output
 
 pytest.importorskip("faiss")
 pytest.importorskip("segmentation_models_pytorch")
@@ -158,11 +159,21 @@ def test_bad_inputs(run_alg, trained, scene, tmp_path):
                                          "OUTPUT": str(tmp_path / "z.tif")})
 
 
-def test_qgis_process_cluster_and_evaluate(qgis_process, trained, scene, tmp_path):
-    result, _ = trained
-    qgis_process("run", "satseg:clusterraster", "--", f"INPUT={scene['scene']}", f"MODEL={result['OUTPUT_MODEL']}",
+def test_qgis_process_all_four_algorithms(qgis_process, scene, tmp_path):
+    """Train, cluster, name and evaluate, each through qgis_process."""
+    qgis_process("run", "satseg:trainclusternet", "--", f"INPUT={scene['scene']}",
+                 *[f"{key}={value}" for key, value in FAST.items()], f"OUTPUT_MODEL={tmp_path / 'm.satseg'}",
+                 f"OUTPUT_LOG={tmp_path / 'rounds.csv'}")
+    assert len(read_csv(tmp_path / "rounds.csv")) == FAST["ROUNDS"]
+    qgis_process("run", "satseg:clusterraster", "--", f"INPUT={scene['scene']}", f"MODEL={tmp_path / 'm.satseg'}",
                  "TILE_SIZE=128", "DEVICE=1", f"OUTPUT={tmp_path / 'c.tif'}")
     qgis_process("run", "satseg:clusterstoclasses", "--", f"INPUT={tmp_path / 'c.tif'}", "MAPPING=1-3=a;4-6=b",
                  f"OUTPUT={tmp_path / 'k.tif'}")
     with rasterio.open(tmp_path / "c.tif") as c, rasterio.open(tmp_path / "k.tif") as k:
         assert np.array_equal(k.read(1), np.where(c.read(1) <= 3, 1, 2))
+        assert (c.crs, c.transform) == (k.crs, k.transform)
+    out = qgis_process("run", "satseg:evaluateclusters", "--json", "--", f"INPUT={tmp_path / 'c.tif'}",
+                       f"REFERENCE={scene['buildings']}", f"OUTPUT_TABLE={tmp_path / 'e.csv'}")
+    results = parse_json_output(out.stdout)["results"]
+    assert 0.0 < results["BEST_DICE"] <= 1.0 and results["DICE"] <= results["BEST_DICE"] + 1e-9
+    assert len(read_csv(tmp_path / "e.csv")) >= 2
