@@ -96,7 +96,7 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
         try:
             for module in self.requirements:
                 require(module)
-            return self.run_algorithm(parameters, context, engine_feedback)
+            return plain_outputs(self.run_algorithm(parameters, context, engine_feedback))
         except CanceledError as exc:
             raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.")) from exc
         except SatSegError as exc:
@@ -106,3 +106,11 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
             feedback: QgisFeedback) -> Dict[str, Any]:
         """Parse parameters, make one engine call, return the outputs. Implemented by each algorithm."""
         raise QgsProcessingException(self.tr("Algorithm {} does not implement run_algorithm().").format(self.id()))
+
+
+def plain_outputs(outputs: Dict[str, Any]) -> Dict[str, Any]:
+    """Numpy scalars -> Python numbers: Qt wraps them as opaque objects, which ``qgis_process``, the modeler and
+    expressions cannot read (a numpy float output came out of ``qgis_process --json`` as an empty string)."""
+    import numpy as np  # noqa: PLC0415
+
+    return {key: value.item() if isinstance(value, np.generic) else value for key, value in outputs.items()}

@@ -175,5 +175,6 @@ def test_qgis_process_all_four_algorithms(qgis_process, scene, tmp_path):
     out = qgis_process("run", "satseg:evaluateclusters", "--json", "--", f"INPUT={tmp_path / 'c.tif'}",
                        f"REFERENCE={scene['buildings']}", f"OUTPUT_TABLE={tmp_path / 'e.csv'}")
     results = parse_json_output(out.stdout)["results"]
+    assert isinstance(results["BEST_DICE"], float) and isinstance(results["DICE"], float)  # numbers, not text
     assert 0.0 < results["BEST_DICE"] <= 1.0 and results["DICE"] <= results["BEST_DICE"] + 1e-9
     assert len(read_csv(tmp_path / "e.csv")) >= 2
