@@ -215,7 +215,8 @@ def kmeans(x: Any, k: int, niter: int = 20, seed: int = 0, nredo: int = 5,
         k: number of clusters, ``1 <= k <= n``.
         niter: Lloyd iterations per restart (faiss stops sooner only if the objective stops changing).
         seed: random seed of the training sample and the seeding.
-        nredo: restarts; the one with the lowest objective on the training sample is kept.
+        nredo: restarts; the one with the best objective on the training sample is kept (the lowest sum of
+            squared distances; with ``spherical``, the highest sum of inner products).
         max_points_per_centroid: train on a random sample of at most ``k * max_points_per_centroid``
             samples; None trains on every sample.
         spherical: normalise centroids to unit length after each update (training then assigns by inner
@@ -277,7 +278,8 @@ def kmeans(x: Any, k: int, niter: int = 20, seed: int = 0, nredo: int = 5,
         with _serial_if_small(faiss, m * k * d):
             trainer.train(sample, init_centroids=start)
         objective = float(trainer.obj[-1]) if len(trainer.obj) else 0.0
-        if best is None or objective < best[0]:
+        # spherical training searches by inner product: its objective is a similarity, higher is better
+        if best is None or (objective > best[0] if spherical else objective < best[0]):
             best = (objective, np.ascontiguousarray(trainer.centroids, np.float32).reshape(k, d), len(trainer.obj))
         feedback.set_progress(80.0 * (redo + 1) / nredo)
     _, centroids, iterations = best

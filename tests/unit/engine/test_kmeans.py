@@ -271,3 +271,14 @@ def test_silhouette_rejects_undefined_cases_and_cancels():
         silhouette(x, np.zeros(29, int))
     with pytest.raises(CanceledError):
         silhouette(x, np.arange(30) % 3, chunk=5, feedback=RecordingFeedback(cancel_after=2))
+
+
+def test_spherical_restarts_keep_the_most_similar_centroids():
+    """Spherical training scores restarts by inner product (higher is better): the kept restart is never worse
+    than the first one alone."""
+    rng = np.random.default_rng(21)
+    directions = l2_normalize(rng.normal(size=(8, 5)))
+    x = l2_normalize((directions[rng.integers(0, 8, 4000)] + rng.normal(scale=0.35, size=(4000, 5))).astype(np.float32))
+    one = kmeans(x, 8, seed=2, nredo=1, spherical=True, max_points_per_centroid=None)
+    best = kmeans(x, 8, seed=2, nredo=6, spherical=True, max_points_per_centroid=None)
+    assert best.objective <= one.objective * (1 + 1e-6)
