@@ -17,9 +17,11 @@
 2. Throughput and memory of ``cluster_raster`` in child processes, with a tiny ClusterNet (the encoder and
    decoder of ``bench_segmentation.py``'s tiny U-Net, random weights, centroids from k-means on its features)
    on the cached synthetic rasters of ``bench_patching.py`` (2048, 10240 and, when its estimated time allows,
-   20480 px), tile 512, batch 4: Mpx/s and peak RSS, against a child that only imports the libraries.
-3. Seams: the share of horizontally/vertically adjacent pixel pairs with different cluster ids across tile
-   core borders, against the same share inside tile cores, on the scene's cluster rasters.
+   20480 px), tile 512, batch 4: Mpx/s and peak RSS, against a child that only imports the libraries; the
+   verdict compares the runs whose GDAL block cache reached its cap.
+3. Seams, on the 2048 px scene with the trained ClusterNet: the share of adjacent pixel pairs with different
+   cluster ids on the lines at tile core borders (and on the blend ramp's lines), against the 16 lines beside
+   the ramp, over the same ratio of a tile-free k-means raster (the control).
 
 Every ``cluster_raster`` run is its own child process (wall time and peak RSS through ``/usr/bin/time``, the
 engine time inside the child). Scene, models and source rasters are cached under ``bench/out/``.
