@@ -193,7 +193,13 @@ def support(span: Tuple[int, int, int], length: int, half: int) -> Tuple[int, in
 
 def ramp_weights(half: int) -> np.ndarray:
     """Weight of the later tile across a ramp of ``2 * half`` pixels (the earlier one gets ``1 - w``)."""
-    return ((np.arange(2 * half, dtype=np.float32) + 0.5) / max(2 * half, 1)).astype(np.float32)
+    return (np.arange(2 * half, dtype=np.float32) + 0.5) / max(2 * half, 1)
+
+
+def _meeting(spans: List[Tuple[int, int, int]], length: int, half: int, lo: int, hi: int
+             ) -> List[Tuple[int, int, int]]:
+    """The tiles of ``spans`` whose support meets pixels ``[lo, hi)``."""
+    return [c for c in spans if support(c, length, half)[1] > lo and support(c, length, half)[0] < hi]
 
 
 def _grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfig) -> _Grid:
@@ -205,13 +211,10 @@ def _grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfi
     region = bounds_region(src, config.bounds)
     x0, y0, width, height = region
 
-    def needed(length: int, lo: int, hi: int) -> List[Tuple[int, int, int]]:
-        # the grid is the whole raster's, so an extent run gives the same ids as a whole-raster run
-        spans = core_spans(length, tile, overlap)
-        return [c for c in spans if support(c, length, half)[1] > lo and support(c, length, half)[0] < hi]
-
-    return _Grid(tile, overlap, half, region, needed(src.height, y0, y0 + height), needed(src.width, x0, x0 + width),
-                 src.height, src.width)
+    # the grid is the whole raster's, so an extent run gives the same ids as a whole-raster run
+    rows = _meeting(core_spans(src.height, tile, overlap), src.height, half, y0, y0 + height)
+    cols = _meeting(core_spans(src.width, tile, overlap), src.width, half, x0, x0 + width)
+    return _Grid(tile, overlap, half, region, rows, cols, src.height, src.width)
 
 
 @dataclass
@@ -291,7 +294,7 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: _Grid, c
     bands = column_bands(x0, width, band_columns)
     for band_index, (bc0, bc1) in enumerate(bands):
         # tiles whose support meets the band; the first one's left ramp (unblended) lies outside the band
-        cols = [c for c in grid.cols if support(c, grid.width, h)[1] > bc0 and support(c, grid.width, h)[0] < bc1]
+        cols = _meeting(grid.cols, grid.width, h, bc0, bc1)
         # The ramp rows of the previous tile row (blended in x), one buffer for the band: a tile's columns
         # are read from it and then overwritten with this row's ramp rows (tiles of a row never share columns).
         carry = None  # (D, 2h, band) float32

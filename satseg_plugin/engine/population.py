@@ -194,13 +194,21 @@ def _check_flow_count(frames: int, flows: int, parameter: str = "FLOWS") -> None
 
 def _check_same_grid(path: str, crs: Any, transform: Affine, shape: Tuple[int, int], parameter: str) -> None:
     """Refuse a raster that is not on the frames' grid (flows and segments are never resampled)."""
-    from .frames import same_grid  # noqa: PLC0415
     from .raster import open_raster, raster_env  # noqa: PLC0415
 
     with raster_env(), open_raster(path, parameter) as src:
-        if src.crs != crs or not same_grid(transform, shape, src.transform, (src.height, src.width)):
-            raise InputError(f"'{os.path.basename(path)}' is not on the grid of the other inputs (CRS, pixel size, "
-                             "origin and size must match); use the outputs of one SatSeg run.", parameter)
+        _require_grid(f"'{os.path.basename(path)}'", crs, transform, shape, src.crs, src.transform,
+                      (src.height, src.width), parameter)
+
+
+def _require_grid(what: str, crs: Any, transform: Affine, shape: Tuple[int, int], other_crs: Any,
+                  other_transform: Affine, other_shape: Tuple[int, int], parameter: str) -> None:
+    """Refuse an input whose CRS or pixel grid differs from the other inputs'."""
+    from .frames import same_grid  # noqa: PLC0415
+
+    if other_crs != crs or not same_grid(transform, shape, other_transform, other_shape):
+        raise InputError(f"{what} is not on the grid of the other inputs (CRS, pixel size, origin and size must "
+                         "match); use the outputs of one SatSeg run.", parameter)
 
 
 def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_dir: str, config: Optional[Any] = None,
@@ -323,11 +331,8 @@ def run_tracking(segment_paths: Sequence[str], flow_paths: Sequence[str], frame_
             raise InputError(f"{len(frame_paths)} frames for {len(segments)} segment rasters; give one frame per "
                              "segment raster, or none.", "FRAMES")
         series = load_frames(frame_paths, SubFeedback(feedback, 0, 5))
-        from .frames import same_grid  # noqa: PLC0415
-
-        if series.crs != crs or not same_grid(transform, shape, series.transform, (series.height, series.width)):
-            raise InputError("the frames are not on the segment rasters' grid (CRS, pixel size, origin and size "
-                             "must match); give the frames the communities were computed from.", "FRAMES")
+        _require_grid("the frames", crs, transform, shape, series.crs, series.transform,
+                      (series.height, series.width), "FRAMES")
         populations = list(series.arrays)
     tracking = track_communities(segments, flows, SubFeedback(feedback, 5, 90), min_overlap=min_overlap,
                                  min_fraction=min_fraction, compare=compare)
