@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 SYS_PY := /usr/bin/python3
 APT_PACKAGES := qgis python3-qgis qgis-providers xvfb python3-venv gdal-bin python3-gdal xauth libgeos-dev libgdal-dev
 STAMP := $(VENV)/.satseg-installed
-SITE := $(CURDIR)/$(VENV)/lib/python3.11/site-packages
+# The venv's site-packages, whatever Python Debian ships (3.11 on Debian 12, 3.13 on Debian 13).
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # Headless Qt for QGIS; the plugin folder is found through QGIS_PLUGINPATH.
 export QT_QPA_PLATFORM ?= offscreen
 export QGIS_OPTS :=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages demo test test-unit test-qgis bench qgis package clean sample-data
+.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data
 
 install: system-packages $(STAMP)
 
@@ -37,8 +38,11 @@ sample-data: install
 demo: install
 	$(PY) scripts/demo.py --out demo_out
 
-test: install
+test: install lint
 	$(PY) -m pytest tests/unit tests/qgis -p no:cacheprovider
+
+lint: install
+	$(PY) -m ruff check .
 
 test-unit: install
 	$(PY) -m pytest tests/unit -p no:cacheprovider

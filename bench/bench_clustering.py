@@ -54,9 +54,9 @@ REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, BENCH_DIR)
 
-import bench_patching as patching  # noqa: E402  (source rasters, measured children, machine description)
-import bench_segmentation as segbench  # noqa: E402  (scene cache, tiny model settings, GDAL cache poller)
-from results_md import write_section  # noqa: E402
+import bench_patching as patching  # source rasters, measured children, machine description
+import bench_segmentation as segbench  # scene cache, tiny model settings, GDAL cache poller
+from results_md import write_section
 
 DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
 #: Bump when the recipe of a cached model changes.
@@ -94,12 +94,12 @@ def child_cluster(spec: Dict[str, Any]) -> Dict[str, Any]:
     """``cluster_raster`` once, as the spec says; the time of the forward and of the id assignment too."""
     import torch
 
-    from satseg_plugin.engine import cluster_map
-    from satseg_plugin.engine.cluster_map import ClusterMapConfig, cluster_raster
+    from satseg_plugin.pipelines.clustering.pixel import cluster_map
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster
 
     start = time.perf_counter()
     import faiss  # noqa: F401
-    import segmentation_models_pytorch  # noqa: F401  (imported on first use; a fixed cost per process)
+    import segmentation_models_pytorch  # imported on first use; a fixed cost per process  # noqa: F401
 
     set_threads(int(spec.get("threads") or 0))
 
@@ -135,9 +135,8 @@ def child_train(spec: Dict[str, Any]) -> Dict[str, Any]:
     """``train_clusternet`` on the scene with the given settings."""
     import torch
 
-    from satseg_plugin.engine.clusternet import ClusterNetConfig, train_clusternet
-
-    from satseg_plugin.engine.progress import NullFeedback
+    from satseg_plugin.core.progress import NullFeedback
+    from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig, train_clusternet
 
     set_threads(int(spec.get("threads") or 0))
     config = ClusterNetConfig(**spec["config"])
@@ -162,8 +161,9 @@ def child_imports(spec: Dict[str, Any]) -> Dict[str, Any]:
     import segmentation_models_pytorch  # noqa: F401
     import torch  # noqa: F401
 
-    from satseg_plugin.engine import cluster_map, kmeans  # noqa: F401
-    from satseg_plugin.models import clusternet  # noqa: F401
+    from satseg_plugin.core import kmeans  # noqa: F401
+    from satseg_plugin.models.nets import clusternet  # noqa: F401
+    from satseg_plugin.pipelines.clustering.pixel import cluster_map  # noqa: F401
 
     return {"self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
@@ -174,7 +174,7 @@ def child_threads(spec: Dict[str, Any]) -> Dict[str, Any]:
     import faiss
     import torch
 
-    from satseg_plugin.engine.cluster_map import ClusterModel
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterModel
 
     cm = ClusterModel(spec["model"], torch.device("cpu"))
     raw = np.random.default_rng(0).integers(0, 255, (4, 3, 512, 512)).astype(np.float32)
@@ -268,7 +268,7 @@ def measured_cluster(label: str, spec: Dict[str, Any], keep: bool = False) -> Ru
 
 def train_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The ClusterNet recipe: the defaults, with ``--rounds`` when given."""
-    from satseg_plugin.engine.clusternet import ClusterNetConfig
+    from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig
 
     config = asdict(ClusterNetConfig())
     if args.rounds:
@@ -316,14 +316,12 @@ def ensure_tiny_clusternet(out_dir: str, source: str) -> str:
     import torch
     from rasterio.windows import Window
 
-    from satseg_plugin.engine.clusternet import FeatureTransform
-    from satseg_plugin.engine.kmeans import kmeans
-    from satseg_plugin.engine.normalization import band_statistics
+    from satseg_plugin.core.kmeans import kmeans
+    from satseg_plugin.core.normalization import band_statistics
     from satseg_plugin.models.checkpoint import ModelMetadata, model_tensors, save_checkpoint
-    from satseg_plugin.models.clusternet import build_clusternet
+    from satseg_plugin.models.nets.clusternet import build_clusternet
     from satseg_plugin.models.registry import input_multiple
-
-    from satseg_plugin.engine.clusternet import ClusterNetConfig
+    from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig, FeatureTransform
 
     defaults = ClusterNetConfig()
     whiten, normalize = bool(defaults.whiten), bool(defaults.normalize)
@@ -376,7 +374,7 @@ def kmeans_baseline(scene: str, out_path: str, k: int, niter: int, seed: int) ->
     """faiss k-means on the z-scored bands of every pixel, written as a cluster raster (ids 1..k, nodata 0)."""
     import rasterio
 
-    from satseg_plugin.engine.kmeans import kmeans
+    from satseg_plugin.core.kmeans import kmeans
 
     with rasterio.open(scene) as src:
         data = src.read().astype(np.float64)
@@ -398,8 +396,8 @@ def kmeans_baseline(scene: str, out_path: str, k: int, niter: int, seed: int) ->
 
 def cluster_scores(cluster_path: str, buildings: Sequence[Any]) -> Dict[str, float]:
     """``evaluate_clusters`` against the footprints (one class, building)."""
-    from satseg_plugin.engine.cluster_metrics import evaluate_clusters
-    from satseg_plugin.engine.labels import LabelSet
+    from satseg_plugin.core.labels import LabelSet
+    from satseg_plugin.pipelines.clustering.pixel.evaluate import evaluate_clusters
 
     s = evaluate_clusters(cluster_path, LabelSet(list(buildings), [1] * len(buildings)), KEEP_THRESHOLD)
     used = int((s.table.sum(axis=1)[1:] > 0).sum())
@@ -469,8 +467,8 @@ def annotation_counts(total: int, cap: Optional[int]) -> List[int]:
 def annotations_run(cluster_path: str, scene: str, model: Optional[str], labels: Any, ref: np.ndarray,
                     scratch: str, name: str, split_share: float = 0.3) -> Dict[str, Any]:
     """``clusters_to_classes`` with annotation polygons; the class raster's building Dice and what happened."""
-    from satseg_plugin.engine.cluster_classes import clusters_to_classes
-    from satseg_plugin.engine.progress import NullFeedback
+    from satseg_plugin.core.progress import NullFeedback
+    from satseg_plugin.pipelines.clustering.pixel.classes import clusters_to_classes
 
     out = os.path.join(scratch, f"{name}_classes.tif")
     split_out = os.path.join(scratch, f"{name}_split_clusters.tif")
@@ -496,7 +494,7 @@ def annotations_run(cluster_path: str, scene: str, model: Optional[str], labels:
 
 def core_borders(length: int, tile: int, overlap: int) -> List[int]:
     """Positions ``e`` where one tile's core ends and the next begins: pairs ``(e - 1, e)`` straddle it."""
-    from satseg_plugin.engine.cluster_map import core_spans
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import core_spans
 
     return [c[1] for c in core_spans(length, tile, overlap)[1:]]
 
@@ -511,7 +509,7 @@ def id_seams(path: str, tile: int, overlap: int, flank: int = FLANK) -> Dict[str
     """
     import rasterio
 
-    from satseg_plugin.engine.cluster_map import ramp_half
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ramp_half
 
     with rasterio.open(path) as ds:
         ids = ds.read(1)
@@ -585,13 +583,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def git_state() -> str:
-    """Commit and uncommitted engine/model files (other work goes on in the same tree)."""
+    """Commit and uncommitted core/pipelines/model files (other work goes on in the same tree)."""
     import subprocess
 
     try:
         head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--", "satseg_plugin/engine",
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--", "satseg_plugin/core", "satseg_plugin/pipelines",
                                 "satseg_plugin/models"], capture_output=True, text=True, check=True).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git)"
@@ -635,8 +633,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # 1. quality ----------------------------------------------------------------------------------
     from sample_data.generate import read_buildings
-
-    from satseg_plugin.engine.labels import LabelSet
+    from satseg_plugin.core.labels import LabelSet
 
     scene = segbench.ensure_scene(out_dir, args.scene_size, log)
     buildings = [b.polygon for b in read_buildings(scene["buildings"])]
@@ -692,11 +689,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seam_runs = {"full": spec("seam_full", source=seam_scene["scene"]),
                  "half": spec("seam_half", source=seam_scene["scene"], tile=half),
                  "naive": spec("seam_naive", source=seam_scene["scene"], tile=half, overlap=0)}
-    for name, run_spec in seam_runs.items():
+    for run_spec in seam_runs.values():
         measured_cluster(f"seams: tile {run_spec['tile']}, overlap {run_spec['overlap']}", run_spec, keep=True)
     control_path = os.path.join(scratch, "kmeans_seam_scene.tif")
     kmeans_baseline(seam_scene["scene"], control_path, k, config["kmeans_iterations"], config["seed"])
-    from satseg_plugin.engine.cluster_map import ClusterModel
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterModel
 
     cm = ClusterModel(model, torch.device("cpu"))
     mult = cm.multiple
@@ -776,7 +773,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def row_features_mib(width: int, t: int) -> float:
         """Arrays that grow with the width up to one column band (from the code): the ramp rows carried from
         one tile row to the next (D x 2 half x band float32) and the band's uint16 id buffer."""
-        from satseg_plugin.engine.cluster_map import CLUSTER_BAND_COLUMNS, ramp_half
+        from satseg_plugin.pipelines.clustering.pixel.cluster_map import CLUSTER_BAND_COLUMNS, ramp_half
 
         band = min(width, CLUSTER_BAND_COLUMNS)
         return (feat_ch * 2 * ramp_half(t // 4) * band * 4 + (t + 256) * band * 2) / 2**20

@@ -46,9 +46,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+import numpy as np
+from results_md import write_section  # bench/ is the script folder
 
 REFERENCE = "satseg"
 METHODS: Tuple[Tuple[str, str], ...] = (
@@ -71,7 +70,7 @@ def _skimage_input(f1: np.ndarray, f2: np.ndarray) -> Tuple[np.ndarray, np.ndarr
 
 def method_function(name: str) -> Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray, str]]:
     """``f(frame_t, frame_t+1) -> (u, v, note)`` for a method name of :data:`METHODS`."""
-    from satseg_plugin.engine.flow import FlowConfig, horn_schunck
+    from satseg_plugin.pipelines.population.flow import FlowConfig, horn_schunck
 
     configs = {"satseg": FlowConfig(device="cpu"), "satseg_pyr3": FlowConfig(device="cpu", pyramid_levels=3),
                "satseg_jacobi": FlowConfig(device="cpu", solver="jacobi"),

@@ -40,11 +40,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
+import numpy as np
+from results_md import write_section  # bench/ is the script folder
 
-from satseg_plugin.engine.kmeans import kmeans, nearest_centroid  # noqa: E402
-
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+from satseg_plugin.core.kmeans import kmeans, nearest_centroid
 
 ITERATIONS = 20
 COMPONENTS = 100

@@ -2,7 +2,7 @@
 
 Cuts one large synthetic GeoTIFF into the same grid of 512 x 512 patches with:
 
-* SatSeg's :func:`satseg_plugin.engine.patching.write_patches` (2 worker threads, and 1 for comparison),
+* SatSeg's :func:`satseg_plugin.pipelines.patching.patches.write_patches` (2 worker threads, and 1 for comparison),
 * ``gdal_retile.py -ps 512 512``,
 * ``gdal_retile.py`` with ``GDAL_NUM_THREADS=ALL_CPUS`` (same multithreading GDAL settings SatSeg uses),
 * a ``gdal_translate -srcwin`` loop, one process per patch (timed on a deterministic subset, extrapolated).
@@ -45,8 +45,7 @@ import numpy as np
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
-
+from results_md import write_section  # bench/ is the script folder
 
 #: Creation options every method writes its patches with (SatSeg's own profile is the same kind).
 GDAL_CO = ["-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "PREDICTOR=2"]
@@ -252,7 +251,7 @@ def run_measured(cmd: Sequence[str], env: Optional[Dict[str, str]] = None) -> Me
 def child_satseg(source: str, dest: str, patch: int, workers: int) -> None:
     """Entry point of the SatSeg child process: patch ``source`` into ``dest`` and print a JSON summary."""
     sys.path.insert(0, REPO_ROOT)
-    from satseg_plugin.engine.patching import PatchConfig, write_patches
+    from satseg_plugin.pipelines.patching.patches import PatchConfig, write_patches
 
     config = PatchConfig(patch_width=patch, patch_height=patch, stride_x=patch, stride_y=patch, edge="shift",
                          max_nodata_fraction=1.0, workers=workers, compress="DEFLATE", prefix="src")

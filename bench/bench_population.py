@@ -30,9 +30,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+import numpy as np
+from results_md import write_section  # bench/ is the script folder
 
 POP_MIN = 20.0
 
@@ -47,9 +46,9 @@ def _vmhwm_mib() -> float:
 
 def child(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Run the whole pipeline once and time each stage."""
-    from satseg_plugin.engine.communities import CommunityConfig
-    from satseg_plugin.engine.flow import FlowConfig
-    from satseg_plugin.engine.population import run_communities, run_optical_flow, run_tracking
+    from satseg_plugin.pipelines.population.communities import CommunityConfig
+    from satseg_plugin.pipelines.population.flow import FlowConfig
+    from satseg_plugin.pipelines.population.run import run_communities, run_optical_flow, run_tracking
 
     out, frames = spec["out"], spec["frames"]
     times = {}
@@ -76,7 +75,7 @@ def score(run: Dict[str, Any], data: str) -> Dict[str, float]:
     import rasterio
 
     from sample_data.population import population_paths, read_true_links
-    from satseg_plugin.engine.tracks import link_accuracy
+    from satseg_plugin.pipelines.population.tracks import link_accuracy
 
     frames = len(run["segments"])
     truth = population_paths(data, frames)

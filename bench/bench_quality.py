@@ -21,18 +21,16 @@ from typing import Dict, List
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import rasterio  # noqa: E402
-from shapely.geometry import box  # noqa: E402
+import rasterio
+from results_md import write_section  # bench/ is the script folder
+from shapely.geometry import box
 
-from sample_data.generate import generate_scene, read_buildings  # noqa: E402
-from satseg_plugin.engine.inference import InferenceConfig, segment_raster  # noqa: E402
-from satseg_plugin.engine.labels import LabelSet  # noqa: E402
-from satseg_plugin.engine.metrics import evaluate_rasters  # noqa: E402
-from satseg_plugin.engine.progress import NullFeedback  # noqa: E402
-from satseg_plugin.engine.training import TrainConfig, train_segmentation  # noqa: E402
-
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
-
+from sample_data.generate import generate_scene, read_buildings
+from satseg_plugin.core.labels import LabelSet
+from satseg_plugin.core.progress import NullFeedback
+from satseg_plugin.pipelines.segmentation.evaluate import evaluate_rasters
+from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
+from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
 
 CONFIGS = {
     "default U-Net (resnet34, 224 px, batch 32)": dict(architecture="unet", encoder="resnet34"),

@@ -51,11 +51,12 @@ REPO_ROOT = os.path.dirname(BENCH_DIR)
 sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, BENCH_DIR)
 
-import bench_patching as patching  # noqa: E402  (source rasters, child measurement, machine description)
-from satseg_plugin.engine.inference import BAND_COLUMNS  # noqa: E402  (rasterio only; torch loads lazily)
+import bench_patching as patching  # source rasters, child measurement, machine description
+
+from satseg_plugin.pipelines.segmentation.segment import BAND_COLUMNS  # rasterio only; torch loads lazily
 
 DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+from results_md import write_section  # bench/ is the script folder
 
 #: Bump when the training recipe of the cached benchmark model changes.
 MODEL_VERSION = 1
@@ -141,7 +142,7 @@ def child_pipeline(spec: Dict[str, Any]) -> Dict[str, Any]:
     """``segment_raster`` once, as the spec says; returns a JSON-able summary."""
     import torch
 
-    from satseg_plugin.engine.inference import InferenceConfig, segment_raster
+    from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -186,9 +187,9 @@ def child_bare(spec: Dict[str, Any]) -> Dict[str, Any]:
     import torch
     from rasterio.windows import Window
 
-    from satseg_plugin.engine.inference import tile_origins
-    from satseg_plugin.engine.normalization import normalize
+    from satseg_plugin.core.normalization import normalize
     from satseg_plugin.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from satseg_plugin.pipelines.segmentation.segment import tile_origins
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -230,8 +231,8 @@ def child_bare(spec: Dict[str, Any]) -> Dict[str, Any]:
 def child_train(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Train the benchmark model on the sample scene (``train_segmentation``)."""
     from sample_data.generate import read_buildings
-    from satseg_plugin.engine.labels import LabelSet
-    from satseg_plugin.engine.training import TrainConfig, train_segmentation
+    from satseg_plugin.core.labels import LabelSet
+    from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
 
     buildings = read_buildings(spec["buildings"])
     labels = LabelSet([b.polygon for b in buildings], [1] * len(buildings))
@@ -248,7 +249,7 @@ def child_imports(spec: Dict[str, Any]) -> Dict[str, Any]:
     import segmentation_models_pytorch  # noqa: F401
     import torch  # noqa: F401
 
-    from satseg_plugin.engine import inference  # noqa: F401
+    from satseg_plugin.pipelines.segmentation import segment as inference  # noqa: F401
 
     return {"self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
@@ -346,7 +347,7 @@ def ensure_tiny_model(out_dir: str, log: Callable[[str], None]) -> str:
 
 def tile_edges(length: int, tile: int, overlap: int) -> List[int]:
     """Positions ``e`` where a tile starts or ends inside ``(0, length)``: pixel pairs ``(e-1, e)`` straddle it."""
-    from satseg_plugin.engine.inference import tile_origins
+    from satseg_plugin.pipelines.segmentation.segment import tile_origins
 
     starts = tile_origins(0, length, tile, tile - overlap)
     return sorted({s for s in starts if 0 < s < length} | {s + tile for s in starts if 0 < s + tile < length})

@@ -43,9 +43,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-
-from results_md import write_section  # noqa: E402  (bench/ is the script folder)
+import numpy as np
+from results_md import write_section  # bench/ is the script folder
 
 COMPONENTS = 30
 SPEEDUP_TARGET = 5.0
@@ -87,9 +86,9 @@ def child(method: str, folder: str, index: int, chunk: int) -> None:
     x = np.load(os.path.join(folder, "features.npy"))
     labels = np.load(os.path.join(folder, "labels.npy"))[index].copy()
     if method == "satseg":
-        from satseg_plugin.engine.kmeans import silhouette
+        import torch  # imported by silhouette anyway; loaded before the baseline RSS  # noqa: F401
 
-        import torch  # noqa: F401  (imported by silhouette anyway; loaded before the baseline RSS)
+        from satseg_plugin.core.scores import silhouette
 
         def score() -> float:
             return silhouette(x, labels, chunk=chunk)
@@ -170,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         method, folder, index, chunk = args.child
         child(method, folder, int(index), int(chunk))
         return 0
-    from satseg_plugin.engine.kmeans import kmeans
+    from satseg_plugin.core.kmeans import kmeans
 
     nice = os.nice(0)
     command = ((f"nice -n {nice} " if nice else "") + shlex.join(

@@ -2153,7 +2153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--population", metavar="DIR", help="write the population time series into DIR instead")
     args = parser.parse_args(argv)
     if args.population:  # the population time series: sample_data/population.py
-        from sample_data.population import run_cli  # noqa: PLC0415
+        from sample_data.population import run_cli
         return run_cli(args.population, seed=args.seed, force=args.force)
     out = args.out if args.out is not None else (DEFAULT_MOSAIC_DIR if args.mosaic else DEFAULT_OUT_DIR)
     size = args.size if args.size is not None else (2048 if args.mosaic else 1024)

@@ -75,7 +75,7 @@ POPULATION_PARAMS_NAME = "population.json"
 LINKS_NAME = "links_true.csv"
 DEFAULT_POPULATION_DIR = os.path.join("sample_data", "generated", "population")
 EVENTS: Tuple[str, ...] = ("continue", "split", "merge", "birth", "death")
-#: The band descriptions SatSeg's flow rasters carry (``satseg_plugin.engine.flow.BAND_DESCRIPTIONS``).
+#: The band descriptions SatSeg's flow rasters carry (``satseg_plugin.pipelines.population.flow.BAND_DESCRIPTIONS``).
 FLOW_BAND_DESCRIPTIONS: Tuple[str, str] = ("u (pixels/frame, +column)", "v (pixels/frame, +row)")
 LINK_FIELDS: Tuple[str, ...] = ("frame", "community", "next_frame", "next_community", "event")
 

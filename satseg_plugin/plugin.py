@@ -10,8 +10,8 @@ from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
 
-from .processing_provider.base import ICON_PATH
-from .processing_provider.provider import ALGORITHMS, SatSegProvider
+from .processing.base import ICON_PATH
+from .processing.provider import ALGORITHMS, SatSegProvider
 
 __all__ = ["SatSegPlugin"]
 
@@ -27,7 +27,7 @@ class SatSegPlugin:
     def __init__(self, iface) -> None:
         # The installer's package folder on sys.path, and triton kept out: it crashes QGIS desktop (see
         # engine.deps.CRASHING_IMPORTS). Pure Python, nothing heavy is imported here.
-        from .engine.deps import setup_imports  # noqa: PLC0415
+        from .core.deps import setup_imports
 
         setup_imports(QgsApplication.qgisSettingsDirPath())
         self.iface = iface
@@ -39,13 +39,13 @@ class SatSegPlugin:
         self.actions: List[QAction] = []
 
     # Called by QGIS for qgis_process and desktop alike (hasProcessingProvider=yes).
-    def initProcessing(self) -> None:  # noqa: N802
+    def initProcessing(self) -> None:
         """Register the ``satseg`` provider once."""
         if self.provider is None:
             self.provider = SatSegProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self) -> None:  # noqa: N802
+    def initGui(self) -> None:
         """Register the provider and build the SatSeg menu in the main menu bar."""
         self.initProcessing()
         if self.iface is None:
@@ -93,7 +93,7 @@ class SatSegPlugin:
     def show_dock(self) -> None:
         """Create the SatSeg dock on first use and show it; later the action toggles it."""
         if self.dock is None:
-            from .ui.dock import SatSegDock  # noqa: PLC0415  (lazy: QGIS starts faster)
+            from .ui.dock import SatSegDock  # lazy: QGIS starts faster
 
             self.dock = SatSegDock(self.iface, parent=self.iface.mainWindow())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
@@ -101,7 +101,7 @@ class SatSegPlugin:
             self.dock_action.triggered.disconnect(self.show_dock)
             self.dock.setToggleVisibilityAction(self.dock_action)
             # First use: say in the message bar (with an Install… button) when deep-learning packages are missing.
-            from .ui.installer_dialog import offer_installer  # noqa: PLC0415
+            from .ui.dialogs.installer import offer_installer
 
             offer_installer(self.iface)
         self.dock.setUserVisible(True)
@@ -109,19 +109,19 @@ class SatSegPlugin:
 
     def open_algorithm(self, algorithm_id: str) -> None:
         """Open the Processing dialog of a SatSeg algorithm."""
-        import processing  # noqa: PLC0415  (QGIS's Processing plugin, loaded by then)
+        import processing  # QGIS's Processing plugin, loaded by then
 
         processing.execAlgorithmDialog(algorithm_id, {})
 
     def show_diagnostics(self) -> None:
         """Show versions, interpreter, devices, paths and any missing package (not modal)."""
-        from .ui.diagnostics_dialog import show_diagnostics  # noqa: PLC0415
+        from .ui.dialogs.diagnostics import show_diagnostics
 
         show_diagnostics(self.iface.mainWindow())
 
     def show_installer(self) -> None:
         """Open the dependency installer (not modal)."""
-        from .ui.installer_dialog import show_installer  # noqa: PLC0415
+        from .ui.dialogs.installer import show_installer
 
         show_installer(self.iface.mainWindow())
 

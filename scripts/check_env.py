@@ -11,15 +11,15 @@ import sys
 geos = ctypes.util.find_library("geos_c")
 if geos:
     ctypes.CDLL(geos, mode=ctypes.RTLD_GLOBAL)
-import faiss  # noqa: E402,F401
-import osgeo.gdal  # noqa: E402
-import qgis.core  # noqa: E402,F401
-import rasterio  # noqa: E402
-import segmentation_models_pytorch  # noqa: E402,F401
-import shapely  # noqa: E402
-import sklearn  # noqa: E402,F401
-import torch  # noqa: E402
-from shapely.geometry import box  # noqa: E402
+import faiss  # noqa: F401
+import osgeo.gdal
+import qgis.core  # noqa: F401
+import rasterio
+import segmentation_models_pytorch  # noqa: F401
+import shapely
+import sklearn  # noqa: F401
+import torch
+from shapely.geometry import box
 
 problems = []
 if shapely.from_wkb(box(0, 0, 1, 1).wkb).wkt != "POLYGON ((1 0, 1 1, 0 1, 0 0, 1 0))":

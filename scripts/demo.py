@@ -20,13 +20,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, "/usr/share/qgis/python/plugins"]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from qgis.core import (QgsApplication, QgsMapLayer, QgsMapRendererParallelJob, QgsMapSettings,  # noqa: E402
-                       QgsProcessingContext, QgsProcessingFeedback, QgsProject, QgsRasterLayer, QgsRectangle,
-                       QgsVectorLayer)
-from qgis.PyQt.QtCore import QSize, QVariant  # noqa: E402
-from qgis.PyQt.QtGui import QColor  # noqa: E402
+from qgis.core import (
+    QgsApplication,
+    QgsMapLayer,
+    QgsMapRendererParallelJob,
+    QgsMapSettings,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QSize, QVariant
+from qgis.PyQt.QtGui import QColor
 
-from sample_data.generate import generate_scene  # noqa: E402
+from sample_data.generate import generate_scene
 
 
 class Demo:
@@ -49,10 +58,10 @@ class Demo:
         import processing
 
         class Log(QgsProcessingFeedback):
-            def pushInfo(self, info):  # noqa: N802
+            def pushInfo(self, info):
                 print(f"    {info}")
 
-            def pushWarning(self, warning):  # noqa: N802
+            def pushWarning(self, warning):
                 print(f"    WARNING: {warning}")
 
         context = QgsProcessingContext()
@@ -67,7 +76,7 @@ class Demo:
         if not layer.isValid():
             raise RuntimeError(f"demo layer {layer.name()} is not valid: {layer.source()}")
         if style:
-            from satseg_plugin.processing_provider.styling import style_path
+            from satseg_plugin.processing.styling import style_path
 
             layer.loadNamedStyle(style_path(style))
         self.project.addMapLayer(layer)
@@ -222,7 +231,7 @@ def step_clustering(demo: Demo) -> None:
                f"({classes['SPLITS']} cluster(s) split): building Dice {_class_dice(demo, classes['OUTPUT']):.3f}")
     print(f"    {summary}")
     demo.summary.append(summary)
-    from satseg_plugin.processing_provider.styling import palette_renderer
+    from satseg_plugin.processing.styling import palette_renderer
 
     view = []
     for path, title, labels in ((classes["OUTPUT"], "Classes from 12 annotations", {1: "building", 2: "other"}),
@@ -300,7 +309,7 @@ def step_scene_clustering(demo: Demo) -> None:
                f"{truth:.3f}; DeepCluster silhouette peaks: {clustered['SUGGESTED']}")
     print(f"    {summary}")
     demo.summary.append(summary)
-    from satseg_plugin.processing_provider.styling import style_annotation_layer
+    from satseg_plugin.processing.styling import style_annotation_layer
 
     clusters_layer = QgsVectorLayer(extracted["OUTPUT"], "Patch clusters (urban 1.., rural, uninhabited last)")
     ids = sorted({f["cluster"] for f in clusters_layer.getFeatures()})
@@ -337,7 +346,7 @@ def step_population(demo: Demo) -> None:
     import rasterio
 
     from sample_data.population import generate_population_series, population_paths, read_true_links
-    from satseg_plugin.engine.tracks import link_accuracy
+    from satseg_plugin.pipelines.population.tracks import link_accuracy
 
     folder = os.path.join(ROOT, "sample_data", "generated", "population")
     generate_population_series(folder)
@@ -390,10 +399,9 @@ def step_population(demo: Demo) -> None:
 
 def _population_ramp(layer: QgsRasterLayer) -> None:
     """White (empty) to dark red (the densest 0.5 %) pseudocolour, nodata (sea) transparent."""
-    from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer, QgsStyle
-
     import numpy as np
     import rasterio
+    from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer, QgsStyle
 
     with rasterio.open(layer.source()) as src:
         top = float(np.nanpercentile(src.read(1, masked=True).filled(np.nan), 99.5))

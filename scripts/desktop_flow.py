@@ -16,8 +16,7 @@ import os
 import time
 import traceback
 
-from qgis.core import (Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsRenderContext,
-                       QgsVectorLayer)
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsRenderContext, QgsVectorLayer
 from qgis.PyQt.QtCore import QPoint, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
 from qgis.PyQt.QtWidgets import QAction, QToolBar
@@ -57,7 +56,7 @@ def guarded(function):
     def run(*args):
         try:
             function(*args)
-        except Exception:  # noqa: BLE001  (reported, then QGIS quits)
+        except Exception:  # reported, then QGIS quits
             fail(traceback.format_exc())
     return run
 
@@ -368,7 +367,7 @@ def watchdog():
 
 report["qgis"] = Qgis.QGIS_VERSION
 # A crash in a worker thread (e.g. inside a background task) leaves its Python stacks here.
-FAULTS = open(os.path.join(WORK, "faulthandler.txt"), "w")  # noqa: SIM115  (open while QGIS runs)
+FAULTS = open(os.path.join(WORK, "faulthandler.txt"), "w")  # open while QGIS runs
 faulthandler.enable(FAULTS, all_threads=True)
 QTimer.singleShot(380000, watchdog)
 QTimer.singleShot(3000, open_dock)

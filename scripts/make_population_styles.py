@@ -1,6 +1,6 @@
 """Write the bundled population styles (flow arrows, communities, tracks) with QGIS's own API.
 
-The .qml files in ``satseg_plugin/ui/styles`` are what users get; this script documents how they were made and
+The .qml files in ``satseg_plugin/resources/styles`` are what users get; this script documents how they were made and
 remakes them after a change:
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/make_population_styles.py
@@ -11,12 +11,24 @@ from __future__ import annotations
 import os
 import sys
 
-from qgis.core import (QgsApplication, QgsArrowSymbolLayer, QgsCategorizedSymbolRenderer, QgsFillSymbol,
-                       QgsLineSymbol, QgsMarkerSymbol, QgsProperty, QgsRendererCategory, QgsSimpleMarkerSymbolLayer,
-                       QgsSimpleMarkerSymbolLayerBase, QgsSingleSymbolRenderer, QgsSymbolLayer, QgsVectorLayer)
+from qgis.core import (
+    QgsApplication,
+    QgsArrowSymbolLayer,
+    QgsCategorizedSymbolRenderer,
+    QgsFillSymbol,
+    QgsLineSymbol,
+    QgsMarkerSymbol,
+    QgsProperty,
+    QgsRendererCategory,
+    QgsSimpleMarkerSymbolLayer,
+    QgsSimpleMarkerSymbolLayerBase,
+    QgsSingleSymbolRenderer,
+    QgsSymbolLayer,
+    QgsVectorLayer,
+)
 from qgis.PyQt.QtGui import QColor
 
-STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "satseg_plugin", "ui", "styles")
+STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "satseg_plugin", "resources", "styles")
 
 #: Track-line colours per event (also the legend order).
 EVENT_COLOURS = {"continue": "#3b6fb6", "split": "#f28e2b", "merge": "#9c4fb8", "split+merge": "#8c564b", "birth": "#2ca02c",

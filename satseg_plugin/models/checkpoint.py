@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 
-from ..engine.deps import require
-from ..engine.errors import CheckpointError, OutputError, SatSegError
-from ..engine.staging import StagedFile
-from ..engine.version import __version__
+from ..core.deps import require
+from ..core.errors import CheckpointError, OutputError, SatSegError
+from ..core.staging import StagedFile
+from ..core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -318,14 +318,15 @@ def save_checkpoint(path: str, tensors: Mapping[str, "torch.Tensor"], metadata: 
         staged.commit()
 
 
-def _name(path: str) -> str:
-    return os.path.abspath(path)
+def model_label(path: Optional[str]) -> str:
+    """How messages name a model file: its absolute path, or "the model file" when it has none."""
+    return os.path.abspath(path) if path else "the model file"
 
 
 def _read_header(path: str) -> Tuple[Dict[str, str], List[str]]:
     """The header metadata and tensor names of a safetensors file, with actionable errors."""
     safetensors = require("safetensors")
-    name = _name(path)
+    name = model_label(path)
     if not os.path.exists(path):
         raise CheckpointError(f"model file '{name}' does not exist. Check the path, or train a model first.", path)
     if os.path.isdir(path):
@@ -348,7 +349,7 @@ def _read_header(path: str) -> Tuple[Dict[str, str], List[str]]:
 
 
 def _parse_metadata(path: str, header: Mapping[str, str], kind: Optional[str]) -> ModelMetadata:
-    name = _name(path)
+    name = model_label(path)
     if header.get(MARKER_KEY) != FORMAT_MARKER:
         raise CheckpointError(f"'{name}' is a safetensors file but not a SatSeg model (its header has no "
                               f"'{MARKER_KEY}: {FORMAT_MARKER}' marker). Choose a model file trained with "
@@ -425,7 +426,7 @@ def load_checkpoint(path: str, kind: Optional[str] = None) -> Checkpoint:
     meta = _parse_metadata(path, header, kind)
     stray = [k for k in keys if not (k.startswith(MODEL_PREFIX) or k.startswith(EXTRA_PREFIX))]
     if stray:
-        raise CheckpointError(f"'{_name(path)}' holds tensors SatSeg does not know ({', '.join(stray[:3])}); "
+        raise CheckpointError(f"'{model_label(path)}' holds tensors SatSeg does not know ({', '.join(stray[:3])}); "
                               "it is damaged or was edited. Copy or train the model again.", path)
     safetensors = require("safetensors")
     require("torch")
@@ -439,12 +440,13 @@ def load_checkpoint(path: str, kind: Optional[str] = None) -> Checkpoint:
                 else:
                     extras[key[len(EXTRA_PREFIX):]] = handle.get_tensor(key)
     except Exception as exc:  # the file changed or broke since the header was read
-        raise CheckpointError(f"cannot read the weights in '{_name(path)}' ({exc}). Copy or train the model "
+        raise CheckpointError(f"cannot read the weights in '{model_label(path)}' ({exc}). Copy or train the model "
                               "again.", path) from exc
     return Checkpoint(metadata=meta, model_state=state, extras=extras, path=path)
 
 
-def _mismatch_summary(expected: Mapping[str, "torch.Tensor"], given: Mapping[str, "torch.Tensor"]) -> str:
+def mismatch_summary(expected: Mapping[str, "torch.Tensor"], given: Mapping[str, "torch.Tensor"]) -> str:
+    """Missing, unexpected and reshaped tensor names of a state dict against a model's, for error messages."""
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
     shapes = [f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -473,7 +475,7 @@ def build_from_checkpoint(ckpt: Checkpoint) -> "torch.nn.Module":
     from .registry import build_model
 
     meta = ckpt.metadata
-    name = _name(ckpt.path) if ckpt.path else "the model file"
+    name = model_label(ckpt.path)
     what = f"a {meta.architecture}/{meta.encoder} model with {meta.in_channels} band(s) and " \
            f"{meta.output_channels} output(s)"
     try:
@@ -491,12 +493,12 @@ def load_weights(model: "torch.nn.Module", ckpt: Checkpoint, what: str) -> "torc
     Raises:
         CheckpointError: the weights do not fit; ``what`` describes the expected network in the message.
     """
-    name = _name(ckpt.path) if ckpt.path else "the model file"
+    name = model_label(ckpt.path)
     try:
         # a copy: smp's load_state_dict renames keys in place for some timm encoders
         model.load_state_dict(dict(ckpt.model_state), strict=True)
     except RuntimeError as exc:
-        summary = _mismatch_summary(model.state_dict(), ckpt.model_state) or str(exc).splitlines()[0]
+        summary = mismatch_summary(model.state_dict(), ckpt.model_state) or str(exc).splitlines()[0]
         raise CheckpointError(f"the weights in '{name}' do not fit {what}: {summary}. The file is damaged or "
                               "was edited; train the model again.", ckpt.path or None) from exc
     return model.eval()

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..engine.deps import require
+from ..core.deps import require
 
 __all__ = ["LOSS_MODES", "focal_dice_loss", "FocalDiceLoss"]
 

@@ -19,8 +19,8 @@ import re
 import warnings
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Tuple, Union
 
-from ..engine.deps import require
-from ..engine.errors import InputError
+from ..core.deps import require
+from ..core.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -53,7 +53,7 @@ TIMM_PREFIX = "tu-"
 class UnknownNameError(InputError, KeyError):
     """An architecture or encoder name SatSeg does not know.
 
-    A :class:`KeyError` (as smp raises) that is also an :class:`~satseg_plugin.engine.errors.InputError`,
+    A :class:`KeyError` (as smp raises) that is also an :class:`~satseg_plugin.core.errors.InputError`,
     so the Processing layer shows its message to the user unchanged. The message lists the valid names.
     """
 

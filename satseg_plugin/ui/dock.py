@@ -11,12 +11,20 @@ from qgis.core import Qgis, QgsProject, QgsSettings
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapCanvas
 from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QKeySequence
-from qgis.PyQt.QtWidgets import (QHBoxLayout, QLabel, QProgressBar, QShortcut, QTabWidget, QToolButton, QVBoxLayout,
-                                 QWidget)
+from qgis.PyQt.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QShortcut,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from .annotate import AnnotatePanel
-from .label_clusters import LabelClustersPanel
-from .run_forms import RunPanel
+from .panels.annotate import AnnotatePanel
+from .panels.label_clusters import LabelClustersPanel
+from .panels.run_forms import RunPanel
 from .tasks import AlgorithmChain
 
 __all__ = ["SatSegDock", "SETTINGS_RESULTS_DIR"]

@@ -11,9 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from qgis.core import (QgsApplication, QgsMapLayer, QgsMapLayerType, QgsProcessingAlgRunnerTask,
-                       QgsProcessingContext, QgsProcessingFeedback, QgsProcessingOutputLayerDefinition,
-                       QgsProcessingUtils, QgsProject)
+from qgis.core import (
+    QgsApplication,
+    QgsMapLayer,
+    QgsMapLayerType,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingUtils,
+    QgsProject,
+)
 from qgis.PyQt.QtCore import QCoreApplication, QObject, pyqtSignal
 
 __all__ = ["Step", "AlgorithmChain", "load_outputs", "on_map", "algorithm_available"]

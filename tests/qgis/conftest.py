@@ -108,8 +108,12 @@ def add_model_child(model, child_id: str, alg_id: str, sources: dict, outputs=()
     """Add ``alg_id`` as child ``child_id`` of a Processing ``model``, as the modeler dialog does: ``sources``
     for the given inputs, every other input at its default value, and ``outputs`` exposed as model outputs
     named ``<child_id>_<output>``."""
-    from qgis.core import (QgsApplication, QgsProcessingModelChildAlgorithm,  # noqa: PLC0415
-                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput)
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+    )
 
     step = QgsProcessingModelChildAlgorithm(alg_id)
     step.setChildId(child_id)

@@ -8,9 +8,22 @@ import time
 
 import numpy as np
 import pytest
-from qgis.core import (QgsApplication, QgsCoordinateReferenceSystem, QgsEditorWidgetSetup, QgsFeature, QgsField,
-                       QgsGeometry, QgsPalettedRasterRenderer, QgsPointXY, QgsProject, QgsRasterLayer, QgsRectangle,
-                       QgsSnappingConfig, QgsTolerance, QgsVectorLayer)
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsEditorWidgetSetup,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsPalettedRasterRenderer,
+    QgsPointXY,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSnappingConfig,
+    QgsTolerance,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsMapCanvas
 from qgis.PyQt.QtCore import QCoreApplication, QEvent, QPoint, Qt, QVariant
 from qgis.PyQt.QtTest import QTest
@@ -450,7 +463,6 @@ def test_cancel_stops_a_running_step(dock, tmp_path):
 
 
 def test_train_form_builds_the_train_then_segment_chain(dock, tmp_path):
-    from satseg_plugin.ui.tasks import on_map  # noqa: F401  (the form's outputs are such definitions)
 
     raster = QgsRasterLayer(write_raster(str(tmp_path / "r.tif"), np.zeros((3, 32, 32), np.uint8)), "scene")
     QgsProject.instance().addMapLayer(raster)
@@ -562,27 +574,28 @@ dock.cleanup()
 
 
 def test_plugin_menu_and_toolbar_open_the_dock(qgis_app, session_plugin, canvas):
-    import satseg_plugin
     from qgis.gui import QgsMessageBar
+
+    import satseg_plugin
 
     class Iface:
         def __init__(self):
             self.window = QMainWindow()
             self.bar = QgsMessageBar(self.window)
 
-        def mainWindow(self):  # noqa: N802
+        def mainWindow(self):
             return self.window
 
-        def mapCanvas(self):  # noqa: N802
+        def mapCanvas(self):
             return canvas
 
-        def messageBar(self):  # noqa: N802
+        def messageBar(self):
             return self.bar
 
-        def addDockWidget(self, area, dock):  # noqa: N802
+        def addDockWidget(self, area, dock):
             self.window.addDockWidget(area, dock)
 
-        def removeDockWidget(self, dock):  # noqa: N802
+        def removeDockWidget(self, dock):
             self.window.removeDockWidget(dock)
 
     iface = Iface()

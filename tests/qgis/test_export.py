@@ -8,10 +8,10 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio")
 
-from qgis.core import QgsProcessingFeedback, QgsVectorLayer  # noqa: E402
+from qgis.core import QgsProcessingFeedback, QgsVectorLayer
 
-from sample_data.generate import generate_scene  # noqa: E402
-from tests.qgis.conftest import parse_json_output  # noqa: E402
+from sample_data.generate import generate_scene
+from tests.qgis.conftest import parse_json_output
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ class Log(QgsProcessingFeedback):
         super().__init__()
         self.warnings = []
 
-    def pushWarning(self, warning):  # noqa: N802
+    def pushWarning(self, warning):
         self.warnings.append(warning)
 
 

@@ -62,8 +62,8 @@ def test_installer_dialog_explains_and_installs_in_the_background(tmp_path):
     out = run_scenario(f"""
         from dataclasses import replace
         from qgis.core import QgsApplication
-        from satseg_plugin.engine.installer import GpuHint
-        from satseg_plugin.ui.installer_dialog import InstallerDialog
+        from satseg_plugin.setup.installer import GpuHint
+        from satseg_plugin.ui.dialogs.installer import InstallerDialog
         folder = {str(tmp_path / 'deps')!r}
         dialog = InstallerDialog(missing={{"torch": "torch", "faiss": "faiss-cpu"}}, target=folder,
                                  gpu=GpuHint(True, "NVIDIA GPU found: Test GPU (driver 1).", "cuda"))
@@ -126,8 +126,8 @@ def test_installer_dialog_explains_and_installs_in_the_background(tmp_path):
 def test_installer_dialog_cancel_and_failure(tmp_path):
     out = run_scenario(f"""
         from dataclasses import replace
-        from satseg_plugin.engine.installer import GpuHint
-        from satseg_plugin.ui.installer_dialog import InstallerDialog
+        from satseg_plugin.setup.installer import GpuHint
+        from satseg_plugin.ui.dialogs.installer import InstallerDialog
         dialog = InstallerDialog(missing={{"faiss": "faiss-cpu"}}, target={str(tmp_path / 'deps')!r},
                                  gpu=GpuHint(False, "No NVIDIA GPU found.", "cpu"))
         OUT["cpu_checked"] = dialog.cpu.isChecked()
@@ -150,7 +150,7 @@ def test_installer_dialog_cancel_and_failure(tmp_path):
         OUT["fail_log"] = dialog.log.toPlainText()
         # Closing a dialog (deleted on close) while it installs cancels the install, and nothing breaks after.
         from qgis.core import QgsApplication
-        from satseg_plugin.ui.installer_dialog import show_installer
+        from satseg_plugin.ui.dialogs.installer import show_installer
         other = show_installer(None, missing={{"faiss": "faiss-cpu"}}, target={str(tmp_path / 'deps2')!r})
         other.plan_hook = lambda plan: replace(plan, command_override=(sys.executable, "-c", slow))
         other.install_button.click()
@@ -179,8 +179,8 @@ def test_diagnostics_dialog_lists_versions_and_opens_the_installer(tmp_path):
     """With torch and faiss unimportable: the table says so, copies as text, and offers the installer for them."""
     out = run_scenario(f"""
         from qgis.PyQt.QtWidgets import QApplication
-        from satseg_plugin.engine.deps import activate_deps_dir
-        from satseg_plugin.ui.diagnostics_dialog import DiagnosticsDialog
+        from satseg_plugin.core.deps import activate_deps_dir
+        from satseg_plugin.ui.dialogs.diagnostics import DiagnosticsDialog
         folder = {str(tmp_path / 'deps')!r}
         os.makedirs(folder)
         activate_deps_dir(folder)
@@ -223,7 +223,7 @@ def test_first_use_offer_in_the_message_bar(tmp_path):
         from qgis.core import QgsSettings
         from qgis.gui import QgsMessageBar
         from qgis.PyQt.QtWidgets import QMainWindow, QPushButton
-        from satseg_plugin.ui.installer_dialog import DONT_ASK_KEY, InstallerDialog, offer_installer
+        from satseg_plugin.ui.dialogs.installer import DONT_ASK_KEY, InstallerDialog, offer_installer
         window = QMainWindow()
         bar = QgsMessageBar(window)
         class Iface:
@@ -254,7 +254,7 @@ def test_first_use_offer_in_the_message_bar(tmp_path):
 def test_dialog_modules_import_without_heavy_packages(tmp_path):
     """The ui modules load (as the plugin's menu would) with torch, faiss and rasterio missing."""
     out = run_scenario("""
-        import satseg_plugin.ui.installer_dialog, satseg_plugin.ui.diagnostics_dialog
+        import satseg_plugin.ui.dialogs.installer, satseg_plugin.ui.dialogs.diagnostics
         OUT["heavy_loaded"] = [m for m in ("torch", "faiss", "rasterio") if m in sys.modules]
     """, tmp_path, block=("torch", "faiss", "rasterio"))
     assert out["heavy_loaded"] == []
@@ -266,9 +266,9 @@ from dataclasses import replace
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QTimer
 from qgis.utils import iface, plugins
-from satseg_plugin.engine.deps import setup_imports
-from satseg_plugin.ui.diagnostics_dialog import show_diagnostics
-from satseg_plugin.ui.installer_dialog import offer_installer, show_installer
+from satseg_plugin.core.deps import setup_imports
+from satseg_plugin.ui.dialogs.diagnostics import show_diagnostics
+from satseg_plugin.ui.dialogs.installer import offer_installer, show_installer
 
 OUT = os.environ["SATSEG_CHECK_OUT"]
 report = {"plugin_loaded": "satseg_plugin" in plugins}

@@ -13,7 +13,7 @@ def test_zip_installs_under_another_name(tmp_path):
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "package.py"), str(target)], check=True,
                    capture_output=True)
     names = zipfile.ZipFile(target).namelist()
-    assert "satseg_plugin/metadata.txt" in names and "satseg_plugin/ui/styles/patch_index.qml" in names
+    assert "satseg_plugin/metadata.txt" in names and "satseg_plugin/resources/styles/patch_index.qml" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     plugins = tmp_path / "plugins"
     zipfile.ZipFile(target).extractall(plugins)

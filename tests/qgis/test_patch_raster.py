@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsGeometry, QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRectangle, QgsVectorFileWriter,
-                       QgsVectorLayer)
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
 
 from tests.conftest import write_raster
 from tests.qgis.conftest import ROOT, parse_json_output
@@ -127,7 +136,7 @@ def test_cancel_keeps_previous_outputs(run_alg, scene, tmp_path):
     before = sorted(os.listdir(tmp_path / "p"))
 
     class CancelSoon(QgsProcessingFeedback):
-        def setProgress(self, progress):  # noqa: N802
+        def setProgress(self, progress):
             super().setProgress(progress)
             if progress > 10:
                 self.cancel()

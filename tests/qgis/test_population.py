@@ -12,10 +12,10 @@ pytest.importorskip("torch")
 pytest.importorskip("faiss")
 rasterio = pytest.importorskip("rasterio")
 
-from qgis.core import QgsProcessingException, QgsVectorLayer  # noqa: E402
+from qgis.core import QgsProcessingException, QgsVectorLayer
 
-from sample_data.population import generate_population_series  # noqa: E402
-from tests.qgis.conftest import add_model_child, parse_json_output  # noqa: E402
+from sample_data.population import generate_population_series
+from tests.qgis.conftest import add_model_child, parse_json_output
 
 FAST = {"EPOCHS": 15, "CENTRES_PER_EPOCH": 300, "K": 6, "MIN_SAMPLES": 20, "DEVICE": 1}
 
@@ -136,8 +136,13 @@ def test_qgis_process_optical_flow(qgis_process, series, tmp_path):
 def test_pipeline_runs_as_a_graphical_model(qgis_app, series, tmp_path):
     """opticalflow -> populationclusters -> trackcommunities wired as a Processing model."""
     import processing
-    from qgis.core import (QgsProcessing, QgsProcessingModelAlgorithm, QgsProcessingModelChildParameterSource,
-                           QgsProcessingModelParameter, QgsProcessingParameterMultipleLayers)
+    from qgis.core import (
+        QgsProcessing,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterMultipleLayers,
+    )
 
     static = QgsProcessingModelChildParameterSource.fromStaticValue
     parent = QgsProcessingModelChildParameterSource.fromChildOutput

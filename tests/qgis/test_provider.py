@@ -27,10 +27,10 @@ def test_plugin_menu_and_unload(qgis_app, session_plugin):
             self.window = QMainWindow()
             self.help = self.window.menuBar().addMenu("Help")
 
-        def mainWindow(self):  # noqa: N802
+        def mainWindow(self):
             return self.window
 
-        def helpMenu(self):  # noqa: N802
+        def helpMenu(self):
             return self.help
 
     iface = Iface()

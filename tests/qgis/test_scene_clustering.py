@@ -119,9 +119,13 @@ def test_qgis_process_label_patches(qgis_process, chain, tmp_path):
 def test_chain_runs_as_a_graphical_model(qgis_app, tmp_path):
     """patchraster -> labelpatches -> pretrainscene -> deepcluster -> extractclusters wired as a Processing model."""
     import processing
-    from qgis.core import (QgsProcessingModelAlgorithm, QgsProcessingModelChildParameterSource,
-                           QgsProcessingModelParameter, QgsProcessingParameterRasterLayer,
-                           QgsProcessingParameterVectorLayer)
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+        QgsProcessingParameterVectorLayer,
+    )
 
     static = QgsProcessingModelChildParameterSource.fromStaticValue
     parent = QgsProcessingModelChildParameterSource.fromChildOutput

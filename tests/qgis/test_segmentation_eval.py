@@ -7,10 +7,19 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsGeometry,
-                       QgsProcessingException, QgsProject, QgsRectangle, QgsVectorFileWriter, QgsVectorLayer)
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsGeometry,
+    QgsProcessingException,
+    QgsProject,
+    QgsRectangle,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+)
 
-from satseg_plugin.engine.metrics import evaluate_masks
+from satseg_plugin.pipelines.segmentation.evaluate import evaluate_masks
 from tests.conftest import write_raster
 from tests.qgis.conftest import parse_json_output
 

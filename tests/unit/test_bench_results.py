@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
 
-from results_md import write_section  # noqa: E402
+from results_md import write_section
 
 
 def test_sections_are_replaced_in_place_and_others_kept(tmp_path):

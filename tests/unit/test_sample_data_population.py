@@ -10,9 +10,18 @@ import rasterio
 from scipy import ndimage
 
 from sample_data.generate import main as generate_main
-from sample_data.population import (EVENTS, FLOW_BAND_DESCRIPTIONS, POPULATION_PARAMS_NAME, TrueLink,
-                                    generate_population_series, is_population_up_to_date, main, population_paths,
-                                    read_true_links, render_population_series)
+from sample_data.population import (
+    EVENTS,
+    FLOW_BAND_DESCRIPTIONS,
+    POPULATION_PARAMS_NAME,
+    TrueLink,
+    generate_population_series,
+    is_population_up_to_date,
+    main,
+    population_paths,
+    read_true_links,
+    render_population_series,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +71,7 @@ def test_files_and_georeferencing(written):
 
 
 def test_flow_band_descriptions_are_satsegs():
-    from satseg_plugin.engine.flow import BAND_DESCRIPTIONS
+    from satseg_plugin.pipelines.population.flow import BAND_DESCRIPTIONS
 
     assert FLOW_BAND_DESCRIPTIONS == BAND_DESCRIPTIONS
 

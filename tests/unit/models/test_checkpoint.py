@@ -14,12 +14,19 @@ torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 pytest.importorskip("segmentation_models_pytorch")
 
-from satseg_plugin.engine.errors import CheckpointError, OutputError, SatSegError  # noqa: E402
-from satseg_plugin.engine.version import __version__  # noqa: E402
-from satseg_plugin.models.checkpoint import (FORMAT_VERSION, Checkpoint, ModelMetadata,  # noqa: E402
-                                             build_from_checkpoint, load_checkpoint, model_tensors, read_metadata,
-                                             save_checkpoint)
-from satseg_plugin.models.registry import ARCHITECTURE_NAMES, build_model  # noqa: E402
+from satseg_plugin.core.errors import CheckpointError, OutputError, SatSegError
+from satseg_plugin.core.version import __version__
+from satseg_plugin.models.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    ModelMetadata,
+    build_from_checkpoint,
+    load_checkpoint,
+    model_tensors,
+    read_metadata,
+    save_checkpoint,
+)
+from satseg_plugin.models.registry import ARCHITECTURE_NAMES, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 

@@ -7,9 +7,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors.torch")
 pytest.importorskip("segmentation_models_pytorch")
 
-from satseg_plugin.engine.errors import CheckpointError
+from satseg_plugin.core.errors import CheckpointError
 from satseg_plugin.models.checkpoint import Checkpoint, ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
-from satseg_plugin.models.clusternet import build_clusternet, clusternet_from_checkpoint
+from satseg_plugin.models.nets.clusternet import build_clusternet, clusternet_from_checkpoint
 
 C, D, K = 3, 8, 4
 

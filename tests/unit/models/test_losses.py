@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
 
-from satseg_plugin.models.losses import FocalDiceLoss, focal_dice_loss  # noqa: E402
+from satseg_plugin.models.losses import FocalDiceLoss, focal_dice_loss
 
 IGNORE = 255
 

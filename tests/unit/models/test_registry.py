@@ -10,11 +10,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
 
-from satseg_plugin.engine.errors import InputError  # noqa: E402
-from satseg_plugin.models import registry  # noqa: E402
-from satseg_plugin.models.registry import (ARCHITECTURE_NAMES, UnknownNameError, architecture_names,  # noqa: E402
-                                           build_model, encoder_names, input_multiple, resolve_architecture,
-                                           resolve_encoder)
+from satseg_plugin.core.errors import InputError
+from satseg_plugin.models import registry
+from satseg_plugin.models.registry import (
+    ARCHITECTURE_NAMES,
+    UnknownNameError,
+    architecture_names,
+    build_model,
+    encoder_names,
+    input_multiple,
+    resolve_architecture,
+    resolve_encoder,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 

@@ -8,10 +8,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from satseg_plugin.engine.errors import CheckpointError, InputError  # noqa: E402
-from satseg_plugin.models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint  # noqa: E402
-from satseg_plugin.models.scene import (SCENE_ARCHITECTURE, build_scene_model, feature_dim, features,  # noqa: E402
-                                        scene_model_from_checkpoint)
+from satseg_plugin.core.errors import CheckpointError, InputError
+from satseg_plugin.models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
+from satseg_plugin.models.nets.scene import (
+    SCENE_ARCHITECTURE,
+    build_scene_model,
+    feature_dim,
+    features,
+    scene_model_from_checkpoint,
+)
 
 CLASSES = ["urban", "rural", "uninhabited"]
 META = ModelMetadata(kind="scene", architecture=SCENE_ARCHITECTURE, encoder="torchvision", in_channels=3,

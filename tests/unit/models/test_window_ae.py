@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from satseg_plugin.engine.errors import InputError  # noqa: E402
-from satseg_plugin.models.window_ae import WindowAE  # noqa: E402
+from satseg_plugin.core.errors import InputError
+from satseg_plugin.models.nets.window_ae import WindowAE
 
 
 def linear_sizes(module):

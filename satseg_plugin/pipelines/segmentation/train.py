@@ -1,0 +1,507 @@
+"""Train a segmentation model from a raster and annotation polygons.
+
+Crops are read window by window from the raster and their labels rasterised on demand, so memory
+depends on the batch, not on the raster. Validation is held out spatially: whole blocks of the raster,
+never random pixels, so the score measures how the model does on ground it has not seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from ...core.deps import require
+from ...core.errors import CanceledError, InputError, check_settings
+from ...core.labels import IGNORE, LabelSet
+from ...core.normalization import band_statistics, normalize
+from ...core.progress import Feedback, NullFeedback, check_canceled
+from ...core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
+from ...core.staging import StagedFile, write_csv_rows
+from .augment import AugmentConfig, augment_batch
+
+__all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults follow the building-segmentation competition work.
+
+    Attributes:
+        architecture: ``unet``, ``pspnet`` or ``deeplabv3plus``.
+        encoder: any segmentation-models-pytorch encoder name (random initialisation).
+        bands: 1-based band subset (None: all bands).
+        patch_size: training crop size in pixels.
+        batch_size: crops per batch (lowered automatically on CUDA out-of-memory).
+        epochs: maximum number of epochs.
+        batches_per_epoch: training batches per epoch (0: about two passes over the training area).
+        learning_rate, weight_decay: Adam settings.
+        step_size, gamma: StepLR schedule.
+        patience: stop after this many epochs without a better validation Dice.
+        val_fraction: share of the blocks held out for validation.
+        block_size: side of the validation/training blocks in pixels (0: 2 x patch_size).
+        positive_prob: probability that a crop is drawn around a labelled object.
+        augment: apply flips, rotation, brightness/contrast jitter and to-grey.
+        seed: seed of every random draw (runs are reproducible on the CPU).
+        threshold: probability threshold stored with the model (binary models). None: the threshold of
+            :data:`THRESHOLD_GRID` with the best Dice on the validation blocks, at the best epoch (tuned on the
+            held-out blocks inside the training area, never on data the user predicts later).
+        init_weights: optional SatSeg model file to start from (same architecture, encoder and bands).
+        max_val_tiles: cap on validation tiles (evenly spread) so validation stays fast.
+    """
+
+    architecture: str = "unet"
+    encoder: str = "resnet34"
+    bands: Optional[Tuple[int, ...]] = None
+    patch_size: int = 224
+    batch_size: int = 32
+    epochs: int = 100
+    batches_per_epoch: int = 0
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-3
+    step_size: int = 10
+    gamma: float = 0.1
+    patience: int = 5
+    val_fraction: float = 0.2
+    block_size: int = 0
+    positive_prob: float = 0.7
+    augment: bool = True
+    seed: int = 0
+    threshold: Optional[float] = None
+    init_weights: Optional[str] = None
+    max_val_tiles: int = 64
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad setting."""
+        checks = [
+            ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels", self.patch_size),
+            ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1", self.batch_size),
+            ("EPOCHS", self.epochs >= 1, "must be at least 1", self.epochs),
+            ("LEARNING_RATE", self.learning_rate > 0, "must be positive", self.learning_rate),
+            ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1", self.val_fraction),
+            ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1", self.positive_prob),
+            ("PATIENCE", self.patience >= 1, "must be at least 1", self.patience),
+            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1",
+             self.threshold),
+        ]
+        check_settings(checks, prefix="")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_segmentation` wrote and how training went."""
+
+    model_path: str
+    log_path: Optional[str]
+    plot_path: Optional[str]
+    best_epoch: int
+    best_dice: float
+    best_iou: float
+    epochs_run: int
+    canceled: bool
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of raster pixels that is wholly training or wholly validation ground."""
+
+    x_off: int
+    y_off: int
+    width: int
+    height: int
+
+
+def split_blocks(positive: Sequence[bool], val_fraction: float, rng: np.random.Generator,
+                 block: int) -> Tuple[List[int], List[int]]:
+    """Choose validation blocks.
+
+    Validation blocks are drawn among blocks that hold labelled objects (so the validation Dice means
+    something), at least one, leaving at least one labelled block for training.
+
+    Args:
+        positive: per block, whether it holds labelled objects.
+        val_fraction: share of all blocks to hold out.
+        rng: random generator.
+        block: block side in pixels (for messages).
+
+    Returns:
+        ``(train indices, validation indices)`` into ``positive``.
+    """
+    total = len(positive)
+    candidates = [i for i in range(total) if positive[i]]
+    if len(candidates) < 2:
+        raise InputError(f"labelled objects lie in {len(candidates)} block(s) of {block} px; at least two are "
+                         "needed to hold one out for validation. Label objects in more places, or lower "
+                         "PATCH_SIZE (blocks are twice the patch size).", "LABELS")
+    n_val = min(max(1, int(round(val_fraction * total))), len(candidates) - 1)
+    val = sorted(int(i) for i in rng.choice(candidates, size=n_val, replace=False))
+    train = [i for i in range(total) if i not in set(val)]
+    return train, val
+
+
+def _make_blocks(width: int, height: int, size: int) -> List[Block]:
+    """Blocks of ``size`` px; the last row/column absorbs the remainder, so every block is >= size."""
+    def edges(n: int) -> List[Tuple[int, int]]:
+        count = max(1, n // size)
+        starts = [i * size for i in range(count)]
+        return [(s, (starts[i + 1] if i + 1 < count else n) - s) for i, s in enumerate(starts)]
+
+    return [Block(x, y, w, h) for y, h in edges(height) for x, w in edges(width)]
+
+
+class _CropReader:
+    """Reads normalised image crops and their label masks from an open raster."""
+
+    def __init__(self, src: rasterio.DatasetReader, bands: Tuple[int, ...], labels: LabelSet,
+                 mean: np.ndarray, std: np.ndarray) -> None:
+        self.src, self.bands, self.labels, self.mean, self.std = src, bands, labels, mean, std
+
+    def read(self, x: int, y: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
+        window = Window(x, y, size, size)
+        data = self.src.read(list(self.bands), window=window)
+        label = self.labels.rasterize(self.src.window_transform(window), (size, size))
+        empty = ~np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else None
+        if self.src.nodata is not None:
+            nod = nodata_pixels(data, self.src.nodata)
+            empty = nod if empty is None else empty | nod
+        if empty is not None:
+            label[empty] = IGNORE
+        return normalize(data, self.mean, self.std), label
+
+
+def _block_polygon(block: Block, transform: Affine):
+    """The block's footprint in map coordinates."""
+    from shapely.geometry import Polygon
+
+    return Polygon(window_footprint(transform, block.x_off, block.y_off, block.width, block.height))
+
+
+def _positive_blocks(blocks: List[Block], transform: Affine, labels: LabelSet) -> List[List[int]]:
+    """For each block, the label geometries that intersect it (inside the AOI, when there is one)."""
+    out = []
+    for b in blocks:
+        poly = _block_polygon(b, transform)
+        if labels.aoi is not None:  # only labels inside the area where they are complete count
+            poly = poly.intersection(labels.aoi)
+            if poly.is_empty:
+                out.append([])
+                continue
+        # an object counts for a block when at least one pixel's worth of it lies inside (not a grazing edge)
+        out.append([i for i in labels.query(poly.bounds)
+                    if labels.geometries[i].intersection(poly).area >= abs(transform.determinant)])
+    return out
+
+
+def _sample_origin(block: Block, size: int, rng: np.random.Generator, point: Optional[Tuple[float, float]] = None
+                   ) -> Tuple[int, int]:
+    """Top-left of a ``size`` crop inside ``block``, containing pixel ``point`` when given."""
+    lo_x, hi_x = block.x_off, block.x_off + block.width - size
+    lo_y, hi_y = block.y_off, block.y_off + block.height - size
+    if point is not None:
+        px, py = point
+        lo_x, hi_x = max(lo_x, int(px) - size + 1), min(hi_x, int(px))
+        lo_y, hi_y = max(lo_y, int(py) - size + 1), min(hi_y, int(py))
+    return int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1))
+
+
+def _point_in(geometry, block_poly, rng: np.random.Generator, tries: int = 50):
+    """A random point of ``geometry`` inside ``block_poly`` (falls back to a representative point)."""
+    region = geometry.intersection(block_poly)
+    if region.is_empty:
+        return None
+    from shapely.geometry import Point
+
+    xmin, ymin, xmax, ymax = region.bounds
+    for _ in range(tries):
+        p = Point(rng.uniform(xmin, xmax), rng.uniform(ymin, ymax))
+        if region.contains(p):
+            return p.x, p.y
+    p = region.representative_point()
+    return p.x, p.y
+
+
+#: Thresholds tried on the validation blocks when the threshold is tuned.
+THRESHOLD_GRID = np.round(np.arange(0.2, 0.81, 0.05), 2)
+
+
+def _dice_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Tuple[float, float]:
+    """Mean Dice and IoU over classes from per-class counts (a class absent from both counts as 1)."""
+    dice = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+    iou = np.where(tp + fp + fn > 0, tp / np.maximum(tp + fp + fn, 1), 1.0)
+    return float(dice.mean()), float(iou.mean())
+
+
+def _plot_history(history: List[Dict[str, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(7, 4), dpi=100)
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss (focal + Dice)")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [h["val_dice"] for h in history], label="validation Dice", color="tab:green", marker="o")
+    ax2.set_ylabel("Dice")
+    ax2.set_ylim(0, 1)
+    lines = ax1.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
+    ax1.set_title("SatSeg training")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def train_segmentation(source: str, labels: LabelSet, model_path: str, config: TrainConfig = TrainConfig(),
+                       device: str = "auto", feedback: Optional[Feedback] = None,
+                       log_path: Optional[str] = None, plot_path: Optional[str] = None) -> TrainResult:
+    """Train a segmentation model and write it as a SatSeg model file.
+
+    Args:
+        source: raster path.
+        labels: annotation polygons (and AOI) in the raster's CRS.
+        model_path: the model file to write (``.satseg``).
+        config: training settings.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        feedback: progress per batch, cancel, log.
+        log_path: CSV of per-epoch metrics (None: not written).
+        plot_path: PNG of the loss / Dice curves (None: not written).
+
+    Returns:
+        The written paths and the best validation scores. A cancel after at least one epoch keeps the
+        best model so far (``canceled`` is True); a cancel before that raises :class:`CanceledError`.
+    """
+    torch = require("torch")
+    from ...core.device import describe_device, resolve_device, shrink_batch_after_oom
+    from ...core.version import __version__
+    from ...models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
+    from ...models.losses import FocalDiceLoss
+    from ...models.registry import build_model, input_multiple
+
+    feedback = feedback or NullFeedback()
+    config.validate()
+    torch_device = resolve_device(device)
+    feedback.info(f"Device: {describe_device(torch_device)}")
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    with raster_env(), open_raster(source) as src:
+        check_georeferencing(src, feedback)
+        bands = resolve_bands(src, config.bands)
+        size = config.patch_size
+        if src.width < size or src.height < size:
+            raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {size} px training crop. "
+                             "Lower PATCH_SIZE.", "PATCH_SIZE")
+        multiple = input_multiple(config.architecture, config.encoder)
+        if size % multiple:
+            raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "
+                             f"{multiple} px; {size} is not. Use {size // multiple * multiple or multiple}.", "PATCH_SIZE")
+        block_px = max(config.block_size or 2 * size, size)
+        blocks = _make_blocks(src.width, src.height, block_px)
+        if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
+            pixel = abs(src.transform.determinant)
+            blocks = [b for b in blocks if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
+        hits = _positive_blocks(blocks, src.transform, labels)
+        if not any(hits):
+            if labels.aoi is not None:
+                raise InputError("no label polygon lies inside the area where labels are complete (on the raster). "
+                                 "Draw the AOI around labelled objects, or leave AOI empty.", "AOI")
+            raise InputError("no label polygon overlaps the raster. Check that the labels cover the raster and "
+                             "that their CRS is right.", "LABELS")
+        train_idx, val_idx = split_blocks([bool(h) for h in hits], config.val_fraction, rng, block_px)
+        feedback.info(f"Spatial split: {len(train_idx)} training and {len(val_idx)} validation blocks of "
+                      f"~{block_px} px.")
+        mean, std = band_statistics(src, bands)
+        feedback.info("Band statistics (mean / std): " + ", ".join(
+            f"b{b}: {m:.2f} / {s:.2f}" for b, m, s in zip(bands, mean, std)))
+        reader = _CropReader(src, bands, labels, mean, std)
+
+        # validation tiles: a fixed grid over the validation blocks
+        val_tiles = [(b.x_off + x, b.y_off + y) for i in val_idx for b in [blocks[i]]
+                     for y in sorted({*range(0, b.height - size + 1, size), b.height - size})
+                     for x in sorted({*range(0, b.width - size + 1, size), b.width - size})]
+        if len(val_tiles) > config.max_val_tiles:
+            val_tiles = [val_tiles[int(i)] for i in np.linspace(0, len(val_tiles) - 1, config.max_val_tiles)]
+        val_data = [reader.read(x, y, size) for x, y in val_tiles]
+        positive_val = sum(int(((lab > 0) & (lab != IGNORE)).sum()) for _, lab in val_data)
+        if positive_val == 0:
+            raise InputError("the validation blocks hold no labelled pixels. Label more objects or change SEED.",
+                             "LABELS")
+        train_blocks = [blocks[i] for i in train_idx]
+        train_area = np.array([b.width * b.height for b in train_blocks], float)
+        positives = [(j, g) for j, i in enumerate(train_idx) for g in hits[i]]
+        if not positives:
+            raise InputError("no labelled object lies in the training blocks. Label objects in more places.",
+                             "LABELS")
+        inverse = ~src.transform
+
+        def sample_crop() -> Tuple[np.ndarray, np.ndarray]:
+            if rng.random() < config.positive_prob:
+                j, g = positives[int(rng.integers(len(positives)))]
+                point = _point_in(labels.geometries[g], _block_polygon(train_blocks[j], src.transform), rng)
+                if point is not None:
+                    x, y = _sample_origin(train_blocks[j], size, rng, inverse * point)
+                    return reader.read(x, y, size)
+            j = int(rng.choice(len(train_blocks), p=train_area / train_area.sum()))
+            x, y = _sample_origin(train_blocks[j], size, rng)
+            return reader.read(x, y, size)
+
+        binary = labels.num_classes == 1
+        out_classes = 1 if binary else labels.num_classes + 1
+        model = build_model(config.architecture, config.encoder, in_channels=len(bands), classes=out_classes)
+        if config.init_weights:
+            init = load_checkpoint(config.init_weights, kind="segmentation")
+            try:
+                model.load_state_dict(init.model_state, strict=True)
+            except RuntimeError as exc:
+                raise InputError(f"'{config.init_weights}' does not fit a {config.architecture}/{config.encoder} "
+                                 f"model with {len(bands)} bands and {out_classes} outputs: {exc}", "INIT_WEIGHTS") from exc
+            feedback.info(f"Started from the weights in {config.init_weights}.")
+        model.to(torch_device)
+        loss_fn = FocalDiceLoss(gamma=2.0, mode="binary" if binary else "multiclass", ignore_index=IGNORE)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+        batch_size = config.batch_size
+        total_area = float(train_area.sum())
+        batches = config.batches_per_epoch or max(4, math.ceil(2 * total_area / (size * size) / batch_size))
+        use_amp = torch_device.type == "cuda"
+        feedback.info(f"Training {config.architecture}/{config.encoder} on {len(bands)} band(s): {batches} batches "
+                      f"of {batch_size} x {size} px per epoch, up to {config.epochs} epochs.")
+
+        def to_target(lab: "torch.Tensor") -> "torch.Tensor":
+            return lab.float()[:, None] if binary else lab.long()
+
+        def run_batch(images, labs, train: bool):
+            images, labs = images.to(torch_device), labs.to(torch_device)
+            with torch.autocast(device_type=torch_device.type, enabled=use_amp):
+                logits = model(images)
+            loss = loss_fn(logits.float(), to_target(labs))
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            return loss, logits
+
+        history: List[Dict[str, float]] = []
+        best = {"dice": -1.0, "iou": 0.0, "epoch": 0, "state": None}
+        since_best, canceled, epoch = 0, False, 0
+        steps = config.epochs * batches
+        try:
+            for epoch in range(1, config.epochs + 1):
+                started = time.time()
+                model.train()
+                losses = []
+                b = 0
+                while b < batches:
+                    check_canceled(feedback)
+                    crops = [sample_crop() for _ in range(batch_size)]
+                    images = torch.from_numpy(np.stack([c[0] for c in crops]))
+                    labs = torch.from_numpy(np.stack([c[1] for c in crops]))
+                    if config.augment:
+                        images, labs = augment_batch(images, labs, generator, AugmentConfig())
+                    try:
+                        loss, _ = run_batch(images, labs, train=True)
+                    except torch.cuda.OutOfMemoryError:
+                        batch_size = shrink_batch_after_oom(batch_size, feedback, "crop", "Lower PATCH_SIZE, "
+                                                            "choose a smaller ENCODER, or use DEVICE=cpu.")
+                        continue
+                    losses.append(float(loss.detach()))
+                    b += 1
+                    feedback.set_progress(100.0 * ((epoch - 1) * batches + b) / steps)
+                scheduler.step()
+                model.eval()
+                val_losses = []
+                k = 1 if binary else labels.num_classes
+                thresholds = (THRESHOLD_GRID if config.threshold is None else np.array([config.threshold])) \
+                    if binary else np.array([0.0])
+                tp, fp, fn = (np.zeros((len(thresholds), k)) for _ in range(3))
+                with torch.no_grad():
+                    for start in range(0, len(val_data), batch_size):
+                        check_canceled(feedback)
+                        chunk = val_data[start:start + batch_size]
+                        images = torch.from_numpy(np.stack([c[0] for c in chunk]))
+                        labs = torch.from_numpy(np.stack([c[1] for c in chunk]))
+                        loss, logits = run_batch(images, labs, train=False)
+                        val_losses.append(float(loss))
+                        truth = labs.numpy()
+                        valid = truth != IGNORE
+                        if binary:
+                            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+                            preds = [(prob > t).astype(np.uint8) for t in thresholds]
+                        else:
+                            preds = [logits.argmax(1).cpu().numpy().astype(np.uint8)]
+                        for i, pred in enumerate(preds):
+                            for c in range(k):
+                                cls = c + 1
+                                p, t = (pred == cls) & valid, (truth == cls) & valid
+                                tp[i, c] += (p & t).sum()
+                                fp[i, c] += (p & ~t).sum()
+                                fn[i, c] += (~p & t).sum()
+                scores = [_dice_iou(tp[i], fp[i], fn[i]) for i in range(len(thresholds))]
+                pick = int(np.argmax([d for d, _ in scores]))
+                (dice, iou), threshold = scores[pick], float(thresholds[pick])
+                row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float(np.mean(val_losses)),
+                       "val_dice": dice, "val_iou": iou, "val_threshold": threshold,
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "seconds": round(time.time() - started, 2)}
+                history.append(row)
+                feedback.info(f"Epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
+                              f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f}"
+                              f"{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
+                if dice > best["dice"]:
+                    best = {"dice": dice, "iou": iou, "epoch": epoch, "threshold": threshold,
+                            "state": {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}}
+                    since_best = 0
+                else:
+                    since_best += 1
+                    if since_best >= config.patience:
+                        feedback.info(f"Early stop: no better validation Dice for {config.patience} epochs.")
+                        break
+        except CanceledError:
+            if best["state"] is None:
+                raise
+            canceled = True
+            feedback.warning(f"Canceled during epoch {epoch}: keeping the best model so far "
+                             f"(epoch {best['epoch']}, validation Dice {best['dice']:.4f}).")
+
+        model.load_state_dict(best["state"])
+        crs_units = (src.crs.linear_units if src.crs and src.crs.is_projected else
+                     ("degrees" if src.crs else "pixels"))
+        metadata = ModelMetadata(
+            kind="segmentation", architecture=config.architecture, encoder=config.encoder, in_channels=len(bands),
+            classes=list(labels.class_names), bands=list(bands), mean=[float(v) for v in mean],
+            std=[float(v) for v in std], patch_size=size, pixel_size=(abs(src.res[0]), abs(src.res[1])),
+            crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=crs_units,
+            threshold=best["threshold"] if binary else (0.5 if config.threshold is None else config.threshold),
+            metrics={"val_dice": best["dice"], "val_iou": best["iou"], "best_epoch": best["epoch"],
+                     "epochs_run": len(history)},
+            extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
+                   "source": os.path.abspath(source), "satseg_version": __version__})
+    save_checkpoint(model_path, model_tensors(model), metadata)
+    written_log = written_plot = None
+    if log_path and history:
+        written_log = write_csv_rows(log_path, history, "OUTPUT_LOG")
+    if plot_path and history:
+        staged = StagedFile(plot_path, parameter="OUTPUT_PLOT", suffix=".png")
+        with staged as tmp:
+            _plot_history(history, tmp)
+            staged.commit()
+        written_plot = os.path.abspath(plot_path)
+    feedback.set_progress(100.0)
+    feedback.info(f"Best validation Dice {best['dice']:.4f} (IoU {best['iou']:.4f}) at epoch {best['epoch']}; "
+                  f"model written to {model_path}.")
+    return TrainResult(os.path.abspath(model_path), written_log, written_plot, best["epoch"], best["dice"],
+                       best["iou"], len(history), canceled, history)

@@ -1,0 +1,209 @@
+"""Conversions between QGIS layers and the engine's plain inputs (paths, shapely geometries)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsFeatureRequest,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeatureSource,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
+
+__all__ = ["raster_path", "raster_paths", "qgis_crs", "source_to_shapely", "source_to_labels", "write_polygons",
+           "write_features"]
+
+
+def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
+    """The GDAL dataset name of a file-based raster layer (what rasterio opens).
+
+    Raises:
+        QgsProcessingException: for layers that are not read by GDAL from a file (WMS, XYZ, ...).
+    """
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{parameter}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; SatSeg reads "
+            "rasters through GDAL files. Save it first (right-click > Export > Save As...) and use the saved file.")
+    parts: Dict[str, Any] = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or layer.source()
+    if parts.get("layerName") and path.lower().endswith(".gpkg"):
+        return f"GPKG:{path}:{parts['layerName']}"
+    if not os.path.exists(path) and ":" not in path:
+        raise QgsProcessingException(f"{parameter}: raster file '{path}' does not exist.")
+    return path
+
+
+def shapely_features(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
+                      context: QgsProcessingContext, request: Optional[QgsFeatureRequest] = None
+                      ) -> Iterator[Tuple[QgsFeature, Any]]:
+    """``(feature, shapely geometry in crs)`` for each feature with a geometry; invalid ones repaired."""
+    import shapely  # lazy: QGIS starts without shapely
+
+    transform = None
+    if source.sourceCrs().isValid() and crs.isValid() and source.sourceCrs() != crs:
+        transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+    for feature in source.getFeatures(request or QgsFeatureRequest()):
+        geom = feature.geometry()
+        if geom.isNull() or geom.isEmpty():
+            continue
+        if transform is not None:
+            geom.transform(transform)
+        yield feature, shapely.make_valid(shapely.from_wkb(bytes(geom.asWkb())))
+
+
+def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoordinateReferenceSystem,
+                      context: QgsProcessingContext, parameter: str):
+    """Union of a polygon source's geometries, reprojected into ``crs``, as one shapely geometry.
+
+    Returns None when ``source`` is None. Invalid geometries are repaired with ``make_valid``.
+    """
+    if source is None:
+        return None
+    import shapely
+
+    parts = [g for _f, g in shapely_features(source, crs, context, QgsFeatureRequest().setNoAttributes())]
+    if not parts:
+        raise QgsProcessingException(f"{parameter}: the layer holds no geometries. Draw or select polygons, "
+                                     "or leave it empty.")
+    return shapely.union_all(parts)
+
+
+def source_to_labels(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
+                     context: QgsProcessingContext, parameter: str, class_field: str = "",
+                     default_class: str = "building"):
+    """Annotation polygons as ``(geometries, class indices, class names)`` in ``crs``.
+
+    Without ``class_field`` every polygon is ``default_class``. With it, each distinct non-empty value is a
+    class (sorted, so the same values always give the same indices); features with an empty value are skipped.
+    """
+    if source is None:
+        raise QgsProcessingException(f"{parameter}: choose a polygon layer of annotations.")
+    field_index = source.fields().lookupField(class_field) if class_field else -1
+    if class_field and field_index < 0:
+        raise QgsProcessingException(f"{parameter}: the layer has no field '{class_field}'.")
+    rows = []
+    for feature, geom in shapely_features(source, crs, context):
+        value = default_class
+        if field_index >= 0:
+            raw = feature.attribute(field_index)
+            if raw is None or str(raw).strip() in ("", "NULL"):
+                continue
+            value = str(raw).strip()
+        rows.append((geom, value))
+    names = sorted({value for _g, value in rows})
+    index = {name: i for i, name in enumerate(names, start=1)}
+    return [g for g, _v in rows], [index[v] for _g, v in rows], names
+
+
+def write_polygons(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, records,
+                   crs: QgsCoordinateReferenceSystem, class_names, value_field: str = "class_id",
+                   name_field: str = "class", with_mean_prob: bool = False) -> Optional[str]:
+    """Write :class:`~satseg_plugin.core.vectorize.PolygonRecord` s to the feature sink ``key``.
+
+    Fields: ``value_field`` (the raster value), ``name_field`` (``class_names[value - 1]``, or the value when
+    out of range), ``area_m2`` and, if asked, ``mean_prob``. Returns the sink's id (None when the optional
+    output was skipped).
+    """
+    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes
+    from qgis.PyQt.QtCore import QVariant
+
+    fields = QgsFields()
+    fields.append(QgsField(value_field, QVariant.Int))
+    fields.append(QgsField(name_field, QVariant.String))
+    fields.append(QgsField("area_m2", QVariant.Double))
+    if with_mean_prob:
+        fields.append(QgsField("mean_prob", QVariant.Double))
+    sink, dest_id = algorithm.parameterAsSink(parameters, key, context, fields, QgsWkbTypes.Polygon, crs)
+    if sink is None:
+        if parameters.get(key) is None:
+            return None
+        raise QgsProcessingException(algorithm.invalidSinkError(parameters, key))
+    for rec in records:
+        feature = QgsFeature(fields)
+        geom = QgsGeometry()
+        geom.fromWkb(rec.geometry.wkb)
+        feature.setGeometry(geom)
+        name = class_names[rec.class_id - 1] if 0 < rec.class_id <= len(class_names) else str(rec.class_id)
+        values = [rec.class_id, name, round(rec.area_m2, 3)]
+        if with_mean_prob:
+            values.append(rec.mean_prob)
+        feature.setAttributes(values)
+        sink.addFeature(feature, QgsFeatureSink.FastInsert)
+    del sink
+    return dest_id
+
+
+#: Python types -> QVariant type names of :func:`write_features` field specs.
+_FIELD_TYPES = {"int": "Int", "float": "Double", "str": "String", "bool": "Bool"}
+
+
+def write_features(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext,
+                   fields: Sequence[Tuple[str, str]], geometry_type: str, crs: QgsCoordinateReferenceSystem,
+                   rows: Iterable[Tuple[Any, Sequence[Any]]]) -> Optional[str]:
+    """Write rows to the feature sink ``key``.
+
+    Args:
+        algorithm: the running algorithm (for ``parameterAsSink``).
+        parameters: its parameters.
+        key: the sink parameter.
+        context: the processing context.
+        fields: ``(name, type)`` pairs, type one of ``int``, ``float``, ``str``, ``bool``.
+        geometry_type: ``Point``, ``LineString``, ``Polygon``, ``MultiPolygon`` or ``None`` (a table).
+        crs: the layer's CRS.
+        rows: ``(shapely geometry or None, values)`` per feature, values in ``fields`` order.
+
+    Returns:
+        The sink's id, or None when the optional output was skipped.
+    """
+    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes
+    from qgis.PyQt.QtCore import QVariant
+
+    qfields = QgsFields()
+    for name, kind in fields:
+        qfields.append(QgsField(name, getattr(QVariant, _FIELD_TYPES[kind])))
+    wkb = {"Point": QgsWkbTypes.Point, "LineString": QgsWkbTypes.LineString, "Polygon": QgsWkbTypes.Polygon,
+           "MultiPolygon": QgsWkbTypes.MultiPolygon, "None": QgsWkbTypes.NoGeometry}[geometry_type]
+    sink, dest_id = algorithm.parameterAsSink(parameters, key, context, qfields, wkb, crs)
+    if sink is None:
+        if parameters.get(key) is None:
+            return None
+        raise QgsProcessingException(algorithm.invalidSinkError(parameters, key))
+    for geometry, values in rows:
+        feature = QgsFeature(qfields)
+        if geometry is not None:
+            geom = QgsGeometry()
+            geom.fromWkb(geometry.wkb)
+            if geometry_type == "MultiPolygon":
+                geom.convertToMultiType()
+            feature.setGeometry(geom)
+        feature.setAttributes([None if v is None else v for v in values])
+        sink.addFeature(feature, QgsFeatureSink.FastInsert)
+    del sink
+    return dest_id
+
+
+def raster_paths(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> list:
+    """The GDAL paths of a multiple-raster parameter, in the order given (raises when a layer is not a file)."""
+    layers = algorithm.parameterAsLayerList(parameters, key, context)
+    if not layers:
+        raise QgsProcessingException(f"{key}: choose the rasters.")
+    paths = []
+    for layer in layers:
+        if not isinstance(layer, QgsRasterLayer):
+            raise QgsProcessingException(f"{key}: '{layer.name()}' is not a raster layer.")
+        paths.append(raster_path(layer, key))
+    return paths
+
+
+def qgis_crs(crs) -> QgsCoordinateReferenceSystem:
+    """A rasterio CRS as a QGIS CRS (an invalid one for None)."""
+    if crs is None:
+        return QgsCoordinateReferenceSystem()
+    return QgsCoordinateReferenceSystem.fromWkt(crs.to_wkt())

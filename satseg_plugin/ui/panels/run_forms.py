@@ -1,0 +1,447 @@
+"""The dock's *Run* tab: forms for the common workflows, each a chain of SatSeg Processing algorithms run in the
+background (see :mod:`.tasks`): train + segment, cluster, and track (when the population algorithms are
+installed). Outputs go to a new folder under the dock's results folder and are added to the map, styled."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QToolBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..tasks import AlgorithmChain, Step, algorithm_available, on_map
+from .annotate import annotation_classes, class_field_of
+
+__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "TRACK_ALGORITHMS"]
+
+ARCHITECTURES = ("U-Net", "PSPNet", "DeepLabV3+")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2")
+DEVICES = ("auto", "cpu", "cuda")
+#: The population tracking chain, in order (the track form appears only when all three are registered).
+TRACK_ALGORITHMS = ("satseg:opticalflow", "satseg:populationclusters", "satseg:trackcommunities")
+
+
+def _spin(value: int, low: int, high: int, step: int = 1, name: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if name:
+        box.setObjectName(name)
+    return box
+
+
+def _combo(items: Sequence[str], name: str = "", editable: bool = False) -> QComboBox:
+    box = QComboBox()
+    box.addItems(list(items))
+    box.setEditable(editable)
+    if name:
+        box.setObjectName(name)
+    return box
+
+
+def _layer_combo(filters, name: str, optional: bool = False) -> QgsMapLayerComboBox:
+    box = QgsMapLayerComboBox()
+    box.setFilters(filters)
+    box.setObjectName(name)
+    if optional:
+        box.setAllowEmptyLayer(True)
+        box.setLayer(None)
+    return box
+
+
+class WorkflowForm(QWidget):
+    """A form that runs a chain of algorithms. Subclasses set :attr:`title`, :attr:`algorithms` and
+    :attr:`prefix`, add their fields to :attr:`form`, and define ``steps(folder) -> List[Step]``: the chain's
+    steps writing into ``folder`` (raising ValueError with a message for the user when the form is incomplete).
+
+    Signals:
+        chainStarted(object): the :class:`AlgorithmChain` just started.
+    """
+
+    title = ""
+    algorithms: Sequence[str] = ()
+    prefix = "run"
+    chainStarted = pyqtSignal(object)
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.host = host
+        self.chain: Optional[AlgorithmChain] = None
+        self.last_folder = ""
+        layout = QVBoxLayout(self)
+        self.note = QLabel(self)
+        self.note.setWordWrap(True)
+        self.note.setVisible(False)
+        layout.addWidget(self.note)
+        self.form = QFormLayout()
+        layout.addLayout(self.form)
+        self.advanced = QgsCollapsibleGroupBox(self.tr("Advanced"), self)
+        self.advanced.setCollapsed(True)
+        self.advanced_form = QFormLayout(self.advanced)
+        layout.addWidget(self.advanced)
+        self.run_button = QPushButton(self.tr("Run"), self)
+        self.run_button.setObjectName(f"satsegRun_{self.prefix}")
+        self.run_button.clicked.connect(self.run)
+        layout.addWidget(self.run_button)
+        layout.addStretch(1)
+
+    def missing_algorithms(self) -> List[str]:
+        """The ids of :attr:`algorithms` the Processing registry does not have."""
+        return [a for a in self.algorithms if not algorithm_available(a)]
+
+    def refresh_availability(self) -> bool:
+        """Disable the form (with a note) when one of its algorithms is not registered; True when usable."""
+        missing = self.missing_algorithms()
+        self.note.setText(self.tr("Needs the algorithms {} (not in this SatSeg installation).")
+                          .format(", ".join(missing)) if missing else "")
+        self.note.setVisible(bool(missing))
+        for widget in (self.run_button, self.advanced):
+            widget.setEnabled(not missing and not self.running())
+        return not missing
+
+    def running(self) -> bool:
+        """Whether this form's chain is still running."""
+        return self.chain is not None and self.chain.running
+
+    def run(self) -> Optional[AlgorithmChain]:
+        """Check the form and start its chain in the background; returns the chain (None when refused)."""
+        if self.running() or not self.refresh_availability():
+            return None
+        try:
+            self.prepare()
+            folder = self.host.results_dir(self.prefix)
+            steps = self.steps(folder)
+        except ValueError as exc:
+            self.host.message(str(exc), Qgis.Warning)
+            return None
+        self.last_folder = folder
+        self.chain = AlgorithmChain(self.title, steps, QgsProject.instance(), self)
+        self.chain.finished.connect(lambda _ok, _results: self.refresh_availability())
+        self.chain.finished.connect(self.finished)
+        self.run_button.setEnabled(False)
+        self.host.start_chain(self.chain)
+        self.chainStarted.emit(self.chain)
+        return self.chain
+
+    def prepare(self) -> None:
+        """Called before :meth:`steps` on the main thread (e.g. to save edits)."""
+
+    def finished(self, ok: bool, results: Dict[str, Any]) -> None:
+        """Called when the chain ends."""
+
+
+class TrainSegmentForm(WorkflowForm):
+    """Train a segmentation model from annotation polygons, then segment the raster with it."""
+
+    title = "Train + segment"
+    algorithms = ("satseg:trainsegmentation", "satseg:segmentraster")
+    prefix = "segmentation"
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.raster = _layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegTrainRaster")
+        self.labels = _layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainLabels")
+        self.class_field = QgsFieldComboBox()
+        self.class_field.setObjectName("satsegTrainClassField")
+        self.class_field.setAllowEmptyFieldName(True)
+        self.class_field.setToolTip(self.tr("Empty: every polygon is a building (one class). With a field: each "
+                                            "value is a class."))
+        self.aoi = _layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainAoi", optional=True)
+        self.aoi.setToolTip(self.tr("Where the annotations are complete (unlabelled pixels there are background). "
+                                    "Empty: the whole raster."))
+        self.architecture = _combo(ARCHITECTURES, "satsegArchitecture")
+        self.encoder = _combo(ENCODERS, "satsegEncoder", editable=True)
+        self.encoder.setCurrentText("resnet34")
+        self.epochs = _spin(30, 1, 1000, name="satsegEpochs")
+        self.patch_size = _spin(224, 32, 2048, 32, "satsegPatchSize")
+        self.batch_size = _spin(16, 1, 512, name="satsegBatchSize")
+        self.batches_per_epoch = _spin(0, 0, 100000, name="satsegBatchesPerEpoch")
+        self.batches_per_epoch.setSpecialValueText(self.tr("auto"))
+        self.min_area = _spin(0, 0, 1000000, name="satsegMinArea")
+        self.device = _combo(DEVICES, "satsegDevice")
+        for label, widget in ((self.tr("Raster"), self.raster), (self.tr("Annotations"), self.labels),
+                              (self.tr("Class field"), self.class_field), (self.tr("Labels complete in"), self.aoi),
+                              (self.tr("Architecture"), self.architecture), (self.tr("Encoder"), self.encoder),
+                              (self.tr("Epochs (max)"), self.epochs)):
+            self.form.addRow(label, widget)
+        for label, widget in ((self.tr("Patch size (px)"), self.patch_size), (self.tr("Batch size"), self.batch_size),
+                              (self.tr("Batches per epoch"), self.batches_per_epoch),
+                              (self.tr("Min. polygon area (m²)"), self.min_area), (self.tr("Device"), self.device)):
+            self.advanced_form.addRow(label, widget)
+        self.labels.layerChanged.connect(self._labels_changed)
+        self._labels_changed(self.labels.currentLayer())
+
+    def _labels_changed(self, layer) -> None:
+        self.class_field.setLayer(layer)
+        field = class_field_of(layer) if isinstance(layer, QgsVectorLayer) else ""
+        # Several classes in the layer: multi-class by default; one class: the binary 'building' model.
+        many = bool(field) and len(annotation_classes(layer, field)) > 1
+        self.class_field.setField(field if many else "")
+
+    def prepare(self) -> None:
+        layer = self.labels.currentLayer()
+        if isinstance(layer, QgsVectorLayer) and layer.isEditable() and layer.isModified():
+            if not layer.commitChanges(False):
+                raise ValueError(self.tr("Could not save the edits of {}: {}").format(
+                    layer.name(), "; ".join(layer.commitErrors())))
+            self.host.message(self.tr("Saved the edits of {} before training.").format(layer.name()), Qgis.Info)
+
+    def steps(self, folder: str) -> List[Step]:
+        raster, labels = self.raster.currentLayer(), self.labels.currentLayer()
+        if not isinstance(raster, QgsRasterLayer):
+            raise ValueError(self.tr("Choose the raster to train on."))
+        if not isinstance(labels, QgsVectorLayer) or labels.featureCount() == 0:
+            raise ValueError(self.tr("Choose an annotation layer with polygons (draw some in the Annotate tab)."))
+        project = QgsProject.instance()
+        aoi = self.aoi.currentLayer()
+        train = {"INPUT": raster.id(), "LABELS": labels.id(), "CLASS_FIELD": self.class_field.currentField() or None,
+                 "AOI": aoi.id() if aoi is not None else None, "ARCHITECTURE": self.architecture.currentIndex(),
+                 "ENCODER": self.encoder.currentText().strip(), "EPOCHS": self.epochs.value(),
+                 "PATCH_SIZE": self.patch_size.value(), "BATCH_SIZE": self.batch_size.value(),
+                 "BATCHES_PER_EPOCH": self.batches_per_epoch.value(), "DEVICE": self.device.currentIndex(),
+                 "OUTPUT_MODEL": os.path.join(folder, "model.satseg"),
+                 "OUTPUT_LOG": os.path.join(folder, "training_log.csv"),
+                 "OUTPUT_PLOT": os.path.join(folder, "training_curves.png")}
+
+        def segment(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+            return {"INPUT": raster.id(), "MODELS": [results["satseg:trainsegmentation"]["OUTPUT_MODEL"]],
+                    "MIN_AREA": float(self.min_area.value()), "DEVICE": self.device.currentIndex(),
+                    "OUTPUT_PROBABILITY": on_map(os.path.join(folder, "probability.tif"), project),
+                    "OUTPUT_MASK": on_map(os.path.join(folder, "mask.tif"), project),
+                    "OUTPUT_POLYGONS": on_map(os.path.join(folder, "polygons.gpkg"), project)}
+
+        return [Step("satseg:trainsegmentation", lambda _results: train), Step("satseg:segmentraster", segment)]
+
+
+class ClusterForm(WorkflowForm):
+    """Train ClusterNet on a raster without labels, then write its cluster raster.
+
+    Signals:
+        clustersReady(QgsRasterLayer): the cluster raster, once on the map.
+    """
+
+    title = "Cluster"
+    algorithms = ("satseg:trainclusternet", "satseg:clusterraster")
+    prefix = "clusters"
+    clustersReady = pyqtSignal(object)
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.raster = _layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegClusterInput")
+        self.clusters = _spin(20, 2, 1000, name="satsegNumClusters")
+        self.rounds = _spin(10, 1, 1000, name="satsegRounds")
+        self.steps_per_round = _spin(20, 1, 100000, name="satsegStepsPerRound")
+        self.crop = _spin(128, 32, 2048, 32, "satsegCropSize")
+        self.device = _combo(DEVICES, "satsegClusterDevice")
+        self.form.addRow(self.tr("Raster"), self.raster)
+        self.form.addRow(self.tr("Clusters"), self.clusters)
+        self.form.addRow(self.tr("Rounds"), self.rounds)
+        self.advanced_form.addRow(self.tr("Batches per round"), self.steps_per_round)
+        self.advanced_form.addRow(self.tr("Crop size (px)"), self.crop)
+        self.advanced_form.addRow(self.tr("Device"), self.device)
+
+    def steps(self, folder: str) -> List[Step]:
+        raster = self.raster.currentLayer()
+        if not isinstance(raster, QgsRasterLayer):
+            raise ValueError(self.tr("Choose the raster to cluster."))
+        project = QgsProject.instance()
+        train = {"INPUT": [raster.id()], "NUM_CLUSTERS": self.clusters.value(), "ROUNDS": self.rounds.value(),
+                 "STEPS_PER_ROUND": self.steps_per_round.value(), "PATCH_SIZE": self.crop.value(),
+                 "DEVICE": self.device.currentIndex(), "OUTPUT_MODEL": os.path.join(folder, "clusternet.satseg"),
+                 "OUTPUT_LOG": os.path.join(folder, "clusternet_rounds.csv")}
+
+        def cluster(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+            return {"INPUT": raster.id(), "MODEL": results["satseg:trainclusternet"]["OUTPUT_MODEL"],
+                    "DEVICE": self.device.currentIndex(),
+                    "OUTPUT": on_map(os.path.join(folder, "clusters.tif"), project)}
+
+        return [Step("satseg:trainclusternet", lambda _results: train), Step("satseg:clusterraster", cluster)]
+
+    def finished(self, ok: bool, results: Dict[str, Any]) -> None:
+        rasters = [layer for layer in (self.chain.layers if self.chain else []) if isinstance(layer, QgsRasterLayer)]
+        if ok and rasters:
+            self.clustersReady.emit(rasters[-1])
+
+
+class TrackForm(WorkflowForm):
+    """Population tracking over time: optical flow between frames, communities per frame, then communities tracked
+    across frames (the flow arrows, track lines and tracked communities are added to the map)."""
+
+    title = "Track"
+    algorithms = TRACK_ALGORITHMS
+    prefix = "tracks"
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.frames = QListWidget(self)
+        self.frames.setObjectName("satsegTrackFrames")
+        self.frames.setDragDropMode(QAbstractItemView.InternalMove)
+        self.frames.setToolTip(self.tr("Tick the frames, drag them into time order"))
+        self.form.addRow(self.tr("Frames (in time order)"), self.frames)
+        self.refresh_button = QPushButton(self.tr("Refresh the list"), self)
+        self.refresh_button.clicked.connect(self.refresh_frames)
+        self.form.addRow("", self.refresh_button)
+        self.k = _spin(10, 2, 1000, name="satsegTrackK")
+        self.eps = QDoubleSpinBox(self)
+        self.eps.setObjectName("satsegTrackEps")
+        self.eps.setRange(0.1, 10000.0)
+        self.eps.setValue(10.0)
+        self.min_samples = _spin(50, 1, 1000000, name="satsegTrackMinSamples")
+        self.epochs = _spin(200, 1, 100000, name="satsegTrackEpochs")
+        self.centres = _spin(1000, 1, 10000000, name="satsegTrackCentres")
+        self.device = _combo(DEVICES, "satsegTrackDevice")
+        self.form.addRow(self.tr("k-means clusters (K)"), self.k)
+        self.form.addRow(self.tr("DBSCAN radius (px)"), self.eps)
+        self.form.addRow(self.tr("DBSCAN min. samples"), self.min_samples)
+        self.advanced_form.addRow(self.tr("Autoencoder epochs"), self.epochs)
+        self.advanced_form.addRow(self.tr("Window centres per epoch"), self.centres)
+        self.advanced_form.addRow(self.tr("Device"), self.device)
+        self.refresh_frames()
+
+    def refresh_frames(self) -> None:
+        """List the project's raster layers (keeping ticks and order of those already listed)."""
+        ticked = {self.frames.item(i).data(Qt.UserRole): self.frames.item(i).checkState()
+                  for i in range(self.frames.count())}
+        order = list(ticked)
+        layers = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsRasterLayer)]
+        layers.sort(key=lambda layer: (order.index(layer.id()) if layer.id() in order else len(order), layer.name()))
+        self.frames.clear()
+        for layer in layers:
+            item = QListWidgetItem(layer.name())
+            item.setData(Qt.UserRole, layer.id())
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(ticked.get(layer.id(), Qt.Unchecked))
+            self.frames.addItem(item)
+
+    def frame_ids(self) -> List[str]:
+        """The ticked frames' layer ids, in list order."""
+        return [self.frames.item(i).data(Qt.UserRole) for i in range(self.frames.count())
+                if self.frames.item(i).checkState() == Qt.Checked]
+
+    def steps(self, folder: str) -> List[Step]:
+        frames = self.frame_ids()
+        if len(frames) < 2:
+            raise ValueError(self.tr("Tick at least two frames (population rasters of the same area at different "
+                                     "times)."))
+        project = QgsProject.instance()
+        device = self.device.currentIndex()
+        flow = {"FRAMES": frames, "DEVICE": device, "OUTPUT_DIR": os.path.join(folder, "flow"),
+                "OUTPUT_VECTORS": on_map(os.path.join(folder, "flow_arrows.gpkg"), project)}
+
+        def communities(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+            return {"FRAMES": frames, "FLOWS": results["satseg:opticalflow"]["FLOWS"], "K": self.k.value(),
+                    "EPS": self.eps.value(), "MIN_SAMPLES": self.min_samples.value(), "EPOCHS": self.epochs.value(),
+                    "CENTRES_PER_EPOCH": self.centres.value(), "DEVICE": device,
+                    "OUTPUT_DIR": os.path.join(folder, "segments"),
+                    "OUTPUT_COMMUNITIES": os.path.join(folder, "communities.gpkg")}
+
+        def tracks(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+            found = results["satseg:populationclusters"]
+            return {"SEGMENTS": found["SEGMENTS"], "FLOWS": results["satseg:opticalflow"]["FLOWS"], "FRAMES": frames,
+                    "COMMUNITIES": found["OUTPUT_COMMUNITIES"], "OUTPUT_LINKS": os.path.join(folder, "links.gpkg"),
+                    "OUTPUT_TRACKS": on_map(os.path.join(folder, "tracks.gpkg"), project),
+                    "OUTPUT_COMMUNITIES": on_map(os.path.join(folder, "tracked_communities.gpkg"), project)}
+
+        return [Step("satseg:opticalflow", lambda _results: flow), Step("satseg:populationclusters", communities),
+                Step("satseg:trackcommunities", tracks)]
+
+
+#: Export choices: (label, algorithm id, extension, FORMAT value of satseg:exportvector or None)
+RASTER_EXPORTS = (("Cloud-Optimised GeoTIFF", "satseg:exportcog", ".tif", None),
+                  ("Competition RLE CSV (mask, 224 px tiles)", "satseg:exportrle", ".csv", None))
+VECTOR_EXPORTS = (("GeoPackage", "satseg:exportvector", ".gpkg", 0), ("GeoJSON", "satseg:exportvector", ".geojson", 1),
+                  ("ESRI Shapefile", "satseg:exportvector", ".shp", 2))
+
+
+class ExportForm(WorkflowForm):
+    """Export a result: polygons (buildings, communities, tracks) to GeoPackage / GeoJSON / Shapefile, rasters as
+    Cloud-Optimised GeoTIFF, a segmentation mask as competition RLE CSV. The file goes to a new folder under the
+    results folder; its path is shown when done."""
+
+    title = "Export"
+    algorithms = ("satseg:exportcog", "satseg:exportvector", "satseg:exportrle")
+    prefix = "export"
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.layer = _layer_combo(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.VectorLayer,
+                                  "satsegExportLayer")
+        self.format = _combo((), "satsegExportFormat")
+        self.form.addRow(self.tr("Layer"), self.layer)
+        self.form.addRow(self.tr("Format"), self.format)
+        self.advanced.setVisible(False)
+        self.run_button.setText(self.tr("Export"))
+        self.written = ""
+        self.layer.layerChanged.connect(self._layer_changed)
+        self._layer_changed(self.layer.currentLayer())
+
+    def choices(self):
+        """The export choices for the current layer."""
+        layer = self.layer.currentLayer()
+        if isinstance(layer, QgsRasterLayer):
+            return RASTER_EXPORTS
+        return VECTOR_EXPORTS if isinstance(layer, QgsVectorLayer) else ()
+
+    def _layer_changed(self, _layer) -> None:
+        self.format.clear()
+        self.format.addItems([self.tr(label) for label, *_ in self.choices()])
+
+    def steps(self, folder: str) -> List[Step]:
+        layer, choices = self.layer.currentLayer(), self.choices()
+        if layer is None or not choices:
+            raise ValueError(self.tr("Choose a layer to export."))
+        _label, algorithm, extension, fmt = choices[max(self.format.currentIndex(), 0)]
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name()) or "layer"
+        params: Dict[str, Any] = {"INPUT": layer, "OUTPUT": os.path.join(folder, name + extension)}
+        if fmt is not None:
+            params["FORMAT"] = fmt
+        return [Step(algorithm, lambda _results: params)]
+
+    def finished(self, ok: bool, results: Dict[str, Any]) -> None:
+        if ok:
+            outputs = next(iter(results.values()), {}) if results else {}
+            self.written = outputs.get("OUTPUT", "")
+            self.host.message(self.tr("Exported to {}").format(self.written), Qgis.Success)
+
+
+class RunPanel(QWidget):
+    """The *Run* tab: one page per workflow."""
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.host = host
+        layout = QVBoxLayout(self)
+        self.toolbox = QToolBox(self)
+        self.train_form = TrainSegmentForm(host, self)
+        self.cluster_form = ClusterForm(host, self)
+        self.track_form = TrackForm(host, self)
+        self.export_form = ExportForm(host, self)
+        self.forms = [self.train_form, self.cluster_form, self.track_form, self.export_form]
+        self.titles = [self.tr("Train + segment"), self.tr("Cluster"), self.tr("Track populations"), self.tr("Export")]
+        for form, title in zip(self.forms, self.titles):
+            self.toolbox.addItem(form, title)
+        layout.addWidget(self.toolbox)
+        self.refresh_availability()
+
+    def refresh_availability(self) -> None:
+        """Mark the forms whose algorithms are not registered (the population ones may be missing)."""
+        for index, (form, title) in enumerate(zip(self.forms, self.titles)):
+            usable = form.refresh_availability()
+            self.toolbox.setItemText(index, title if usable else self.tr("{} (not installed)").format(title))

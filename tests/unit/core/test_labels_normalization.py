@@ -1,0 +1,66 @@
+"""Label rasterisation per window and band statistics."""
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from shapely.geometry import box
+
+from satseg_plugin.core.errors import InputError
+from satseg_plugin.core.labels import IGNORE, LabelSet
+from satseg_plugin.core.normalization import band_statistics, normalize
+
+T = Affine(0.5, 0, 500000.0, 0, -0.5, 5000000.0)
+
+
+def pix_box(c0, r0, c1, r1, transform=T):
+    x0, y0 = transform * (c0, r0)
+    x1, y1 = transform * (c1, r1)
+    return box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
+def test_rasterize_window_classes_and_aoi():
+    labels = LabelSet([pix_box(2, 2, 6, 6), pix_box(8, 0, 10, 3)], [1, 2], ["building", "shed"],
+                      aoi=pix_box(0, 0, 9, 10))
+    out = labels.rasterize(T, (10, 12))
+    assert out[2:6, 2:6].tolist() == np.ones((4, 4)).tolist()
+    assert (out[0:3, 8] == 2).all()
+    assert (out[:, 9:] == IGNORE).all()  # outside the AOI
+    assert ((out == 1).sum(), (out == 0).sum()) == (16, 10 * 9 - 16 - 3)
+    # a window further right sees the shifted geometry
+    shifted = labels.rasterize(T * Affine.translation(2, 2), (4, 4))
+    assert shifted.tolist() == np.ones((4, 4)).tolist()
+
+
+def test_empty_labels_name_the_parameter():
+    with pytest.raises(InputError, match="LABELS: the label layer holds no polygons"):
+        LabelSet([], [])
+    with pytest.raises(InputError, match="class indices"):
+        LabelSet([pix_box(0, 0, 1, 1)], [3], ["a"])
+
+
+def test_band_statistics_exclude_nodata(make_raster):
+    data = np.zeros((2, 40, 40), "float32")
+    data[0] = 10.0
+    data[1, :, :20] = 1.0
+    data[1, :, 20:] = 3.0
+    data[:, :10, :] = -9  # nodata rows
+    path = make_raster(data, nodata=-9)
+    with rasterio.open(path) as src:
+        mean, std = band_statistics(src, [1, 2], tile=16)
+        np.testing.assert_allclose(mean, [10.0, 2.0])
+        np.testing.assert_allclose(std, [1e-6, 1.0], atol=1e-9)
+        sub_mean, _ = band_statistics(src, [1, 2], max_pixels=200, tile=8)
+        assert sub_mean[0] == pytest.approx(10.0)
+
+
+def test_all_nodata_is_a_clear_error(make_raster):
+    path = make_raster(np.full((1, 8, 8), 7, "uint8"), nodata=7)
+    with rasterio.open(path) as src, pytest.raises(InputError, match="no valid pixels"):
+        band_statistics(src, [1])
+
+
+def test_normalize():
+    out = normalize(np.array([[[2.0, np.nan]], [[4.0, 6.0]]]), [1.0, 4.0], [0.5, 2.0])
+    np.testing.assert_allclose(out, [[[2.0, 0.0]], [[0.0, 1.0]]])
+    assert out.dtype == np.float32
