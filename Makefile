@@ -12,7 +12,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export QGIS_OPTS :=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data
+.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data docs
 
 install: system-packages $(STAMP)
 
@@ -65,6 +65,10 @@ qgis: install
 
 package:
 	$(SYS_PY) scripts/package.py satseg_plugin.zip
+
+# docs/algorithms.md from the algorithms' own help and parameters (tests/qgis/test_docs.py checks it is current).
+docs: install
+	$(PY) scripts/gen_algorithm_reference.py
 
 clean:
 	rm -rf demo_out bench/out sample_data/generated satseg_plugin.zip .pytest_cache test_output

@@ -1,16 +1,11 @@
 """The Python packages SatSeg needs, lazy imports with an actionable message, and SatSeg's own package folder.
 
-QGIS must start even when torch or faiss are not installed; an algorithm that needs one imports it
-through :func:`require` and the user reads which package is missing and the exact command that
-installs it for QGIS's own Python interpreter.
-
-:data:`PACKAGES` is the one list of what SatSeg needs (with the versions it was tested with, the same as
-the repository's ``requirements.txt``); the installer (:mod:`.installer`), the diagnostics and the
-missing-package messages all read it.
-
-Packages the installer adds live in a plugin-owned folder (:func:`deps_dir`), which
-:func:`activate_deps_dir` puts on ``sys.path`` *after* the interpreter's own site-packages: what QGIS's
-Python already has always wins (QGIS and GDAL are built on its numpy 1.x), the folder only fills gaps.
+:data:`PACKAGES` is the one list of what SatSeg needs (with the versions it was tested with, the same as the
+repository's ``requirements.txt``); the installer, the diagnostics and the missing-package messages read it.
+:func:`require` imports a package on first use, so QGIS starts without torch or faiss, and a missing one is
+reported with the exact command that installs it for QGIS's own interpreter. :func:`activate_deps_dir` puts
+the plugin-owned folder (:func:`deps_dir`) on ``sys.path`` *after* the interpreter's site-packages, so what
+QGIS's Python already has (its numpy 1.x) always wins.
 """
 
 from __future__ import annotations

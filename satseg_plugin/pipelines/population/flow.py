@@ -3,29 +3,12 @@
 :func:`horn_schunck` estimates the displacement of population from one frame to the next, in pixels per
 frame: ``u`` along +x (columns, east on a north-up raster), ``v`` along +y (rows, *down*), given at the
 pixels of the first frame, so that ``f2(col + u, row + v) ~= f1(col, row)``. It runs in torch on the CPU or
-on a CUDA GPU (:func:`~.device.resolve_device`).
+on a CUDA GPU (:func:`~.device.resolve_device`): conjugate gradients (default) or Jacobi on Horn & Schunck's
+equations, until the mean change per iteration is below ``tolerance`` px, coarse to fine over
+``pyramid_levels``. Both frames are scaled jointly to 0..255 first, so ``alpha`` is in 8-bit grey levels.
 
-It is the method of Horn & Schunck (1981): derivatives ``Ex, Ey, Et`` are the averages of first differences
-over the 2 x 2 x 2 cube of the two frames, the smoothness term uses their 3 x 3 averaging kernel (1/6 edge
-neighbours, 1/12 corners; replicated borders), and the flow is iterated until the mean absolute change of
-``(u, v)`` in one iteration falls below ``tolerance`` pixels or ``iterations`` is reached (the study this
-reproduces ran a single iteration, which leaves the flow far from the solution). Two solvers reach the same
-flow: Horn & Schunck's Jacobi update ``u = ubar - Ex (Ex ubar + Ey vbar + Et) / (alpha^2 + Ex^2 + Ey^2)``
-(``solver="jacobi"``) and, by default, preconditioned conjugate gradients on the same equations
-(``solver="cg"``), which converge in tens of times fewer iterations. Neither scikit-image nor OpenCV offers
-Horn–Schunck (scikit-image has TV-L1 and iterative Lucas–Kanade, compared in ``bench/bench_flow.py``), so the
-iteration is written here; it is a few tensor operations per step.
-
-Scaling: population counts span several orders of magnitude, while ALPHA is meaningful only against image
-gradients of a known range. Both frames are therefore divided jointly by the 99.9th percentile of their
-positive values and multiplied by 255, so ALPHA is in the grey levels of an 8-bit image, the range the
-usual Horn–Schunck values (ALPHA ~ 1..20, default 10) are quoted for. NaN (nodata, sea) counts as zero
-population.
-
-Coarse-to-fine (``pyramid_levels > 1``): both frames are averaged down by 2 per level; the flow found on a
-coarse level is upsampled (x 2), the second frame is warped back with it (``grid_sample``) and the
-iteration refines the total flow about that estimate, so displacements larger than the blobs' gradients
-reach (a few pixels) are found.
+Costs: a few tensor operations per iteration on whole frames, which are held in memory (a few Mpx). Why
+the solver, the scaling and the pyramid are as they are, with measurements: docs/design.md, "Optical flow".
 """
 
 from __future__ import annotations
