@@ -1,0 +1,95 @@
+"""Output paths checked against a run's inputs and against each other before any work starts.
+
+A user who types the input's name as an output, gives two outputs the same name, or points an output folder
+that will be cleared at the folder holding an input, would otherwise lose data. Paths are compared after
+resolving links, ``..`` and, on case-insensitive file systems, case (GDAL ``/vsi...`` names and URLs are
+compared as written).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
+
+from .errors import OutputError
+
+__all__ = ["same_file_key", "check_outputs"]
+
+PathsLike = Union[str, Sequence[str], None]
+
+
+def _case_insensitive(folder: str) -> bool:
+    """Whether the file system holding ``folder`` (or its nearest existing parent) ignores case."""
+    probe = os.path.abspath(folder)
+    while probe and not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    swapped = probe.swapcase()
+    return swapped != probe and os.path.exists(swapped) and os.path.samefile(probe, swapped)
+
+
+def same_file_key(path: str) -> str:
+    """A key equal for two paths that name the same file: links, ``..`` and (where the disk ignores it) case
+    resolved. Paths GDAL reads virtually (``/vsizip/...``, ``http://...``) and ``NETCDF:"a.nc":var``-style
+    names are keyed as written, since they cannot be an output file."""
+    if not path or path.startswith("/vsi") or "://" in path or (":" in path and not os.path.splitdrive(path)[0]
+                                                                 and not path.startswith("/")):
+        return path
+    resolved = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    if _case_insensitive(os.path.dirname(resolved)):
+        resolved = os.path.normcase(resolved).lower()
+    return resolved
+
+
+def _as_list(paths: PathsLike) -> Tuple[str, ...]:
+    if paths is None:
+        return ()
+    if isinstance(paths, str):
+        return (paths,) if paths else ()
+    return tuple(p for p in paths if p)
+
+
+def _inside(path_key: str, folder_key: str) -> bool:
+    return path_key == folder_key or path_key.startswith(folder_key.rstrip(os.sep) + os.sep)
+
+
+def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLike],
+                  cleared_folders: Iterable[str] = ()) -> None:
+    """Refuse outputs that would overwrite an input or each other.
+
+    Args:
+        inputs: parameter name -> the input path(s) it names (layers' files, model files, ...).
+        outputs: parameter name -> the output path(s) it names (files or folders); empty ones are skipped.
+        cleared_folders: output parameter names whose folder the run replaces as a whole (OVERWRITE): any
+            input inside such a folder is refused too.
+
+    Raises:
+        OutputError: naming the output parameter, the input or other output it collides with, and the fix.
+    """
+    input_keys: Dict[str, Tuple[str, str]] = {}
+    for name, paths in inputs.items():
+        for path in _as_list(paths):
+            input_keys.setdefault(same_file_key(path), (name, path))
+    cleared = set(cleared_folders)
+    seen: Dict[str, str] = {}
+    for name, paths in outputs.items():
+        for path in _as_list(paths):
+            key = same_file_key(path)
+            if key in input_keys:
+                other, other_path = input_keys[key]
+                raise OutputError(f"the output '{path}' is the input {other} ('{other_path}'); SatSeg never writes "
+                                  "over its inputs. Choose another output file name.", name)
+            if key in seen and seen[key] != name:
+                raise OutputError(f"the output '{path}' is also given as {seen[key]}; each output needs its own "
+                                  "file. Choose another file name.", name)
+            seen[key] = name
+            if name in cleared:
+                inside = [(n, p) for k, (n, p) in input_keys.items() if _inside(k, key)]
+                if inside:
+                    other, other_path = inside[0]
+                    raise OutputError(f"the folder '{path}' holds the input {other} ('{other_path}'), and "
+                                      "OVERWRITE would delete it. Choose another output folder, or move the input "
+                                      "out of it.", name)
+
