@@ -7,11 +7,11 @@ rasterio does the IO; this module only adds the checks and defaults SatSeg appli
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
-from affine import Affine
+from affine import Affine, TransformNotInvertibleError
 from rasterio.enums import ColorInterp
 
 from .errors import InputError
@@ -33,6 +33,12 @@ __all__ = [
     "pixel_window",
     "raster_env",
     "CACHE_BYTES",
+    "GRID_TOLERANCE",
+    "crs_text",
+    "Grid",
+    "grid_offset",
+    "same_grid",
+    "require_same_grid",
 ]
 
 # GDAL's block cache defaults to 5 % of RAM; cap it so streaming keeps a small, size-independent footprint.
@@ -242,3 +248,82 @@ def check_model_fits(src: rasterio.DatasetReader, bands: Sequence[int], pixel_si
                          f"on ({model_res[0]:g} x {model_res[1]:g}) by more than 25 %: objects look a different "
                          "size to the model and results may be poor. Resample the raster to the model's pixel "
                          "size (Raster > Projections > Warp) for best results.")
+
+
+#: Two rasters share a pixel grid when no corner of the first lies farther than this many pixels from where the
+#: second grid puts it: far beyond float noise and coordinates rounded when written as text, far below anything
+#: visible. A pixel-size difference counts by how far it moves the far corner, so it grows with the raster.
+GRID_TOLERANCE = 1e-4
+
+
+class Grid(NamedTuple):
+    """The pixel grid of a raster: CRS (None when it has none), affine transform and size in pixels."""
+
+    crs: Any
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, src: Any) -> "Grid":
+        """The grid of an open rasterio dataset (or anything with ``crs``, ``transform``, ``width``, ``height``)."""
+        return cls(src.crs, src.transform, int(src.width), int(src.height))
+
+
+def grid_offset(a: Grid, b: Grid) -> float:
+    """How far, in pixels of ``b``, grid ``b`` puts the corners of raster ``a`` from where ``a`` puts them.
+
+    Returns:
+        The largest corner displacement (``inf`` when ``b``'s transform cannot be inverted). The CRS and the
+        sizes are not compared.
+    """
+    try:
+        inverse = ~b.transform
+    except TransformNotInvertibleError:
+        return math.inf
+    corners = ((0, 0), (a.width, 0), (0, a.height), (a.width, a.height))
+    return max(math.hypot(*(c - p for c, p in zip(inverse * (a.transform * corner), corner))) for corner in corners)
+
+
+def same_grid(a: Grid, b: Grid, tolerance: float = GRID_TOLERANCE) -> bool:
+    """Whether two rasters share CRS, size and pixel grid (corners within ``tolerance`` pixels, see
+    :data:`GRID_TOLERANCE`)."""
+    return (a.crs == b.crs and (a.width, a.height) == (b.width, b.height)
+            and grid_offset(a, b) <= tolerance)
+
+
+def crs_text(crs: Any) -> str:
+    """A rasterio CRS for messages: ``EPSG:3035``, its WKT/PROJ string, or ``no CRS``."""
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_string() or "an unnamed CRS"
+
+
+def require_same_grid(grid: Grid, reference: Grid, parameter: str, what: str = "the raster",
+                      reference_what: str = "the reference", advice: str = "") -> None:
+    """Refuse ``grid`` unless it is :func:`same_grid` as ``reference``, saying what differs.
+
+    Args:
+        grid: the grid of the input being checked.
+        reference: the grid it must share.
+        parameter: the Processing parameter that gave the input (named by the error).
+        what: how the message calls the input (``"the reference mask"``).
+        reference_what: how the message calls the reference (``"the prediction"``).
+        advice: appended to the message: how to fix the input.
+
+    Raises:
+        InputError: naming ``parameter``: the sizes, the corner offset in pixels, or the CRSs differ (checked in
+            that order).
+    """
+    tail = f" {advice}" if advice else ""
+    if (grid.width, grid.height) != (reference.width, reference.height):
+        raise InputError(f"{what} is {grid.width}x{grid.height} px but {reference_what} is "
+                         f"{reference.width}x{reference.height} px: they must share one pixel grid.{tail}", parameter)
+    offset = grid_offset(grid, reference)
+    if offset > GRID_TOLERANCE:
+        raise InputError(f"{what} lies {offset:.3g} px away from {reference_what}'s pixel grid: they must share "
+                         f"one grid (same extent and resolution).{tail}", parameter)
+    if grid.crs != reference.crs:
+        raise InputError(f"{what}'s CRS ({crs_text(grid.crs)}) differs from {reference_what}'s "
+                         f"({crs_text(reference.crs)}).{tail}", parameter)

@@ -5,9 +5,10 @@ it loads them from its own model files (:mod:`.checkpoint`). Models take ``(N, C
 normalised bands and return ``(N, classes, H, W)`` logits; H and W must be multiples of
 :func:`input_multiple`.
 
-The names are plain constants so a dialog can list them without importing torch;
-segmentation-models-pytorch is imported only when a model is built (:data:`ARCHITECTURES` is resolved on
-first access).
+This module is the one list of architectures and encoders: the Processing enums and the dock's drop-downs are
+built from :data:`ARCHITECTURES` and :data:`ENCODER_CHOICES`, so an index means the same architecture in every
+tool. The names are plain constants so a dialog can list them without importing torch;
+segmentation-models-pytorch is imported only when a model is built (with ``smp.create_model``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "ARCHITECTURES",
     "ARCHITECTURE_NAMES",
+    "ENCODER_CHOICES",
     "UnknownNameError",
     "architecture_names",
+    "architecture_labels",
     "encoder_names",
     "resolve_architecture",
     "resolve_encoder",
@@ -37,11 +40,16 @@ __all__ = [
     "input_multiple",
 ]
 
-#: The architectures SatSeg trains, in the order a dialog offers them.
-ARCHITECTURE_NAMES: Tuple[str, ...] = ("unet", "pspnet", "deeplabv3plus")
+#: The architectures SatSeg trains, in the order every dialog offers them: the name (smp's ``create_model`` arch)
+#: -> the label shown. Processing enums list the labels, so enum index i is the i-th architecture in every tool.
+ARCHITECTURES: Dict[str, str] = {"unet": "U-Net", "pspnet": "PSPNet", "deeplabv3plus": "DeepLabV3+"}
 
-#: smp class name of each architecture (resolved to the class in :data:`ARCHITECTURES`).
-_SMP_CLASSES: Dict[str, str] = {"unet": "Unet", "pspnet": "PSPNet", "deeplabv3plus": "DeepLabV3Plus"}
+#: The canonical architecture names, in :data:`ARCHITECTURES`' order.
+ARCHITECTURE_NAMES: Tuple[str, ...] = tuple(ARCHITECTURES)
+
+#: The encoders a drop-down offers, small to large (all smp encoders; any name of :func:`encoder_names` or
+#: ``tu-<timm name>`` is accepted too). Plain names, so a dialog lists them without importing torch.
+ENCODER_CHOICES: Tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2")
 
 #: Other spellings, keyed by their normalised form (see :func:`_normalise`).
 _ALIASES: Dict[str, str] = {"psp": "pspnet", "deeplab": "deeplabv3plus", "deeplabplus": "deeplabv3plus"}
@@ -64,17 +72,14 @@ class UnknownNameError(InputError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def __getattr__(name: str) -> Any:
-    """Resolve :data:`ARCHITECTURES` (name -> smp class) on first use, so importing this module is cheap."""
-    if name == "ARCHITECTURES":
-        smp = require("segmentation_models_pytorch")
-        return {key: getattr(smp, cls) for key, cls in _SMP_CLASSES.items()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def architecture_names() -> List[str]:
     """The canonical architecture names: ``["unet", "pspnet", "deeplabv3plus"]`` (no torch import)."""
     return list(ARCHITECTURE_NAMES)
+
+
+def architecture_labels() -> List[str]:
+    """The labels of :data:`ARCHITECTURES` in order (``["U-Net", "PSPNet", "DeepLabV3+"]``): enum options."""
+    return list(ARCHITECTURES.values())
 
 
 def encoder_names() -> List[str]:
@@ -191,7 +196,7 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
         in_channels: number of input bands C.
         classes: number of output channels K (1 for binary segmentation with a sigmoid; background + classes
             for multiclass with a softmax).
-        **kwargs: passed to the smp class (``encoder_depth``, ``decoder_channels``, ...). ``encoder_weights``
+        **kwargs: passed to ``smp.create_model`` (``encoder_depth``, ``decoder_channels``, ...). ``encoder_weights``
             other than None is refused: SatSeg never downloads weights.
 
     Returns:
@@ -212,9 +217,8 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
                          "start from a SatSeg model file instead (INIT_WEIGHTS).")
     name = resolve_encoder(encoder)
     smp = require("segmentation_models_pytorch")
-    cls = getattr(smp, _SMP_CLASSES[arch])
-    return cls(encoder_name=name, encoder_weights=None, in_channels=int(in_channels), classes=int(classes),
-               **kwargs)
+    return smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=int(in_channels),
+                            classes=int(classes), **kwargs)
 
 
 def _multiple_of(model: Any) -> int:

@@ -26,7 +26,10 @@ from ..core.deps import require
 from ..core.errors import CanceledError, SatSegError
 from .feedback import QgisFeedback
 
-__all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH"]
+__all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH", "PROVIDER_ID"]
+
+#: The id of SatSeg's Processing provider: an algorithm's id is ``satseg:<its name()>``.
+PROVIDER_ID = "satseg"
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icons", "satseg.svg")
 
@@ -54,6 +57,11 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
 
     def createInstance(self) -> "SatSegAlgorithm":
         return type(self)()
+
+    @classmethod
+    def algorithm_id(cls) -> str:
+        """The id Processing knows the algorithm by (``satseg:<name()>``), without the provider loaded."""
+        return f"{PROVIDER_ID}:{cls().name()}"
 
     def group(self) -> str:
         return self.tr(GROUPS[self.group_id])

@@ -489,6 +489,41 @@ def test_train_form_builds_the_train_then_segment_chain(dock, tmp_path):
     assert segment["OUTPUT_PROBABILITY"].destinationProject is QgsProject.instance()
 
 
+def test_run_forms_offer_the_algorithms_choices_and_defaults(dock):
+    """The dock's forms read choices and defaults from the registered algorithms: nothing is declared twice."""
+    from satseg_plugin.models.registry import ENCODER_CHOICES
+    from satseg_plugin.processing.algorithms.clustering.train_clusternet import TrainClusterNetAlgorithm as Net
+    from satseg_plugin.processing.algorithms.population.population_clusters import PopulationClustersAlgorithm as Pop
+    from satseg_plugin.processing.algorithms.segmentation.segment_raster import SegmentRasterAlgorithm as Segment
+    from satseg_plugin.processing.algorithms.segmentation.train_segmentation import TrainSegmentationAlgorithm as Train
+
+    registry = QgsApplication.processingRegistry()
+
+    def definition(algorithm, key):
+        return registry.algorithmById(algorithm.algorithm_id()).parameterDefinition(key)
+
+    panel = dock.run_panel
+    train, cluster, track = panel.train_form, panel.cluster_form, panel.track_form
+    spins = [(train.epochs, Train, Train.EPOCHS), (train.patch_size, Train, Train.PATCH_SIZE),
+             (train.batch_size, Train, Train.BATCH_SIZE), (train.batches_per_epoch, Train, Train.BATCHES_PER_EPOCH),
+             (train.min_area, Segment, Segment.MIN_AREA), (cluster.clusters, Net, Net.NUM_CLUSTERS),
+             (cluster.rounds, Net, Net.ROUNDS), (cluster.steps_per_round, Net, Net.STEPS_PER_ROUND),
+             (cluster.crop, Net, Net.PATCH_SIZE), (track.k, Pop, Pop.K), (track.eps, Pop, Pop.EPS),
+             (track.min_samples, Pop, Pop.MIN_SAMPLES), (track.epochs, Pop, Pop.EPOCHS),
+             (track.centres, Pop, Pop.CENTRES_PER_EPOCH)]
+    for box, algorithm, key in spins:
+        assert box.value() == definition(algorithm, key).defaultValue(), key
+        assert box.minimum() == definition(algorithm, key).minimum(), key
+    combos = [(train.architecture, Train, Train.ARCHITECTURE), (train.device, Train, Train.DEVICE),
+              (cluster.device, Net, Net.DEVICE), (track.device, Pop, Pop.DEVICE)]
+    for box, algorithm, key in combos:
+        assert [box.itemText(i) for i in range(box.count())] == definition(algorithm, key).options(), key
+        assert box.currentIndex() == definition(algorithm, key).defaultValue(), key
+    assert [train.encoder.itemText(i) for i in range(train.encoder.count())] == list(ENCODER_CHOICES)
+    assert train.encoder.currentText() == definition(Train, Train.ENCODER).defaultValue() == "resnet34"
+    assert train.epochs.value() == 100 and train.architecture.currentText() == "U-Net"
+
+
 def test_track_form_is_disabled_when_an_algorithm_is_missing(dock):
     form = dock.run_panel.track_form
     assert form.refresh_availability() and form.run_button.isEnabled() and not form.note.isVisible()

@@ -28,15 +28,12 @@ from rasterio.warp import reproject
 
 from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, track
-from ...core.raster import check_georeferencing, open_raster, pixel_window, raster_env
+from ...core.raster import Grid, check_georeferencing, crs_text, open_raster, pixel_window, raster_env, same_grid
 
-__all__ = ["MAX_FRAME_PIXELS", "FrameSeries", "load_frames", "same_grid"]
+__all__ = ["MAX_FRAME_PIXELS", "FrameSeries", "load_frames"]
 
 #: Largest frame (width x height) held in memory; a GPWv4 frame of a country is a few million pixels.
 MAX_FRAME_PIXELS = 50_000_000
-
-#: Transforms that differ by less than this fraction of a pixel are the same grid (float noise in files).
-_GRID_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -63,6 +60,11 @@ class FrameSeries:
         return len(self.arrays)
 
     @property
+    def grid(self) -> Grid:
+        """The frames' pixel grid (CRS, transform, size)."""
+        return Grid(self.crs, self.transform, self.width, self.height)
+
+    @property
     def pixel_area(self) -> float:
         """Area of one pixel in squared map units (the absolute determinant of the transform)."""
         return abs(self.transform.determinant)
@@ -75,14 +77,6 @@ class FrameSeries:
         for i in chosen:
             mask |= np.isnan(self.arrays[i])
         return mask
-
-
-def same_grid(transform_a: Affine, shape_a: Sequence[int], transform_b: Affine, shape_b: Sequence[int]) -> bool:
-    """Whether two ``(height, width)`` rasters share their pixel grid (up to a millionth of a pixel)."""
-    if tuple(shape_a) != tuple(shape_b):
-        return False
-    pixel = max(abs(transform_a.a), abs(transform_a.b), abs(transform_a.d), abs(transform_a.e)) or 1.0
-    return all(abs(p - q) <= _GRID_TOLERANCE * pixel for p, q in zip(transform_a[:6], transform_b[:6]))
 
 
 def _unique_names(paths: Sequence[str]) -> List[str]:
@@ -169,22 +163,15 @@ def load_frames(paths: Sequence[str], feedback: Optional[Feedback] = None, param
                 if i == 0:
                     crs, transform, width, height = src.crs, src.transform, src.width, src.height
                 elif src.crs != crs:
-                    raise InputError(f"frame '{name}' is in {_crs_text(src.crs)} but the first frame "
-                                     f"'{names[0]}' is in {_crs_text(crs)}. Reproject the frames to one CRS "
+                    raise InputError(f"frame '{name}' is in {crs_text(src.crs)} but the first frame "
+                                     f"'{names[0]}' is in {crs_text(crs)}. Reproject the frames to one CRS "
                                      "(Raster > Projections > Warp) and run again.", parameter)
                 values = _read_band(src, band)
                 _check_values(values, name, parameter)
-                if i > 0 and not same_grid(transform, (height, width), src.transform, (src.height, src.width)):
+                if i > 0 and not same_grid(Grid.of(src), Grid(crs, transform, width, height)):
                     values = _align(values, src, transform, width, height, name, names[0], parameter, feedback)
             arrays.append(values)
     return FrameSeries(arrays, names, crs, transform, width, height)
-
-
-def _crs_text(crs: Any) -> str:
-    if crs is None:
-        return "no CRS"
-    epsg = crs.to_epsg()
-    return f"EPSG:{epsg}" if epsg else crs.to_string() or "an unnamed CRS"
 
 
 def _check_values(values: np.ndarray, name: str, parameter: str) -> None:

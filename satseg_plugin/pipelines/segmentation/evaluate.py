@@ -22,7 +22,7 @@ from rasterio.windows import transform as window_transform
 
 from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, track
-from ...core.raster import check_georeferencing, open_raster, raster_env, window_footprint
+from ...core.raster import Grid, check_georeferencing, open_raster, raster_env, require_same_grid, window_footprint
 from ...core.scores import as_bool, confusion, dice, f1, iou, precision, recall
 from .rle import binarize
 
@@ -413,24 +413,13 @@ class _Rasterizer:
 
 
 def _check_same_grid(src: rasterio.DatasetReader, ref: rasterio.DatasetReader, feedback: Feedback) -> None:
-    parameter = "REFERENCE_MASK"
-    if (ref.width, ref.height) != (src.width, src.height):
-        raise InputError(f"the reference mask is {ref.width}x{ref.height} px but the prediction is "
-                         f"{src.width}x{src.height} px: they must share one pixel grid. Resample the reference "
-                         "onto the prediction's grid (Raster > Projections > Warp, with the prediction's extent "
-                         "and resolution) or give polygons as REFERENCE_POLYGONS.", parameter)
-    inverse = ~src.transform
-    corners = ((0, 0), (ref.width, 0), (0, ref.height), (ref.width, ref.height))
-    drift = max(math.hypot(*(np.subtract(inverse * (ref.transform * c), c))) for c in corners)
-    if drift > 0.01:
-        raise InputError(f"the reference mask lies {drift:.3g} px away from the prediction's pixel grid: they must "
-                         "share one grid (same extent and resolution). Resample the reference onto the "
-                         "prediction's grid or give polygons as REFERENCE_POLYGONS.", parameter)
-    if src.crs and ref.crs and src.crs != ref.crs:
-        raise InputError(f"the reference mask's CRS ({ref.crs.to_string()}) differs from the prediction's "
-                         f"({src.crs.to_string()}). Reproject it onto the prediction's grid.", parameter)
+    reference = Grid.of(ref)
     if bool(src.crs) != bool(ref.crs):
         feedback.warning("Only one of prediction and reference mask has a CRS: they are compared pixel by pixel.")
+        reference = reference._replace(crs=src.crs)
+    require_same_grid(reference, Grid.of(src), "REFERENCE_MASK", "the reference mask", "the prediction",
+                      "Resample the reference onto the prediction's grid (Raster > Projections > Warp, with the "
+                      "prediction's extent and resolution) or give polygons as REFERENCE_POLYGONS.")
 
 
 def evaluate_rasters(pred_path: str, reference: Union[str, Any, Sequence[Any]], threshold: float = 0.5,

@@ -4,10 +4,20 @@ installed). Outputs go to a new folder under the dock's results folder and are a
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Type, Union
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapLayerProxyModel,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterNumber,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
@@ -25,23 +35,57 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ...models.registry import ENCODER_CHOICES
+from ...processing.algorithms.clustering.cluster_raster import ClusterRasterAlgorithm
+from ...processing.algorithms.clustering.train_clusternet import TrainClusterNetAlgorithm
+from ...processing.algorithms.export.export_cog import ExportCogAlgorithm
+from ...processing.algorithms.export.export_vector import FORMATS as VECTOR_FORMATS
+from ...processing.algorithms.export.export_vector import ExportVectorAlgorithm
+from ...processing.algorithms.population.optical_flow import OpticalFlowAlgorithm
+from ...processing.algorithms.population.population_clusters import PopulationClustersAlgorithm
+from ...processing.algorithms.population.track_communities import TrackCommunitiesAlgorithm
+from ...processing.algorithms.segmentation.export_rle import ExportRleAlgorithm
+from ...processing.algorithms.segmentation.segment_raster import SegmentRasterAlgorithm
+from ...processing.algorithms.segmentation.train_segmentation import TrainSegmentationAlgorithm
+from ...processing.base import SatSegAlgorithm
 from ..tasks import AlgorithmChain, Step, algorithm_available, on_map
 from .annotate import annotation_classes, class_field_of
 
-__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "TRACK_ALGORITHMS"]
+__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "TRACK_ALGORITHMS",
+           "algorithm_parameter"]
 
-ARCHITECTURES = ("U-Net", "PSPNet", "DeepLabV3+")
-ENCODERS = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2")
-DEVICES = ("auto", "cpu", "cuda")
+TRAIN, SEGMENT = TrainSegmentationAlgorithm, SegmentRasterAlgorithm
+CLUSTERNET, CLUSTER = TrainClusterNetAlgorithm, ClusterRasterAlgorithm
+FLOW, COMMUNITIES, TRACK = OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm
 #: The population tracking chain, in order (the track form appears only when all three are registered).
-TRACK_ALGORITHMS = ("satseg:opticalflow", "satseg:populationclusters", "satseg:trackcommunities")
+TRACK_ALGORITHMS = tuple(a.algorithm_id() for a in (FLOW, COMMUNITIES, TRACK))
 
 
-def _spin(value: int, low: int, high: int, step: int = 1, name: str = "") -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
+@functools.lru_cache(maxsize=None)
+def _unregistered(algorithm: Type[SatSegAlgorithm]) -> SatSegAlgorithm:
+    """A fresh, initialised instance (kept alive here) for when the provider is not registered."""
+    instance = algorithm()
+    instance.initAlgorithm({})
+    return instance
+
+
+def algorithm_parameter(algorithm: Type[SatSegAlgorithm], key: str) -> QgsProcessingParameterDefinition:
+    """The definition of parameter ``key`` of ``algorithm`` as Processing has it: the forms take their choices and
+    defaults from it, so the dock and the toolbox offer the same."""
+    registered = QgsApplication.processingRegistry().algorithmById(algorithm.algorithm_id())
+    return (registered or _unregistered(algorithm)).parameterDefinition(key)
+
+
+def _spin(algorithm: Type[SatSegAlgorithm], key: str, high: float, step: float = 1,
+          name: str = "") -> Union[QSpinBox, QDoubleSpinBox]:
+    """A spin box for a number parameter: its minimum and default from the algorithm, ``high`` from the form."""
+    definition = algorithm_parameter(algorithm, key)
+    integer = definition.dataType() == QgsProcessingParameterNumber.Integer
+    box = QSpinBox() if integer else QDoubleSpinBox()
+    cast = int if integer else float
+    box.setRange(cast(definition.minimum()), cast(min(high, definition.maximum())))
+    box.setSingleStep(cast(step))
+    box.setValue(cast(definition.defaultValue()))
     if name:
         box.setObjectName(name)
     return box
@@ -53,6 +97,14 @@ def _combo(items: Sequence[str], name: str = "", editable: bool = False) -> QCom
     box.setEditable(editable)
     if name:
         box.setObjectName(name)
+    return box
+
+
+def _enum_combo(algorithm: Type[SatSegAlgorithm], key: str, name: str) -> QComboBox:
+    """A drop-down of an enum parameter's options, at its default: the index is the parameter's value."""
+    definition = algorithm_parameter(algorithm, key)
+    box = _combo(definition.options(), name)
+    box.setCurrentIndex(int(definition.defaultValue() or 0))
     return box
 
 
@@ -151,7 +203,7 @@ class TrainSegmentForm(WorkflowForm):
     """Train a segmentation model from annotation polygons, then segment the raster with it."""
 
     title = "Train + segment"
-    algorithms = ("satseg:trainsegmentation", "satseg:segmentraster")
+    algorithms = (TRAIN.algorithm_id(), SEGMENT.algorithm_id())
     prefix = "segmentation"
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
@@ -166,16 +218,17 @@ class TrainSegmentForm(WorkflowForm):
         self.aoi = _layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainAoi", optional=True)
         self.aoi.setToolTip(self.tr("Where the annotations are complete (unlabelled pixels there are background). "
                                     "Empty: the whole raster."))
-        self.architecture = _combo(ARCHITECTURES, "satsegArchitecture")
-        self.encoder = _combo(ENCODERS, "satsegEncoder", editable=True)
-        self.encoder.setCurrentText("resnet34")
-        self.epochs = _spin(30, 1, 1000, name="satsegEpochs")
-        self.patch_size = _spin(224, 32, 2048, 32, "satsegPatchSize")
-        self.batch_size = _spin(16, 1, 512, name="satsegBatchSize")
-        self.batches_per_epoch = _spin(0, 0, 100000, name="satsegBatchesPerEpoch")
+        self.architecture = _enum_combo(TRAIN, TRAIN.ARCHITECTURE, "satsegArchitecture")
+        self.encoder = _combo(ENCODER_CHOICES, "satsegEncoder", editable=True)
+        self.encoder.setCurrentText(algorithm_parameter(TRAIN, TRAIN.ENCODER).defaultValue())
+        self.epochs = _spin(TRAIN, TRAIN.EPOCHS, 1000, name="satsegEpochs")
+        self.patch_size = _spin(TRAIN, TRAIN.PATCH_SIZE, 2048, 32, "satsegPatchSize")
+        self.batch_size = _spin(TRAIN, TRAIN.BATCH_SIZE, 512, name="satsegBatchSize")
+        self.batches_per_epoch = _spin(TRAIN, TRAIN.BATCHES_PER_EPOCH, 100000, name="satsegBatchesPerEpoch")
         self.batches_per_epoch.setSpecialValueText(self.tr("auto"))
-        self.min_area = _spin(0, 0, 1000000, name="satsegMinArea")
-        self.device = _combo(DEVICES, "satsegDevice")
+        self.min_area = _spin(SEGMENT, SEGMENT.MIN_AREA, 1000000, name="satsegMinArea")
+        self.min_area.setDecimals(0)
+        self.device = _enum_combo(TRAIN, TRAIN.DEVICE, "satsegDevice")
         for label, widget in ((self.tr("Raster"), self.raster), (self.tr("Annotations"), self.labels),
                               (self.tr("Class field"), self.class_field), (self.tr("Labels complete in"), self.aoi),
                               (self.tr("Architecture"), self.architecture), (self.tr("Encoder"), self.encoder),
@@ -211,23 +264,24 @@ class TrainSegmentForm(WorkflowForm):
             raise ValueError(self.tr("Choose an annotation layer with polygons (draw some in the Annotate tab)."))
         project = QgsProject.instance()
         aoi = self.aoi.currentLayer()
-        train = {"INPUT": raster.id(), "LABELS": labels.id(), "CLASS_FIELD": self.class_field.currentField() or None,
-                 "AOI": aoi.id() if aoi is not None else None, "ARCHITECTURE": self.architecture.currentIndex(),
-                 "ENCODER": self.encoder.currentText().strip(), "EPOCHS": self.epochs.value(),
-                 "PATCH_SIZE": self.patch_size.value(), "BATCH_SIZE": self.batch_size.value(),
-                 "BATCHES_PER_EPOCH": self.batches_per_epoch.value(), "DEVICE": self.device.currentIndex(),
-                 "OUTPUT_MODEL": os.path.join(folder, "model.satseg"),
-                 "OUTPUT_LOG": os.path.join(folder, "training_log.csv"),
-                 "OUTPUT_PLOT": os.path.join(folder, "training_curves.png")}
+        train = {TRAIN.INPUT: raster.id(), TRAIN.LABELS: labels.id(),
+                 TRAIN.CLASS_FIELD: self.class_field.currentField() or None,
+                 TRAIN.AOI: aoi.id() if aoi is not None else None, TRAIN.ARCHITECTURE: self.architecture.currentIndex(),
+                 TRAIN.ENCODER: self.encoder.currentText().strip(), TRAIN.EPOCHS: self.epochs.value(),
+                 TRAIN.PATCH_SIZE: self.patch_size.value(), TRAIN.BATCH_SIZE: self.batch_size.value(),
+                 TRAIN.BATCHES_PER_EPOCH: self.batches_per_epoch.value(), TRAIN.DEVICE: self.device.currentIndex(),
+                 TRAIN.OUTPUT_MODEL: os.path.join(folder, "model.satseg"),
+                 TRAIN.OUTPUT_LOG: os.path.join(folder, "training_log.csv"),
+                 TRAIN.OUTPUT_PLOT: os.path.join(folder, "training_curves.png")}
 
         def segment(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-            return {"INPUT": raster.id(), "MODELS": [results["satseg:trainsegmentation"]["OUTPUT_MODEL"]],
-                    "MIN_AREA": float(self.min_area.value()), "DEVICE": self.device.currentIndex(),
-                    "OUTPUT_PROBABILITY": on_map(os.path.join(folder, "probability.tif"), project),
-                    "OUTPUT_MASK": on_map(os.path.join(folder, "mask.tif"), project),
-                    "OUTPUT_POLYGONS": on_map(os.path.join(folder, "polygons.gpkg"), project)}
+            return {SEGMENT.INPUT: raster.id(), SEGMENT.MODELS: [results[TRAIN.algorithm_id()][TRAIN.OUTPUT_MODEL]],
+                    SEGMENT.MIN_AREA: float(self.min_area.value()), SEGMENT.DEVICE: self.device.currentIndex(),
+                    SEGMENT.OUTPUT_PROBABILITY: on_map(os.path.join(folder, "probability.tif"), project),
+                    SEGMENT.OUTPUT_MASK: on_map(os.path.join(folder, "mask.tif"), project),
+                    SEGMENT.OUTPUT_POLYGONS: on_map(os.path.join(folder, "polygons.gpkg"), project)}
 
-        return [Step("satseg:trainsegmentation", lambda _results: train), Step("satseg:segmentraster", segment)]
+        return [Step(TRAIN.algorithm_id(), lambda _results: train), Step(SEGMENT.algorithm_id(), segment)]
 
 
 class ClusterForm(WorkflowForm):
@@ -238,18 +292,18 @@ class ClusterForm(WorkflowForm):
     """
 
     title = "Cluster"
-    algorithms = ("satseg:trainclusternet", "satseg:clusterraster")
+    algorithms = (CLUSTERNET.algorithm_id(), CLUSTER.algorithm_id())
     prefix = "clusters"
     clustersReady = pyqtSignal(object)
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
         super().__init__(host, parent)
         self.raster = _layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegClusterInput")
-        self.clusters = _spin(20, 2, 1000, name="satsegNumClusters")
-        self.rounds = _spin(10, 1, 1000, name="satsegRounds")
-        self.steps_per_round = _spin(20, 1, 100000, name="satsegStepsPerRound")
-        self.crop = _spin(128, 32, 2048, 32, "satsegCropSize")
-        self.device = _combo(DEVICES, "satsegClusterDevice")
+        self.clusters = _spin(CLUSTERNET, CLUSTERNET.NUM_CLUSTERS, 1000, name="satsegNumClusters")
+        self.rounds = _spin(CLUSTERNET, CLUSTERNET.ROUNDS, 1000, name="satsegRounds")
+        self.steps_per_round = _spin(CLUSTERNET, CLUSTERNET.STEPS_PER_ROUND, 100000, name="satsegStepsPerRound")
+        self.crop = _spin(CLUSTERNET, CLUSTERNET.PATCH_SIZE, 2048, 32, "satsegCropSize")
+        self.device = _enum_combo(CLUSTERNET, CLUSTERNET.DEVICE, "satsegClusterDevice")
         self.form.addRow(self.tr("Raster"), self.raster)
         self.form.addRow(self.tr("Clusters"), self.clusters)
         self.form.addRow(self.tr("Rounds"), self.rounds)
@@ -262,17 +316,19 @@ class ClusterForm(WorkflowForm):
         if not isinstance(raster, QgsRasterLayer):
             raise ValueError(self.tr("Choose the raster to cluster."))
         project = QgsProject.instance()
-        train = {"INPUT": [raster.id()], "NUM_CLUSTERS": self.clusters.value(), "ROUNDS": self.rounds.value(),
-                 "STEPS_PER_ROUND": self.steps_per_round.value(), "PATCH_SIZE": self.crop.value(),
-                 "DEVICE": self.device.currentIndex(), "OUTPUT_MODEL": os.path.join(folder, "clusternet.satseg"),
-                 "OUTPUT_LOG": os.path.join(folder, "clusternet_rounds.csv")}
+        train = {CLUSTERNET.INPUT: [raster.id()], CLUSTERNET.NUM_CLUSTERS: self.clusters.value(),
+                 CLUSTERNET.ROUNDS: self.rounds.value(), CLUSTERNET.STEPS_PER_ROUND: self.steps_per_round.value(),
+                 CLUSTERNET.PATCH_SIZE: self.crop.value(), CLUSTERNET.DEVICE: self.device.currentIndex(),
+                 CLUSTERNET.OUTPUT_MODEL: os.path.join(folder, "clusternet.satseg"),
+                 CLUSTERNET.OUTPUT_LOG: os.path.join(folder, "clusternet_rounds.csv")}
 
         def cluster(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-            return {"INPUT": raster.id(), "MODEL": results["satseg:trainclusternet"]["OUTPUT_MODEL"],
-                    "DEVICE": self.device.currentIndex(),
-                    "OUTPUT": on_map(os.path.join(folder, "clusters.tif"), project)}
+            model = results[CLUSTERNET.algorithm_id()][CLUSTERNET.OUTPUT_MODEL]
+            return {CLUSTER.INPUT: raster.id(), CLUSTER.MODEL: model,
+                    CLUSTER.DEVICE: self.device.currentIndex(),
+                    CLUSTER.OUTPUT: on_map(os.path.join(folder, "clusters.tif"), project)}
 
-        return [Step("satseg:trainclusternet", lambda _results: train), Step("satseg:clusterraster", cluster)]
+        return [Step(CLUSTERNET.algorithm_id(), lambda _results: train), Step(CLUSTER.algorithm_id(), cluster)]
 
     def finished(self, ok: bool, results: Dict[str, Any]) -> None:
         rasters = [layer for layer in (self.chain.layers if self.chain else []) if isinstance(layer, QgsRasterLayer)]
@@ -298,15 +354,12 @@ class TrackForm(WorkflowForm):
         self.refresh_button = QPushButton(self.tr("Refresh the list"), self)
         self.refresh_button.clicked.connect(self.refresh_frames)
         self.form.addRow("", self.refresh_button)
-        self.k = _spin(10, 2, 1000, name="satsegTrackK")
-        self.eps = QDoubleSpinBox(self)
-        self.eps.setObjectName("satsegTrackEps")
-        self.eps.setRange(0.1, 10000.0)
-        self.eps.setValue(10.0)
-        self.min_samples = _spin(50, 1, 1000000, name="satsegTrackMinSamples")
-        self.epochs = _spin(200, 1, 100000, name="satsegTrackEpochs")
-        self.centres = _spin(1000, 1, 10000000, name="satsegTrackCentres")
-        self.device = _combo(DEVICES, "satsegTrackDevice")
+        self.k = _spin(COMMUNITIES, COMMUNITIES.K, 1000, name="satsegTrackK")
+        self.eps = _spin(COMMUNITIES, COMMUNITIES.EPS, 10000.0, name="satsegTrackEps")
+        self.min_samples = _spin(COMMUNITIES, COMMUNITIES.MIN_SAMPLES, 1000000, name="satsegTrackMinSamples")
+        self.epochs = _spin(COMMUNITIES, COMMUNITIES.EPOCHS, 100000, name="satsegTrackEpochs")
+        self.centres = _spin(COMMUNITIES, COMMUNITIES.CENTRES_PER_EPOCH, 10000000, name="satsegTrackCentres")
+        self.device = _enum_combo(COMMUNITIES, COMMUNITIES.DEVICE, "satsegTrackDevice")
         self.form.addRow(self.tr("k-means clusters (K)"), self.k)
         self.form.addRow(self.tr("DBSCAN radius (px)"), self.eps)
         self.form.addRow(self.tr("DBSCAN min. samples"), self.min_samples)
@@ -342,32 +395,34 @@ class TrackForm(WorkflowForm):
                                      "times)."))
         project = QgsProject.instance()
         device = self.device.currentIndex()
-        flow = {"FRAMES": frames, "DEVICE": device, "OUTPUT_DIR": os.path.join(folder, "flow"),
-                "OUTPUT_VECTORS": on_map(os.path.join(folder, "flow_arrows.gpkg"), project)}
+        flow = {FLOW.FRAMES: frames, FLOW.DEVICE: device, FLOW.OUTPUT_DIR: os.path.join(folder, "flow"),
+                FLOW.OUTPUT_VECTORS: on_map(os.path.join(folder, "flow_arrows.gpkg"), project)}
 
         def communities(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-            return {"FRAMES": frames, "FLOWS": results["satseg:opticalflow"]["FLOWS"], "K": self.k.value(),
-                    "EPS": self.eps.value(), "MIN_SAMPLES": self.min_samples.value(), "EPOCHS": self.epochs.value(),
-                    "CENTRES_PER_EPOCH": self.centres.value(), "DEVICE": device,
-                    "OUTPUT_DIR": os.path.join(folder, "segments"),
-                    "OUTPUT_COMMUNITIES": os.path.join(folder, "communities.gpkg")}
+            return {COMMUNITIES.FRAMES: frames, COMMUNITIES.FLOWS: results[FLOW.algorithm_id()][FLOW.FLOWS],
+                    COMMUNITIES.K: self.k.value(), COMMUNITIES.EPS: self.eps.value(),
+                    COMMUNITIES.MIN_SAMPLES: self.min_samples.value(), COMMUNITIES.EPOCHS: self.epochs.value(),
+                    COMMUNITIES.CENTRES_PER_EPOCH: self.centres.value(), COMMUNITIES.DEVICE: device,
+                    COMMUNITIES.OUTPUT_DIR: os.path.join(folder, "segments"),
+                    COMMUNITIES.OUTPUT_COMMUNITIES: os.path.join(folder, "communities.gpkg")}
 
         def tracks(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-            found = results["satseg:populationclusters"]
-            return {"SEGMENTS": found["SEGMENTS"], "FLOWS": results["satseg:opticalflow"]["FLOWS"], "FRAMES": frames,
-                    "COMMUNITIES": found["OUTPUT_COMMUNITIES"], "OUTPUT_LINKS": os.path.join(folder, "links.gpkg"),
-                    "OUTPUT_TRACKS": on_map(os.path.join(folder, "tracks.gpkg"), project),
-                    "OUTPUT_COMMUNITIES": on_map(os.path.join(folder, "tracked_communities.gpkg"), project)}
+            found = results[COMMUNITIES.algorithm_id()]
+            return {TRACK.SEGMENTS: found[COMMUNITIES.SEGMENTS], TRACK.FLOWS: results[FLOW.algorithm_id()][FLOW.FLOWS],
+                    TRACK.FRAMES: frames, TRACK.COMMUNITIES: found[COMMUNITIES.OUTPUT_COMMUNITIES],
+                    TRACK.OUTPUT_LINKS: os.path.join(folder, "links.gpkg"),
+                    TRACK.OUTPUT_TRACKS: on_map(os.path.join(folder, "tracks.gpkg"), project),
+                    TRACK.OUTPUT_COMMUNITIES: on_map(os.path.join(folder, "tracked_communities.gpkg"), project)}
 
-        return [Step("satseg:opticalflow", lambda _results: flow), Step("satseg:populationclusters", communities),
-                Step("satseg:trackcommunities", tracks)]
+        return [Step(FLOW.algorithm_id(), lambda _results: flow), Step(COMMUNITIES.algorithm_id(), communities),
+                Step(TRACK.algorithm_id(), tracks)]
 
 
-#: Export choices: (label, algorithm id, extension, FORMAT value of satseg:exportvector or None)
-RASTER_EXPORTS = (("Cloud-Optimised GeoTIFF", "satseg:exportcog", ".tif", None),
-                  ("Competition RLE CSV (mask, 224 px tiles)", "satseg:exportrle", ".csv", None))
-VECTOR_EXPORTS = (("GeoPackage", "satseg:exportvector", ".gpkg", 0), ("GeoJSON", "satseg:exportvector", ".geojson", 1),
-                  ("ESRI Shapefile", "satseg:exportvector", ".shp", 2))
+#: Export choices: (label, algorithm, extension, FORMAT value of exportvector or None)
+RASTER_EXPORTS = (("Cloud-Optimised GeoTIFF", ExportCogAlgorithm, ".tif", None),
+                  ("Competition RLE CSV (mask, 224 px tiles)", ExportRleAlgorithm, ".csv", None))
+VECTOR_EXPORTS = tuple((label, ExportVectorAlgorithm, extension, index)
+                       for index, (label, _driver, extension) in enumerate(VECTOR_FORMATS))
 
 
 class ExportForm(WorkflowForm):
@@ -376,7 +431,8 @@ class ExportForm(WorkflowForm):
     results folder; its path is shown when done."""
 
     title = "Export"
-    algorithms = ("satseg:exportcog", "satseg:exportvector", "satseg:exportrle")
+    algorithms = (ExportCogAlgorithm.algorithm_id(), ExportVectorAlgorithm.algorithm_id(),
+                  ExportRleAlgorithm.algorithm_id())
     prefix = "export"
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
@@ -389,6 +445,7 @@ class ExportForm(WorkflowForm):
         self.advanced.setVisible(False)
         self.run_button.setText(self.tr("Export"))
         self.written = ""
+        self.output_key = ExportCogAlgorithm.OUTPUT
         self.layer.layerChanged.connect(self._layer_changed)
         self._layer_changed(self.layer.currentLayer())
 
@@ -408,16 +465,17 @@ class ExportForm(WorkflowForm):
         if layer is None or not choices:
             raise ValueError(self.tr("Choose a layer to export."))
         _label, algorithm, extension, fmt = choices[max(self.format.currentIndex(), 0)]
+        self.output_key = algorithm.OUTPUT
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in layer.name()) or "layer"
-        params: Dict[str, Any] = {"INPUT": layer, "OUTPUT": os.path.join(folder, name + extension)}
+        params: Dict[str, Any] = {algorithm.INPUT: layer, algorithm.OUTPUT: os.path.join(folder, name + extension)}
         if fmt is not None:
-            params["FORMAT"] = fmt
-        return [Step(algorithm, lambda _results: params)]
+            params[ExportVectorAlgorithm.FORMAT] = fmt
+        return [Step(algorithm.algorithm_id(), lambda _results: params)]
 
     def finished(self, ok: bool, results: Dict[str, Any]) -> None:
         if ok:
             outputs = next(iter(results.values()), {}) if results else {}
-            self.written = outputs.get("OUTPUT", "")
+            self.written = outputs.get(self.output_key, "")
             self.host.message(self.tr("Exported to {}").format(self.written), Qgis.Success)
 
 

@@ -14,7 +14,10 @@ from satseg_plugin.core.errors import InputError
 from satseg_plugin.models import registry
 from satseg_plugin.models.registry import (
     ARCHITECTURE_NAMES,
+    ARCHITECTURES,
+    ENCODER_CHOICES,
     UnknownNameError,
+    architecture_labels,
     architecture_names,
     build_model,
     encoder_names,
@@ -46,18 +49,33 @@ def five_band_models():
     return {arch: build_model(arch, "resnet18", in_channels=5).eval() for arch in ARCHITECTURE_NAMES}
 
 
-def test_architecture_names_and_registry():
-    assert architecture_names() == ["unet", "pspnet", "deeplabv3plus"]
+def test_architecture_names_and_registry(five_band_models):
+    """One ordered table: name -> label; each name builds its smp class through ``smp.create_model``."""
+    assert architecture_names() == ["unet", "pspnet", "deeplabv3plus"] == list(ARCHITECTURE_NAMES)
+    assert ARCHITECTURES == {"unet": "U-Net", "pspnet": "PSPNet", "deeplabv3plus": "DeepLabV3+"}
+    assert architecture_labels() == ["U-Net", "PSPNet", "DeepLabV3+"]
     import segmentation_models_pytorch as smp
 
-    assert registry.ARCHITECTURES == {"unet": smp.Unet, "pspnet": smp.PSPNet, "deeplabv3plus": smp.DeepLabV3Plus}
+    built = {arch: type(model) for arch, model in five_band_models.items()}
+    assert built == {"unet": smp.Unet, "pspnet": smp.PSPNet, "deeplabv3plus": smp.DeepLabV3Plus}
+
+
+def test_module_exports_exist():
+    """Every name in ``__all__`` is defined (no lazily resolved names that tools cannot see)."""
+    assert [name for name in registry.__all__ if not hasattr(registry, name)] == []
+
+
+def test_encoder_choices_are_smp_encoders():
+    assert len(set(ENCODER_CHOICES)) == len(ENCODER_CHOICES) and set(ENCODER_CHOICES) <= set(encoder_names())
+    assert all(resolve_encoder(name) == name for name in ENCODER_CHOICES)
 
 
 def test_names_need_no_torch():
     """A dialog can list the architectures without importing torch or smp."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from satseg_plugin.models.registry import architecture_names, resolve_architecture\n"
+            "from satseg_plugin.models.registry import ENCODER_CHOICES, architecture_names, resolve_architecture\n"
             "assert resolve_architecture('U-Net') == 'unet' and len(architecture_names()) == 3\n"
+            "assert 'resnet34' in ENCODER_CHOICES\n"
             "print('torch' in sys.modules, 'segmentation_models_pytorch' in sys.modules)\n") % ROOT
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

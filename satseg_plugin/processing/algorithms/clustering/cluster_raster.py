@@ -21,9 +21,13 @@ from qgis.core import (
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
+from ...parameters import config_defaults
 from ...styling import apply_palette_on_load
 
 __all__ = ["ClusterRasterAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.clustering.pixel.cluster_map.ClusterMapConfig"
 
 
 class ClusterRasterAlgorithm(SatSegAlgorithm):
@@ -65,19 +69,19 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
             "Next step: 'Clusters to classes' names the clusters.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("ClusterNet model file (.satseg)"),
                                                      extension="satseg"))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only inside these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.add_advanced_parameter(number(self.TILE_SIZE, self.tr("Tile size (pixels)"), number.Integer, 512,
-                                           minValue=32))
+        self.add_advanced_parameter(number(self.TILE_SIZE, self.tr("Tile size (pixels)"), number.Integer,
+                                           default["tile_size"], minValue=32))
         self.add_advanced_parameter(number(self.OVERLAP, self.tr("Tile overlap (pixels, empty = a quarter tile)"),
                                            number.Integer, optional=True, minValue=0))
-        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer, 4,
-                                           minValue=1))
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer,
+                                           default["batch_size"], minValue=1))
         self.add_advanced_parameter(number(self.MIN_AREA, self.tr("Minimum polygon area (m²)"), number.Double, 0.0,
                                            minValue=0.0))
         self.add_device_parameter()

@@ -21,10 +21,13 @@ from qgis.core import (
 
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
-from ...parameters import parse_classes
+from ...parameters import config_defaults, parse_classes
 from ...scene_inputs import attribute_column, index_features, patch_paths
 
 __all__ = ["DeepClusterAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.clustering.scene.deepcluster.DeepClusterConfig"
 
 
 class DeepClusterAlgorithm(SatSegAlgorithm):
@@ -77,29 +80,34 @@ class DeepClusterAlgorithm(SatSegAlgorithm):
             "group (the peak) and the features file 'Extract clusters' reads.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterFeatureSource(self.PATCH_INDEX, self.tr("Patch index with groups"),
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.GROUP_FIELD, self.tr("Group field"), "pred_class",
                                                       self.PATCH_INDEX, optional=True))
         self.addParameter(QgsProcessingParameterFile(self.MODEL, self.tr("Scene model (from 'Train scene "
                                                                          "classifier')"), extension="satseg"))
-        self.addParameter(number(self.K_MIN, self.tr("Smallest k"), number.Integer, 2, minValue=2))
-        self.addParameter(number(self.K_MAX, self.tr("Largest k"), number.Integer, 20, minValue=2))
-        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
+        self.addParameter(number(self.K_MIN, self.tr("Smallest k"), number.Integer, default["k_min"], minValue=2))
+        self.addParameter(number(self.K_MAX, self.tr("Largest k"), number.Integer, default["k_max"], minValue=2))
+        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
         self.add_advanced_parameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Field with patch file "
                                                                                          "paths"), "path",
                                                                 self.PATCH_INDEX, optional=True))
         self.add_advanced_parameter(QgsProcessingParameterString(self.GROUPS, self.tr("Groups to cluster"),
                                                                  "urban,rural"))
-        self.add_advanced_parameter(number(self.K, self.tr("DeepCluster k"), number.Integer, 50, minValue=2))
-        self.add_advanced_parameter(number(self.EPOCHS, self.tr("DeepCluster epochs"), number.Integer, 5,
+        self.add_advanced_parameter(number(self.K, self.tr("DeepCluster k"), number.Integer, default["k"],
+                                           minValue=2))
+        self.add_advanced_parameter(number(self.EPOCHS, self.tr("DeepCluster epochs"), number.Integer,
+                                           default["epochs"],
                                            minValue=0))
-        self.add_advanced_parameter(number(self.PCA_DIM, self.tr("PCA dimensions"), number.Integer, 256, minValue=2))
+        self.add_advanced_parameter(number(self.PCA_DIM, self.tr("PCA dimensions"), number.Integer,
+                                           default["pca_dim"], minValue=2))
         self.add_advanced_parameter(number(self.SAMPLE, self.tr("Silhouette sample (0 = every patch)"),
                                            number.Integer, 0, minValue=0))
-        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 32, minValue=1))
-        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-3,
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer,
+                                           default["batch_size"], minValue=1))
+        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double,
+                                           default["learning_rate"],
                                            minValue=0))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_FEATURES, self.tr("Features file"),

@@ -25,10 +25,14 @@ from qgis.PyQt.QtCore import QVariant
 
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
+from ...parameters import config_defaults
 from ...scene_inputs import fraction_classes, index_features, patch_paths, soft_label_matrix
 from ...styling import apply_annotation_style_on_load
 
 __all__ = ["PretrainSceneAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.clustering.scene.train.SceneTrainConfig"
 
 
 class PretrainSceneAlgorithm(SatSegAlgorithm):
@@ -76,26 +80,33 @@ class PretrainSceneAlgorithm(SatSegAlgorithm):
             "Outputs: the model file and a copy of the index with pred_class and prob_<class> for every patch.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterFeatureSource(self.PATCH_INDEX, self.tr("Labelled patch index"),
                                                               [QgsProcessing.TypeVectorPolygon]))
         self.addParameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Field with patch file paths"), "path",
                                                       self.PATCH_INDEX, optional=True))
-        self.addParameter(number(self.EPOCHS, self.tr("Epochs"), number.Integer, 30, minValue=1))
-        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
-        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 32, minValue=1))
-        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-3,
+        self.addParameter(number(self.EPOCHS, self.tr("Epochs"), number.Integer, default["epochs"], minValue=1))
+        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer,
+                                           default["batch_size"], minValue=1))
+        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double,
+                                           default["learning_rate"],
                                            minValue=0))
-        self.add_advanced_parameter(number(self.EMA_DECAY, self.tr("Teacher EMA decay"), number.Double, 0.999,
+        self.add_advanced_parameter(number(self.EMA_DECAY, self.tr("Teacher EMA decay"), number.Double,
+                                           default["ema_decay"],
                                            minValue=0, maxValue=1))
-        self.add_advanced_parameter(number(self.CONSISTENCY, self.tr("Consistency weight"), number.Double, 12.5,
+        self.add_advanced_parameter(number(self.CONSISTENCY, self.tr("Consistency weight"), number.Double,
+                                           default["consistency_weight"],
                                            minValue=0))
-        self.add_advanced_parameter(number(self.RAMPUP, self.tr("Consistency ramp-up (epochs)"), number.Integer, 20,
+        self.add_advanced_parameter(number(self.RAMPUP, self.tr("Consistency ramp-up (epochs)"), number.Integer,
+                                           default["rampup_epochs"],
                                            minValue=0))
         self.add_advanced_parameter(number(self.VAL_FRACTION, self.tr("Held-out share of labelled patches"),
-                                           number.Double, 0.2, minValue=0.0, maxValue=0.9))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.LOOKAHEAD, self.tr("Lookahead"), True))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment"), True))
+                                           number.Double, default["val_fraction"], minValue=0.0, maxValue=0.9))
+        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.LOOKAHEAD, self.tr("Lookahead"),
+                                                                  default["lookahead"]))
+        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment"),
+                                                                  default["augment"]))
         self.add_advanced_parameter(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr(
             "Start from a SatSeg scene model"), extension="satseg", optional=True))
         self.add_device_parameter()

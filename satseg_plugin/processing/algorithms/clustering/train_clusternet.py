@@ -10,7 +10,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFileDestination,
@@ -19,13 +18,16 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ....models.registry import ARCHITECTURE_NAMES
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path
+from ...parameters import architecture_parameter, config_defaults, encoder_parameter
 
 __all__ = ["TrainClusterNetAlgorithm"]
 
-ARCHITECTURES = ("unet", "deeplabv3plus", "pspnet")
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.clustering.pixel.train.ClusterNetConfig"
 
 
 def parse_bands(text: str, parameter: str) -> List[int]:
@@ -96,7 +98,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
             "'Cluster raster' applies it.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterMultipleLayers(self.INPUT, self.tr("Input raster(s)"),
                                                                QgsProcessing.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.PATCH_INDEX, self.tr("Or a patch index layer"),
@@ -105,36 +107,35 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
                                                       "path", self.PATCH_INDEX, optional=True))
         self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands, e.g. 1,2,3 (empty = all)"),
                                                        optional=True))
-        self.addParameter(number(self.NUM_CLUSTERS, self.tr("Number of clusters"), number.Integer, 20, minValue=2))
-        self.addParameter(number(self.FEATURE_DIM, self.tr("Learned feature channels"), number.Integer, 32,
-                                 minValue=2))
-        self.addParameter(number(self.ROUNDS, self.tr("Rounds (k-means + training)"), number.Integer, 10, minValue=1))
-        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
-        self.add_advanced_parameter(QgsProcessingParameterEnum(self.ARCHITECTURE, self.tr("Architecture"),
-                                                               options=["U-Net", "DeepLabV3+", "PSPNet"],
-                                                               defaultValue=0))
-        self.add_advanced_parameter(QgsProcessingParameterString(self.ENCODER, self.tr("Encoder"),
-                                                                 defaultValue="resnet18"))
+        self.addParameter(number(self.NUM_CLUSTERS, self.tr("Number of clusters"), number.Integer,
+                                 default["num_clusters"], minValue=2))
+        self.addParameter(number(self.FEATURE_DIM, self.tr("Learned feature channels"), number.Integer,
+                                 default["feature_dim"], minValue=2))
+        self.addParameter(number(self.ROUNDS, self.tr("Rounds (k-means + training)"), number.Integer,
+                                 default["rounds"], minValue=1))
+        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
+        self.add_advanced_parameter(architecture_parameter(self.ARCHITECTURE, self.tr("Architecture"),
+                                                           default["architecture"]))
+        self.add_advanced_parameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
         self.add_advanced_parameter(number(self.STEPS_PER_ROUND, self.tr("Training batches per round"),
-                                           number.Integer, 20, minValue=1))
-        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 8, minValue=1))
-        self.add_advanced_parameter(number(self.PATCH_SIZE, self.tr("Crop size (pixels)"), number.Integer, 128,
-                                           minValue=32))
-        self.add_advanced_parameter(number(self.CROPS_PER_ROUND, self.tr("Crops per round"), number.Integer, 48,
-                                           minValue=1))
+                                           number.Integer, default["steps_per_round"], minValue=1))
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer,
+                                           default["batch_size"], minValue=1))
+        self.add_advanced_parameter(number(self.PATCH_SIZE, self.tr("Crop size (pixels)"), number.Integer,
+                                           default["patch_size"], minValue=32))
+        self.add_advanced_parameter(number(self.CROPS_PER_ROUND, self.tr("Crops per round"), number.Integer,
+                                           default["crops_per_round"], minValue=1))
         self.add_advanced_parameter(number(self.SAMPLE_PIXELS, self.tr("Pixels sampled for k-means"),
-                                           number.Integer, 100000, minValue=2))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.WHITEN, self.tr("PCA-whiten features"), False))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.NORMALIZE, self.tr("L2-normalise features"),
-                                                                  True))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.BALANCE, self.tr("Balance cluster sizes in "
-                                                                                        "the loss"), True))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.BOOTSTRAP, self.tr(
-            "First round from k-means on the bands"), True))
+                                           number.Integer, default["sample_pixels"], minValue=2))
+        for key, label, field in ((self.WHITEN, "PCA-whiten features", "whiten"),
+                                  (self.NORMALIZE, "L2-normalise features", "normalize"),
+                                  (self.BALANCE, "Balance cluster sizes in the loss", "balance"),
+                                  (self.BOOTSTRAP, "First round from k-means on the bands", "bootstrap")):
+            self.add_advanced_parameter(QgsProcessingParameterBoolean(key, self.tr(label), default[field]))
         self.add_advanced_parameter(number(self.BAND_SHARE, self.tr("Share of the features given to the bands"),
-                                           number.Double, 0.8, minValue=0.0, maxValue=0.99))
-        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-4,
-                                           minValue=0))
+                                           number.Double, default["band_share"], minValue=0.0, maxValue=0.99))
+        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double,
+                                           default["learning_rate"], minValue=0))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
                                                                 self.tr("SatSeg model (*.satseg)")))
@@ -168,8 +169,8 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
         num, flag = self.parameterAsInt, self.parameterAsBoolean
         bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context), self.BANDS)
         config = ClusterNetConfig(
-            architecture=ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
-            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or "resnet18",
+            architecture=ARCHITECTURE_NAMES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
+            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or ClusterNetConfig.encoder,
             bands=tuple(bands) or None, feature_dim=num(parameters, self.FEATURE_DIM, context),
             num_clusters=num(parameters, self.NUM_CLUSTERS, context), rounds=num(parameters, self.ROUNDS, context),
             steps_per_round=num(parameters, self.STEPS_PER_ROUND, context),

@@ -32,9 +32,13 @@ from ....core.grid import EDGE_MODES
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely
+from ...parameters import config_defaults
 from ...styling import apply_style_on_load
 
 __all__ = ["PatchRasterAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.patching.patches.PatchConfig"
 
 
 class PatchRasterAlgorithm(SatSegAlgorithm):
@@ -88,13 +92,15 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
             "canceled run leaves the previous output as it was.")
 
     def initAlgorithm(self, config=None):
+        default = config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all, order kept)"),
                                                      parentLayerParameterName=self.INPUT, optional=True,
                                                      allowMultiple=True))
-        for key, label in ((self.PATCH_WIDTH, "Patch width (pixels)"), (self.PATCH_HEIGHT, "Patch height (pixels)")):
+        for key, label, field in ((self.PATCH_WIDTH, "Patch width (pixels)", "patch_width"),
+                                  (self.PATCH_HEIGHT, "Patch height (pixels)", "patch_height")):
             self.addParameter(QgsProcessingParameterNumber(key, self.tr(label), QgsProcessingParameterNumber.Integer,
-                                                           defaultValue=512, minValue=1))
+                                                           defaultValue=default[field], minValue=1))
         for key, label in ((self.STRIDE_X, "Horizontal stride (pixels, empty = patch width)"),
                            (self.STRIDE_Y, "Vertical stride (pixels, empty = patch height)")):
             self.addParameter(QgsProcessingParameterNumber(key, self.tr(label), QgsProcessingParameterNumber.Integer,
@@ -102,21 +108,23 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterEnum(self.EDGE, self.tr("Edge handling"),
                                                      options=[self.tr("shift (cover the edge, default)"),
                                                               self.tr("pad with nodata"), self.tr("drop")],
-                                                     defaultValue=0))
+                                                     defaultValue=EDGE_MODES.index(default["edge"])))
         self.addParameter(QgsProcessingParameterNumber(self.MAX_NODATA_FRACTION, self.tr("Maximum nodata fraction"),
-                                                       QgsProcessingParameterNumber.Double, defaultValue=0.01,
+                                                       QgsProcessingParameterNumber.Double,
+                                                       defaultValue=default["max_nodata_fraction"],
                                                        minValue=0.0, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(self.SAMPLE_COUNT, self.tr("Sample count (0 = all patches)"),
-                                                       QgsProcessingParameterNumber.Integer, defaultValue=0,
-                                                       minValue=0))
+                                                       QgsProcessingParameterNumber.Integer,
+                                                       defaultValue=default["sample_count"], minValue=0))
         self.add_advanced_parameter(QgsProcessingParameterNumber(self.SEED, self.tr("Random seed of the sample"),
-                                                                 QgsProcessingParameterNumber.Integer, defaultValue=0))
+                                                                 QgsProcessingParameterNumber.Integer,
+                                                                 defaultValue=default["seed"]))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only patch this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only patches touching these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE,
                                                         self.tr("Overwrite an earlier SatSeg patch folder"),
-                                                        defaultValue=False))
+                                                        defaultValue=default["overwrite"]))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, self.tr("Patch folder")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_INDEX, self.tr("Patch index"),
                                                             QgsProcessing.TypeVectorPolygon))

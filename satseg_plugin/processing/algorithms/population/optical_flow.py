@@ -19,9 +19,13 @@ from qgis.core import (
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
+from ...parameters import config_defaults
 from ...styling import apply_style_on_load
 
 __all__ = ["OpticalFlowAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.population.flow.FlowConfig"
 
 #: Fields of the flow-arrow layer.
 VECTOR_FIELDS = (("pair", "int"), ("from_frame", "str"), ("to_frame", "str"), ("u_px", "float"), ("v_px", "float"),
@@ -71,13 +75,15 @@ class OpticalFlowAlgorithm(SatSegAlgorithm):
             "clockwise from north), styled as arrows.\n\nNext step: 'Population communities'.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FRAMES, self.tr("Population frames, in time order"),
                                                                QgsProcessing.TypeRaster))
-        self.addParameter(number(self.ALPHA, self.tr("Smoothness (alpha)"), number.Double, 10.0, minValue=1e-6))
-        self.addParameter(number(self.ITERATIONS, self.tr("Maximum iterations"), number.Integer, 500, minValue=1))
+        self.addParameter(number(self.ALPHA, self.tr("Smoothness (alpha)"), number.Double, default["alpha"],
+                                 minValue=1e-6))
+        self.addParameter(number(self.ITERATIONS, self.tr("Maximum iterations"), number.Integer, default["iterations"],
+                                 minValue=1))
         self.addParameter(number(self.TOLERANCE, self.tr("Convergence tolerance (pixels per iteration)"),
-                                 number.Double, 1e-3, minValue=0.0))
+                                 number.Double, default["tolerance"], minValue=0.0))
         self.addParameter(number(self.PYRAMID_LEVELS, self.tr("Pyramid levels (1 = none)"), number.Integer, 3,
                                  minValue=1, maxValue=10))
         self.addParameter(number(self.VECTOR_STEP, self.tr("Arrow spacing (pixels)"), number.Integer, 10, minValue=1))

@@ -20,10 +20,13 @@ from qgis.core import (
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
-from ...parameters import COMMUNITY_FIELDS
+from ...parameters import COMMUNITY_FIELDS, config_defaults
 from ...styling import apply_style_on_load, load_raster_on_completion
 
 __all__ = ["PopulationClustersAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.population.communities.CommunityConfig"
 
 
 class PopulationClustersAlgorithm(SatSegAlgorithm):
@@ -80,29 +83,32 @@ class PopulationClustersAlgorithm(SatSegAlgorithm):
             "REPORT_K the inertia and silhouette for K_MIN..K_MAX).\n\nNext step: 'Track communities'.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FRAMES, self.tr("Population frames, in time order"),
                                                                QgsProcessing.TypeRaster))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.FLOWS, self.tr("Flow rasters, in time order"),
                                                                QgsProcessing.TypeRaster))
-        self.addParameter(number(self.K, self.tr("k-means clusters (K)"), number.Integer, 10, minValue=2))
-        self.addParameter(number(self.EPS, self.tr("DBSCAN radius (pixels)"), number.Double, 10.0, minValue=0.1))
-        self.addParameter(number(self.MIN_SAMPLES, self.tr("DBSCAN minimum samples"), number.Integer, 50,
-                                 minValue=1))
+        self.addParameter(number(self.K, self.tr("k-means clusters (K)"), number.Integer, default["k"], minValue=2))
+        self.addParameter(number(self.EPS, self.tr("DBSCAN radius (pixels)"), number.Double, default["eps"],
+                                 minValue=0.1))
+        self.addParameter(number(self.MIN_SAMPLES, self.tr("DBSCAN minimum samples"), number.Integer,
+                                 default["min_samples"], minValue=1))
         self.addParameter(QgsProcessingParameterBoolean(self.REPORT_K, self.tr("Report inertia and silhouette for "
                                                                                 "K_MIN..K_MAX"), False))
-        self.add_advanced_parameter(number(self.K_MIN, self.tr("K_MIN"), number.Integer, 2, minValue=2))
-        self.add_advanced_parameter(number(self.K_MAX, self.tr("K_MAX"), number.Integer, 15, minValue=2))
-        self.add_advanced_parameter(number(self.WINDOW, self.tr("Window (pixels, odd)"), number.Integer, 7,
-                                           minValue=3))
-        self.add_advanced_parameter(number(self.LATENT, self.tr("Code length"), number.Integer, 16, minValue=1))
-        self.add_advanced_parameter(number(self.EPOCHS, self.tr("Autoencoder epochs"), number.Integer, 200,
+        self.add_advanced_parameter(number(self.K_MIN, self.tr("K_MIN"), number.Integer, default["k_min"], minValue=2))
+        self.add_advanced_parameter(number(self.K_MAX, self.tr("K_MAX"), number.Integer, default["k_max"], minValue=2))
+        self.add_advanced_parameter(number(self.WINDOW, self.tr("Window (pixels, odd)"), number.Integer,
+                                           default["window"], minValue=3))
+        self.add_advanced_parameter(number(self.LATENT, self.tr("Code length"), number.Integer, default["latent"],
                                            minValue=1))
+        self.add_advanced_parameter(number(self.EPOCHS, self.tr("Autoencoder epochs"), number.Integer,
+                                           default["epochs"], minValue=1))
         self.add_advanced_parameter(number(self.CENTRES_PER_EPOCH, self.tr("Window centres per epoch"),
-                                           number.Integer, 1000, minValue=1))
+                                           number.Integer, default["centres_per_epoch"], minValue=1))
         self.add_advanced_parameter(number(self.POP_MIN, self.tr("Only pixels with population above"),
-                                           number.Double, 0.0, minValue=0.0))
-        self.add_advanced_parameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0, minValue=0))
+                                           number.Double, default["pop_min"], minValue=0.0))
+        self.add_advanced_parameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"],
+                                           minValue=0))
         self.add_advanced_parameter(number(self.BAND, self.tr("Band"), number.Integer, 1, minValue=1))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Replace an earlier SatSeg output "

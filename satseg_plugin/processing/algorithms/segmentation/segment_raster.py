@@ -23,9 +23,14 @@ from qgis.core import (
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
+from ...parameters import config_defaults
 from ...styling import apply_style_on_load
 
 __all__ = ["SegmentRasterAlgorithm"]
+
+#: The engine's settings class, whose field defaults are the parameters' defaults (TILE_SIZE keeps 512:
+#: the engine's 0 means "512, rounded up to what the models need", which a Processing minimum of 32 cannot show).
+CONFIG = "pipelines.segmentation.segment.InferenceConfig"
 
 
 class SegmentRasterAlgorithm(SatSegAlgorithm):
@@ -75,7 +80,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
             "The threshold defaults to the models' own. Flip TTA averages 4 flipped predictions (4x slower).")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model file(s) (.satseg)"),
@@ -87,7 +92,8 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.TILE_SIZE, self.tr("Tile size (pixels)"), number.Integer, 512, minValue=32))
         self.addParameter(number(self.OVERLAP, self.tr("Tile overlap (pixels, empty = a quarter tile)"),
                                  number.Integer, optional=True, minValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(self.TTA, self.tr("Flip test-time augmentation"), False))
+        self.addParameter(QgsProcessingParameterBoolean(self.TTA, self.tr("Flip test-time augmentation"),
+                                                        default["tta"]))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only inside these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -95,7 +101,8 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
                                  minValue=0.0))
         self.addParameter(number(self.SIMPLIFY, self.tr("Simplify tolerance (map units, 0 = none)"), number.Double,
                                  0.0, minValue=0.0))
-        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer, 8, minValue=1))
+        self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer,
+                                           default["batch_size"], minValue=1))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Probability")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Mask")))

@@ -11,23 +11,24 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
 )
 
+from ....models.registry import ARCHITECTURE_NAMES
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_labels, source_to_shapely
+from ...parameters import architecture_parameter, config_defaults, encoder_parameter
 
 __all__ = ["TrainSegmentationAlgorithm"]
 
-ARCHITECTURES = ("unet", "pspnet", "deeplabv3plus")
+#: The engine's settings class, whose field defaults are the parameters' defaults.
+CONFIG = "pipelines.segmentation.train.TrainConfig"
 
 
 class TrainSegmentationAlgorithm(SatSegAlgorithm):
@@ -93,7 +94,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
             "metadata segmentation needs. Cancel keeps the best model so far once an epoch has finished.")
 
     def initAlgorithm(self, config=None):
-        number = QgsProcessingParameterNumber
+        number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all)"), None, self.INPUT,
                                                      optional=True, allowMultiple=True))
@@ -103,26 +104,36 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
                                                       parentLayerParameterName=self.LABELS, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.AOI, self.tr("Area where labels are complete"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterEnum(self.ARCHITECTURE, self.tr("Architecture"),
-                                                     options=["U-Net", "PSPNet", "DeepLabV3+"], defaultValue=0))
-        self.addParameter(QgsProcessingParameterString(self.ENCODER, self.tr("Encoder"), defaultValue="resnet34"))
-        self.addParameter(number(self.PATCH_SIZE, self.tr("Patch size (pixels)"), number.Integer, 224, minValue=32))
-        self.addParameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 32, minValue=1))
-        self.addParameter(number(self.EPOCHS, self.tr("Maximum epochs"), number.Integer, 100, minValue=1))
-        self.addParameter(number(self.PATIENCE, self.tr("Early-stopping patience (epochs)"), number.Integer, 5,
+        self.addParameter(architecture_parameter(self.ARCHITECTURE, self.tr("Architecture"),
+                                                 default["architecture"]))
+        self.addParameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
+        self.addParameter(number(self.PATCH_SIZE, self.tr("Patch size (pixels)"), number.Integer,
+                                 default["patch_size"], minValue=32))
+        self.addParameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, default["batch_size"],
                                  minValue=1))
-        self.addParameter(number(self.VAL_FRACTION, self.tr("Validation share of the raster"), number.Double, 0.2,
-                                 minValue=0.01, maxValue=0.9))
-        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, 0))
-        self.add_advanced_parameter(number(self.BATCHES_PER_EPOCH, self.tr("Batches per epoch (0 = about two passes)"), number.Integer,
-                        0, minValue=0))
-        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double, 1e-3, minValue=0))
-        self.add_advanced_parameter(number(self.WEIGHT_DECAY, self.tr("Weight decay"), number.Double, 1e-3, minValue=0))
-        self.add_advanced_parameter(number(self.STEP_SIZE, self.tr("Learning-rate step (epochs)"), number.Integer, 10, minValue=1))
-        self.add_advanced_parameter(number(self.GAMMA, self.tr("Learning-rate factor per step"), number.Double, 0.1, minValue=0))
-        self.add_advanced_parameter(number(self.POSITIVE_PROB, self.tr("Probability of a crop around a labelled object"),
-                        number.Double, 0.7, minValue=0, maxValue=1))
-        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment (flips, rotation, colour)"), True))
+        self.addParameter(number(self.EPOCHS, self.tr("Maximum epochs"), number.Integer, default["epochs"],
+                                 minValue=1))
+        self.addParameter(number(self.PATIENCE, self.tr("Early-stopping patience (epochs)"), number.Integer,
+                                 default["patience"], minValue=1))
+        self.addParameter(number(self.VAL_FRACTION, self.tr("Validation share of the raster"), number.Double,
+                                 default["val_fraction"], minValue=0.01, maxValue=0.9))
+        self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
+        self.add_advanced_parameter(number(self.BATCHES_PER_EPOCH, self.tr("Batches per epoch (0 = about two passes)"),
+                                           number.Integer, default["batches_per_epoch"], minValue=0))
+        self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double,
+                                           default["learning_rate"], minValue=0))
+        self.add_advanced_parameter(number(self.WEIGHT_DECAY, self.tr("Weight decay"), number.Double,
+                                           default["weight_decay"], minValue=0))
+        self.add_advanced_parameter(number(self.STEP_SIZE, self.tr("Learning-rate step (epochs)"), number.Integer,
+                                           default["step_size"], minValue=1))
+        self.add_advanced_parameter(number(self.GAMMA, self.tr("Learning-rate factor per step"), number.Double,
+                                           default["gamma"], minValue=0))
+        self.add_advanced_parameter(number(self.POSITIVE_PROB, self.tr("Probability of a crop around a labelled "
+                                                                       "object"),
+                                           number.Double, default["positive_prob"], minValue=0, maxValue=1))
+        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.AUGMENT, self.tr("Augment (flips, rotation, "
+                                                                                        "colour)"),
+                                                                  default["augment"]))
         self.add_advanced_parameter(number(self.THRESHOLD, self.tr("Probability threshold stored with the model "
                                                                    "(empty = best on the validation blocks)"),
                                            number.Double, optional=True, minValue=0.01, maxValue=0.99))
@@ -157,8 +168,8 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         labels = LabelSet(geoms, classes, names or ["building"], aoi)
         num = self.parameterAsInt
         config = TrainConfig(
-            architecture=ARCHITECTURES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
-            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or "resnet34",
+            architecture=ARCHITECTURE_NAMES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
+            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or TrainConfig.encoder,
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
             patch_size=num(parameters, self.PATCH_SIZE, context), batch_size=num(parameters, self.BATCH_SIZE, context),
             epochs=num(parameters, self.EPOCHS, context),

@@ -7,7 +7,7 @@ from affine import Affine
 from satseg_plugin.core.errors import CanceledError, InputError
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.pipelines.population import frames as frames_module
-from satseg_plugin.pipelines.population.frames import FrameSeries, load_frames, same_grid
+from satseg_plugin.pipelines.population.frames import FrameSeries, load_frames
 
 GRID = Affine(1000.0, 0.0, 4_000_000.0, 0.0, -1000.0, 3_300_000.0)
 CRS = "EPSG:3035"
@@ -176,10 +176,3 @@ def test_same_names_are_made_unique(make_raster, tmp_path):
     first = make_raster(a, "pop.tif", transform=GRID, crs=CRS)
     second = make_raster(a, "x/pop.tif", transform=GRID, crs=CRS)
     assert load_frames([first, second]).names == ["pop", "pop_2"]
-
-
-def test_same_grid_tolerates_float_noise_only():
-    noisy = Affine(GRID.a, 0.0, GRID.c + 1e-6, 0.0, GRID.e, GRID.f)
-    assert same_grid(GRID, (4, 5), noisy, (4, 5))
-    assert not same_grid(GRID, (4, 5), noisy, (4, 6))
-    assert not same_grid(GRID, (4, 5), Affine(GRID.a, 0.0, GRID.c + 1.0, 0.0, GRID.e, GRID.f), (4, 5))
