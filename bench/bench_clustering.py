@@ -16,7 +16,7 @@
       model, so no splits) run alongside.
 2. Throughput and memory of ``cluster_raster`` in child processes, with a tiny ClusterNet (the encoder and
    decoder of ``bench_segmentation.py``'s tiny U-Net, random weights, centroids from k-means on its features)
-   on the cached synthetic rasters of ``bench_patching.py`` (2048, 10240 and, when its estimated time allows,
+   on the cached synthetic rasters of ``sources.py`` (2048, 10240 and, when its estimated time allows,
    20480 px), tile 512, batch 4: Mpx/s and peak RSS, against a child that only imports the libraries; the
    verdict compares the runs whose GDAL block cache reached its cap.
 3. Seams, on the 2048 px scene with the trained ClusterNet: the share of adjacent pixel pairs with different
@@ -48,36 +48,43 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from harness import (
+    DEFAULT_OUT,
+    REPO_ROOT,
+    THREAD_VARS,
+    CachePoller,
+    Measurement,
+    add_common_args,
+    machine_info,
+    new_parser,
+    parallel_probe,
+    run_json_child,
+    write_section,
+)
+from sources import (  # the tiny memory-run model is the tiny U-Net of bench_segmentation
+    ORIGIN,
+    PIXEL_SIZE,
+    PLATEAU_LIMIT_MIB,
+    SEAM_LIMIT,
+    TINY_ENCODER,
+    TINY_KWARGS,
+    ensure_scene,
+    ensure_source,
+    warm_cache,
+)
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, BENCH_DIR)
-
-import bench_patching as patching  # source rasters, measured children, machine description
-import bench_segmentation as segbench  # scene cache, tiny model settings, GDAL cache poller
-from results_md import write_section
-
-DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
 #: Bump when the recipe of a cached model changes.
 MODEL_VERSION = 1
-#: The tiny memory-run ClusterNet: the tiny U-Net of bench_segmentation (same encoder and decoder widths).
-TINY_ENCODER = segbench.TINY_ENCODER
-TINY_KWARGS = dict(segbench.TINY_KWARGS)
 #: evaluate_clusters' default keep threshold (also the Processing tool's default).
 KEEP_THRESHOLD = 0.4
 #: "Enough annotations": class-raster Dice within this of the best reachable Dice.
 DICE_SLACK = 0.05
-#: Seam verdict: id changes on core-border (and ramp) lines at most this times the flanking lines', over the
-#: same ratio of the tile-free control raster, counts as seamless (as for segmentation).
-SEAM_LIMIT = segbench.SEAM_LIMIT
+# Seam verdict (SEAM_LIMIT, as for segmentation): id changes on core-border (and ramp) lines at most this times
+# the flanking lines', over the same ratio of the tile-free control raster, counts as seamless.
 #: Lines beside each blend ramp that give the local reference rate of id changes.
 FLANK = 16
 #: Scene of the seam runs: more tile borders than the quality scene gives a steadier statistic.
 SEAM_SCENE = 2048
-#: Memory verdict (as bench_segmentation.py's): runs whose GDAL block cache reached its cap hold the same
-#: cache, so their peak RSS may differ by at most this much.
-PLATEAU_LIMIT_MIB = segbench.PLATEAU_LIMIT_MIB
 #: Side of the background annotation squares, metres.
 BOX_SIDE_M = 16.0
 
@@ -120,7 +127,7 @@ def child_cluster(spec: Dict[str, Any]) -> Dict[str, Any]:
     bounds = tuple(spec["bounds"]) if spec.get("bounds") else None
     config = ClusterMapConfig(tile_size=spec["tile"], overlap=spec.get("overlap"), batch_size=spec["batch"],
                               bounds=bounds)
-    with segbench._CachePoller() as poller:
+    with CachePoller() as poller:
         start = time.perf_counter()
         result = cluster_raster(spec["source"], spec["model"], spec["output"], config, device="cpu")
         elapsed = time.perf_counter() - start
@@ -199,10 +206,6 @@ CHILDREN: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     "cluster": child_cluster, "train": child_train, "imports": child_imports, "threads": child_threads}
 
 
-#: OpenMP/BLAS thread variables set for every child when ``--threads`` is given.
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def set_threads(threads: int) -> None:
     """torch intra-op threads and faiss OpenMP threads of this process (0: leave the defaults)."""
     if threads:
@@ -213,17 +216,12 @@ def set_threads(threads: int) -> None:
         faiss.omp_set_num_threads(int(threads))
 
 
-def run_child(mode: str, spec: Dict[str, Any]) -> Tuple[Dict[str, Any], patching.Measurement]:
+def run_child(mode: str, spec: Dict[str, Any]) -> Tuple[Dict[str, Any], Measurement]:
     """Run one child of this script under ``/usr/bin/time``; its summary (last output line) and measurement.
 
     With ``spec["threads"]``, the child's OpenMP and BLAS pools get that many threads too (environment).
     """
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, json.dumps(spec)]
-    env = dict(os.environ)
-    if spec.get("threads"):
-        env.update({var: str(spec["threads"]) for var in THREAD_VARS})
-    m = patching.run_measured(cmd, env)
-    return json.loads(m.output.strip().splitlines()[-1]), m
+    return run_json_child(__file__, mode, spec, threads=int(spec.get("threads") or 0))
 
 
 @dataclass
@@ -250,7 +248,7 @@ class Run:
 
 def measured_cluster(label: str, spec: Dict[str, Any], keep: bool = False) -> Run:
     """A ``cluster_raster`` child; the output is deleted unless ``keep``."""
-    patching.warm_cache(spec["source"])
+    warm_cache(spec["source"])
     try:
         summary, m = run_child("cluster", spec)
     finally:
@@ -353,7 +351,7 @@ def ensure_tiny_clusternet(out_dir: str, source: str) -> str:
     meta = ModelMetadata(kind="clusternet", architecture="unet", encoder=TINY_ENCODER, in_channels=3,
                          classes=[f"cluster {i}" for i in range(1, k + 1)], bands=[1, 2, 3],
                          mean=[float(v) for v in mean], std=[float(v) for v in std], patch_size=128,
-                         pixel_size=(patching.PIXEL_SIZE, patching.PIXEL_SIZE), crs_wkt=crs_wkt, crs_units="metre",
+                         pixel_size=(PIXEL_SIZE, PIXEL_SIZE), crs_wkt=crs_wkt, crs_units="metre",
                          model_kwargs=dict(TINY_KWARGS),
                          extra={"feature_dim": feature_dim, "normalize": normalize, "whiten": whiten,
                                 "input_multiple": multiple, **share,
@@ -548,8 +546,7 @@ def id_agreement(path_a: str, path_b: str) -> float:
 # --------------------------------------------------------------------------------------------------
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--scene-size", type=int, default=1024, help="sample scene edge in pixels (1024)")
     parser.add_argument("--rounds", type=int, default=0,
                         help="ClusterNet training rounds (0: the ClusterNetConfig default)")
@@ -566,11 +563,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              "one, exceeds this (1200)")
     parser.add_argument("--no-strips", action="store_true",
                         help="skip the tall and wide strips of the second memory raster")
-    parser.add_argument("--quick", action="store_true",
-                        help="2 training rounds, n <= 4 annotations, memory sizes 1024,2048, no strips")
-    parser.add_argument("--note", default="", help="a note for the results section")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT, help="cache and scratch folder (default bench/out)")
-    parser.add_argument("--write-results", metavar="FILE", help="update the clustering section of this file")
+    add_common_args(parser, "clustering", quick='2 training rounds, n <= 4 annotations, memory sizes 1024,2048, no strips', note=True, out_dir=DEFAULT_OUT)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -635,7 +628,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sample_data.generate import read_buildings
     from satseg_plugin.core.labels import LabelSet
 
-    scene = segbench.ensure_scene(out_dir, args.scene_size, log)
+    scene = ensure_scene(out_dir, args.scene_size, log)
     buildings = [b.polygon for b in read_buildings(scene["buildings"])]
     model, model_info = ensure_trained_clusternet(out_dir, scene, args)
     config = model_info["config"]
@@ -683,7 +676,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return f"n = {hit}" if hit is not None else f"not reached up to n = {ns[-1]}"
 
     # 3. seams (trained model, on a larger scene for more tile borders) ---------------------------
-    seam_scene = segbench.ensure_scene(out_dir, SEAM_SCENE, log)
+    seam_scene = ensure_scene(out_dir, SEAM_SCENE, log)
     log(f"Seams (trained ClusterNet on the {SEAM_SCENE} px scene):")
     half = max(tile // 2, 64)
     seam_runs = {"full": spec("seam_full", source=seam_scene["scene"]),
@@ -719,8 +712,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{st['ramp_ratio']:.3f} (control {c['ramp_ratio']:.3f}, excess {er:.3f})")
 
     # 2. throughput and memory -------------------------------------------------------------------
-    sources = {size: patching.ensure_source(out_dir, size, log) for size in args.memory_sizes}
-    tiny = ensure_tiny_clusternet(out_dir, patching.ensure_source(out_dir, 2048, log))
+    sources = {size: ensure_source(out_dir, size, log) for size in args.memory_sizes}
+    tiny = ensure_tiny_clusternet(out_dir, ensure_source(out_dir, 2048, log))
     probe, _ = run_child("threads", {"model": tiny})
     log(f"Thread probe (tiny model, batch of 4 tiles; one tile core's ids): forward {probe['forward_1']:.2f} s with 1 "
         f"thread, {probe['forward_2']:.2f} s with 2; assignment {probe['assign_1']:.3f} s / {probe['assign_2']:.3f} s")
@@ -750,8 +743,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         per_px = r.wall_s / size ** 2
     if not args.no_strips and len(args.memory_sizes) > 1 and any(w == args.memory_sizes[1] for _, w, _, _ in mem):
         big = args.memory_sizes[1]
-        x0, top = patching.ORIGIN
-        ps = patching.PIXEL_SIZE
+        x0, top = ORIGIN
+        ps = PIXEL_SIZE
         for label, w, h in ((f"{first} wide x {big} tall strip of the {big} raster", first, big),
                             (f"{big} wide x {first} tall strip of the {big} raster", big, first)):
             r = measured_cluster(label, mem_spec(f"strip_{w}x{h}", big,
@@ -764,7 +757,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import rasterio
     import segmentation_models_pytorch as smp
 
-    parallel = patching.parallel_probe()
+    parallel = parallel_probe()
     code_end = git_state()
     ref_run = mem[0][3]
     ref_above = ref_run.maxrss_mib - floor.maxrss_mib
@@ -856,7 +849,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "## Clustering: ClusterNet quality, annotations needed, `cluster_raster` throughput, memory and seams",
         "",
         f"- Date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Machine: {patching.machine_info(parallel).split('; Python')[0]}; Python {platform.python_version()}, "
+        f"- Machine: {machine_info(parallel).split('; Python')[0]}; Python {platform.python_version()}, "
         f"torch {torch.__version__} ({threads} thread(s) in every child), segmentation-models-pytorch "
         f"{smp.__version__}, faiss {faiss.__version__}, rasterio {rasterio.__version__} (GDAL "
         f"{rasterio.__gdal_version__}), CPU only",
@@ -920,7 +913,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "features; written as a `clusternet` model "
         "file by this script, because `train_clusternet` / `ClusterNetConfig` take no backbone keyword arguments "
         "(`build_clusternet` and `clusternet_from_checkpoint` do). Cached synthetic rasters of "
-        f"`bench_patching.py` (3-band uint8, DEFLATE); tile {tile}, overlap {tile // 4} (default), batch {batch}, "
+        f"`bench/sources.py` (3-band uint8, DEFLATE); tile {tile}, overlap {tile // 4} (default), batch {batch}, "
         "CPU, each run its own child. Peak GDAL block cache: `gdal.GetCacheUsed()` sampled every 0.1 s in the "
         "child (same libgdal as rasterio; capped by `raster_env`'s `GDAL_CACHEMAX`). "
         "Forward / id assignment: time inside `ClusterModel.features` and "

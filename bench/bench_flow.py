@@ -43,11 +43,15 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import numpy as np
-from results_md import write_section  # bench/ is the script folder
+from harness import (  # bench/ is the script folder
+    REPO_ROOT,
+    add_common_args,
+    cpu_model,
+    load_text,
+    new_parser,
+    write_section,
+)
 
 REFERENCE = "satseg"
 METHODS: Tuple[Tuple[str, str], ...] = (
@@ -152,30 +156,20 @@ def machine(load_before: Tuple[float, ...], load_after: Tuple[float, ...], threa
     import skimage
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    shared = max(load_before[0], load_after[0]) > 0.5
+    model = cpu_model()
     return (f"{model}, {os.cpu_count()} cores; {platform.platform()}; Python {platform.python_version()}, numpy "
             f"{np.__version__}, torch {torch.__version__}, scikit-image {skimage.__version__}; every method limited "
-            f"to {threads} thread(s). Load average (1/5/15 min) {'/'.join(f'{v:.2f}' for v in load_before)} before "
-            f"and {'/'.join(f'{v:.2f}' for v in load_after)} after"
-            + ("; the machine was shared with other jobs, so absolute times carry noise" if shared else ""))
+            f"to {threads} thread(s). " + load_text(load_before, load_after))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--large", type=int, nargs=2, metavar=("W", "H"), default=(1796, 1105),
                         help="size of the large series (default: 1796 1105, the original study area)")
     parser.add_argument("--large-pairs", type=int, default=2, help="pairs of the large series (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="threads per method (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="series seed (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="large series 512 x 320, one pair")
-    parser.add_argument("--write-results", metavar="FILE", help="write the 'flow' section of FILE")
+    add_common_args(parser, "flow", quick='large series 512 x 320, one pair')
     args = parser.parse_args(argv)
     if args.quick:
         args.large, args.large_pairs = (512, 320), 1
@@ -196,8 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     limits = threadpoolctl.threadpool_limits(args.threads)
     nice = os.nice(0)
     command = ((f"nice -n {nice} " if nice else "") + shlex.join(
-        [os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else sys.executable,
-         os.path.relpath(os.path.abspath(__file__), ROOT), *(argv if argv is not None else sys.argv[1:])]))
+        [os.path.relpath(sys.executable, REPO_ROOT) if sys.executable.startswith(REPO_ROOT) else sys.executable,
+         os.path.relpath(os.path.abspath(__file__), REPO_ROOT), *(argv if argv is not None else sys.argv[1:])]))
     started = time.time()
     load_before = os.getloadavg()
     signs = check_sign_convention()

@@ -37,11 +37,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import numpy as np
-from results_md import write_section  # bench/ is the script folder
+from harness import (  # bench/ is the script folder
+    add_common_args,
+    cpu_model,
+    load_text,
+    new_parser,
+    write_section,
+)
 
 from satseg_plugin.core.kmeans import kmeans, nearest_centroid
 
@@ -192,37 +195,25 @@ def machine(threads: int, load_before: Tuple[float, ...], load_after: Tuple[floa
     import sklearn
     import threadpoolctl
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     libraries = ", ".join(sorted({f"{info['internal_api']} ({info.get('user_api')})"
                                   for info in threadpoolctl.threadpool_info()}))
-    shared = max(load_before[0], load_after[0]) > 0.5
     return (f"{model}, {os.cpu_count()} cores; {platform.platform()}; Python {platform.python_version()}, "
             f"numpy {np.__version__}, faiss {faiss.__version__} (CPU, {faiss.get_num_gpus()} GPU), "
             f"scikit-learn {sklearn.__version__}; {threads} thread(s) for every method "
             f"(`faiss.omp_set_num_threads({threads})` and `threadpoolctl.threadpool_limits({threads})` around all "
-            f"runs; thread pools seen: {libraries}). Load average (1/5/15 min) "
-            f"{'/'.join(f'{v:.2f}' for v in load_before)} before and {'/'.join(f'{v:.2f}' for v in load_after)} "
-            "after the runs" + ("; the machine was shared with other jobs, so absolute times carry noise"
-                                if shared else ""))
+            f"runs; thread pools seen: {libraries}). " + load_text(load_before, load_after, " the runs"))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=1_000_000, help="number of points (default 1,000,000)")
     parser.add_argument("--dim", type=int, default=32, help="feature dimension (default 32)")
     parser.add_argument("--ks", type=int, nargs="+", default=[20, 100], help="cluster counts (default 20 100)")
-    parser.add_argument("--quick", action="store_true", help="100,000 points (overrides --n)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every method")
     parser.add_argument("--seed", type=int, default=0, help="seed of the features")
     parser.add_argument("--seeds", type=int, default=3, help="runs per method, seeds 0..N-1; means are reported")
-    parser.add_argument("--note", default="", help="a remark added to the section (e.g. why --threads was set)")
-    parser.add_argument("--write-results", metavar="FILE", help="write the 'kmeans' section of this Markdown file")
+    add_common_args(parser, "kmeans", quick='100,000 points (overrides --n)', note=True)
     return parser.parse_args(argv)
 
 

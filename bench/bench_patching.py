@@ -28,225 +28,37 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import re
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-from results_md import write_section  # bench/ is the script folder
+from harness import (
+    DEFAULT_OUT,
+    REPO_ROOT,
+    add_common_args,
+    machine_info,
+    new_parser,
+    parallel_probe,
+    run_measured,
+    write_section,
+)
+from sources import CRS, PIXEL_SIZE, ensure_source, warm_cache
 
 #: Creation options every method writes its patches with (SatSeg's own profile is the same kind).
 GDAL_CO = ["-co", "TILED=YES", "-co", "COMPRESS=DEFLATE", "-co", "PREDICTOR=2"]
-#: Bump when the generated content changes, so cached rasters are rebuilt.
-GENERATOR_VERSION = 1
-CRS = "EPSG:32633"
-ORIGIN = (500000.0, 5600000.0)  # upper-left corner, metres
-PIXEL_SIZE = 0.5
-CHUNK = 1024  # generation window edge (a multiple of the 256 px tile)
-NOISE_SIGMA = 0.7  # per-pixel noise; sets how well the raster compresses
 
 Cell = Tuple[int, int]  # (row, col) of a patch in the grid
 
 
 # --------------------------------------------------------------------------------------------------
-# Source raster generation
+# The SatSeg child
 # --------------------------------------------------------------------------------------------------
-
-def _hash01(ix: np.ndarray, iy: np.ndarray, salt: int) -> np.ndarray:
-    """Deterministic pseudo-random values in [0, 1) for integer lattice points (splitmix-style hash).
-
-    Args:
-        ix: lattice x indices (any integer array, broadcast with ``iy``).
-        iy: lattice y indices.
-        salt: distinguishes independent fields.
-
-    Returns:
-        float32 array of the broadcast shape.
-    """
-    with np.errstate(over="ignore"):
-        h = (np.asarray(ix, dtype=np.int64).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-             ^ np.asarray(iy, dtype=np.int64).astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
-             ^ np.uint64((salt * 0x165667B19E3779F9) & 0xFFFFFFFFFFFFFFFF))
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xFF51AFD7ED558CCD)
-        h ^= h >> np.uint64(33)
-        h *= np.uint64(0xC4CEB9FE1A85EC53)
-        h ^= h >> np.uint64(33)
-    return ((h >> np.uint64(40)).astype(np.float32) / np.float32(2 ** 24))
-
-
-def _value_noise(x0: int, y0: int, width: int, height: int, cell: int, salt: int) -> np.ndarray:
-    """Smooth value noise on a lattice of ``cell`` pixels, evaluated on one window of the global grid.
-
-    The lattice values depend only on global lattice coordinates, so windows join seamlessly.
-
-    Returns:
-        float32 ``(height, width)`` array in [0, 1).
-    """
-    xs = (np.arange(x0, x0 + width, dtype=np.float64) + 0.5) / cell
-    ys = (np.arange(y0, y0 + height, dtype=np.float64) + 0.5) / cell
-    jx, jy = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
-    fx, fy = (xs - jx).astype(np.float32), (ys - jy).astype(np.float32)
-    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)  # smoothstep
-    lx = np.arange(jx[0], jx[-1] + 2)
-    ly = np.arange(jy[0], jy[-1] + 2)
-    lattice = _hash01(lx[None, :], ly[:, None], salt)  # (len(ly), len(lx)), tiny
-    cx = jx - lx[0]
-    along_x = lattice[:, cx] * (1 - fx) + lattice[:, cx + 1] * fx  # (len(ly), width)
-    cy = jy - ly[0]
-    return along_x[cy] * (1 - fy)[:, None] + along_x[cy + 1] * fy[:, None]
-
-
-def synth_window(x0: int, y0: int, width: int, height: int, seed: int = 0, noise: float = NOISE_SIGMA) -> np.ndarray:
-    """Imagery-like RGB pixels for one window: terrain, field parcels, a road grid and sensor noise.
-
-    Deterministic in the window's global position and the ``CHUNK`` grid.
-
-    Args:
-        x0: global column of the window's first pixel.
-        y0: global row of the window's first pixel.
-        width: window width.
-        height: window height.
-        seed: content seed.
-        noise: standard deviation of the per-pixel sensor noise (digital numbers).
-
-    Returns:
-        uint8 ``(3, height, width)`` array.
-    """
-    terrain = np.zeros((height, width), np.float32)
-    for octave, (cell, amp) in enumerate(((2048, 0.50), (512, 0.25), (128, 0.15), (32, 0.10))):
-        terrain += amp * _value_noise(x0, y0, width, height, cell, salt=seed * 101 + octave)
-    # Field parcels: piecewise-constant cells of 160 px, visible where a coarse "farmland" field is high.
-    px = (np.arange(x0, x0 + width) // 160)[None, :]
-    py = (np.arange(y0, y0 + height) // 160)[:, None]
-    parcel = _hash01(px, py, salt=seed * 101 + 50)
-    farmland = np.clip(_value_noise(x0, y0, width, height, 4096, salt=seed * 101 + 51) * 3 - 1, 0, 1)
-    # Roads: thin lines every 1280 px.
-    xx = np.arange(x0, x0 + width)[None, :] % 1280
-    yy = np.arange(y0, y0 + height)[:, None] % 1280
-    road = ((xx < 6) | (yy < 6)).astype(np.float32)
-    rng = np.random.default_rng([GENERATOR_VERSION, seed, y0, x0])
-    out = np.empty((3, height, width), np.uint8)
-    for band, (base, t_gain, p_gain) in enumerate(((60, 110, 50), (70, 120, 40), (50, 90, 60))):
-        value = base + t_gain * terrain + p_gain * farmland * parcel
-        value = value * (1 - road) + 200 * road
-        value += rng.normal(0.0, noise, size=value.shape).astype(np.float32)
-        np.clip(value, 1, 255, out=value)
-        out[band] = value.astype(np.uint8)
-    return out
-
-
-def source_path(out_dir: str, size: int) -> str:
-    """Cache path of the generated raster of ``size`` x ``size`` pixels."""
-    return os.path.join(out_dir, f"src_{size}_v{GENERATOR_VERSION}.tif")
-
-
-def ensure_source(out_dir: str, size: int, log: Callable[[str], None]) -> str:
-    """Generate the ``size`` x ``size`` x 3 uint8 source raster unless it is cached.
-
-    Written window by window (``CHUNK`` px, tile aligned) with rasterio: the full array is never held.
-    The file is written under a temporary name and renamed when complete.
-
-    Returns:
-        The raster path.
-    """
-    import rasterio
-    from affine import Affine
-
-    path = source_path(out_dir, size)
-    if os.path.exists(path):
-        log(f"Using cached source raster {os.path.relpath(path)}")
-        return path
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = path + ".partial.tif"
-    profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8", "crs": CRS,
-        "transform": Affine(PIXEL_SIZE, 0.0, ORIGIN[0], 0.0, -PIXEL_SIZE, ORIGIN[1]),
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "DEFLATE", "predictor": 2,
-        "interleave": "pixel", "photometric": "RGB", "num_threads": "ALL_CPUS", "BIGTIFF": "IF_SAFER",
-    }
-    log(f"Generating {size}x{size}x3 uint8 source raster {os.path.relpath(path)} (one time) ...")
-    start = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=64), rasterio.open(tmp, "w", **profile) as dst:
-        for y0 in range(0, size, CHUNK):
-            for x0 in range(0, size, CHUNK):
-                w, h = min(CHUNK, size - x0), min(CHUNK, size - y0)
-                dst.write(synth_window(x0, y0, w, h), window=rasterio.windows.Window(x0, y0, w, h))
-    os.replace(tmp, path)
-    log(f"  done in {time.perf_counter() - start:.1f} s, {os.path.getsize(path) / 2**20:.0f} MiB on disk "
-        f"({size * size * 3 / 2**20:.0f} MiB of pixels)")
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
-# Measuring child processes
-# --------------------------------------------------------------------------------------------------
-
-@dataclass
-class Measurement:
-    """One child process: wall time, peak RSS and what it printed."""
-
-    wall_s: float
-    maxrss_mib: float
-    returncode: int
-    output: str
-
-
-#: Fallback launcher when /usr/bin/time is missing: a bare interpreter that runs the command and writes
-#: that child's own peak RSS (KiB) into the file named by $BENCH_RSS_FILE.
-_LAUNCHER = ("import os,sys\n"
-             "pid=os.fork()\n"
-             "if pid==0:\n os.execvp(sys.argv[1],sys.argv[1:])\n"
-             "_,st,ru=os.wait4(pid,0)\n"
-             "open(os.environ['BENCH_RSS_FILE'],'w').write(str(ru.ru_maxrss))\n"
-             "sys.exit(os.waitstatus_to_exitcode(st))\n")
-
-
-def run_measured(cmd: Sequence[str], env: Optional[Dict[str, str]] = None) -> Measurement:
-    """Run ``cmd`` and measure its wall time and its own peak RSS.
-
-    The peak RSS is taken by ``/usr/bin/time`` (or a minimal launcher), not by ``wait4`` here: on Linux
-    a child's ``ru_maxrss`` includes the RSS of the process it was forked from, so a child forked from
-    this (numpy/rasterio-loaded) interpreter would report at least our own size.
-
-    Raises:
-        RuntimeError: the command failed.
-    """
-    env = dict(os.environ if env is None else env)
-    fd, rss_file = tempfile.mkstemp(prefix="bench-rss-")
-    os.close(fd)
-    if os.access("/usr/bin/time", os.X_OK):
-        wrapped = ["/usr/bin/time", "-f", "%M", "-o", rss_file, *cmd]
-    else:
-        env["BENCH_RSS_FILE"] = rss_file
-        wrapped = ["/usr/bin/python3", "-S", "-c", _LAUNCHER, *cmd]
-    try:
-        with tempfile.TemporaryFile() as out:
-            start = time.perf_counter()
-            proc = subprocess.run(wrapped, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
-            wall = time.perf_counter() - start
-            out.seek(0)
-            text = out.read().decode("utf-8", errors="replace")
-        with open(rss_file, encoding="utf-8") as handle:
-            lines = [ln for ln in handle.read().split() if ln.strip().isdigit()]
-    finally:
-        os.remove(rss_file)
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"command failed ({proc.returncode}): {shlex.join(cmd)}\n{text[-3000:]}")
-    return Measurement(wall, int(lines[-1]) / 1024.0, proc.returncode, text)  # KiB on Linux
-
 
 def child_satseg(source: str, dest: str, patch: int, workers: int) -> None:
     """Entry point of the SatSeg child process: patch ``source`` into ``dest`` and print a JSON summary."""
@@ -445,58 +257,6 @@ def compare_spots(source: str, patch: int, results: Sequence[MethodResult]) -> T
 # Reporting
 # --------------------------------------------------------------------------------------------------
 
-_PROBE = "import zlib\nd = bytes(range(256)) * 16384\nfor _ in range(40): zlib.compress(d, 9)\n"
-
-
-def parallel_probe() -> float:
-    """How much CPU work this machine really does in parallel.
-
-    Runs one fixed compression workload alone, then one per core at the same time.
-
-    Returns:
-        Throughput of ``os.cpu_count()`` concurrent processes relative to one (ideally the core count).
-    """
-    cmd = [sys.executable, "-S", "-c", _PROBE]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    single = time.perf_counter() - start
-    cores = os.cpu_count() or 1
-    start = time.perf_counter()
-    procs = [subprocess.Popen(cmd) for _ in range(cores)]
-    for proc in procs:
-        proc.wait()
-    together = time.perf_counter() - start
-    return cores * single / together
-
-
-def machine_info(parallel: float) -> str:
-    """CPU model, core count, measured parallel throughput, RAM, OS and library versions, in one line."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem_gib = 0.0
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("MemTotal:"):
-                    mem_gib = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    import rasterio
-
-    sys_gdal = subprocess.run(["gdalinfo", "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{model}, {os.cpu_count()} cores ({os.cpu_count()} concurrent processes measured at {parallel:.2f}x "
-            f"the throughput of one), {mem_gib:.1f} GiB RAM; {platform.platform()}; Python "
-            f"{platform.python_version()}, rasterio {rasterio.__version__} (GDAL {rasterio.__gdal_version__}) "
-            f"for SatSeg; Debian {sys_gdal.split(',')[0]} for the GDAL tools")
-
-
 def results_table(results: Sequence[MethodResult], baseline: MethodResult, patch_bytes: int) -> List[str]:
     """Markdown table of the methods with ratios to ``baseline``."""
     rows = ["| Method | Patches written | Wall time (s) | Patches/s | MB/s | Peak RSS (MiB) | Output (MiB) "
@@ -523,17 +283,9 @@ def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def warm_cache(path: str) -> None:
-    """Read a file once so every method starts with it in the page cache."""
-    with open(path, "rb") as handle:
-        while handle.read(16 * 2**20):
-            pass
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--size", type=int, default=20000,
                         help="large raster edge in pixels, rounded up to a multiple of --patch "
                              "(default 20000, so 20480)")
@@ -542,11 +294,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--patch", type=int, default=512, help="patch edge and stride in pixels (default 512)")
     parser.add_argument("--mid-size", type=int, default=0,
                         help="middle raster edge for the memory-scaling comparison (default: half of --size)")
-    parser.add_argument("--quick", action="store_true", help="a quick run: --size 4096 --small-size 1024")
     parser.add_argument("--translate-sample", type=int, default=200,
                         help="patches timed for the gdal_translate loop (0: all; default 200)")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT, help="cache and scratch folder (default bench/out)")
-    parser.add_argument("--write-results", metavar="FILE", help="update the patching section of this markdown file")
+    add_common_args(parser, "patching", quick='a quick run: --size 4096 --small-size 1024', out_dir=DEFAULT_OUT)
     parser.add_argument("--child-satseg", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -7,7 +7,7 @@ defaults: 200 epochs of 1000 centres, K = 10, EPS = 10, MIN_SAMPLES = 50; POP_MI
 background is not clustered) and ``run_tracking``, and reports the wall time of each stage and its peak RSS
 (``VmHWM``). The parent then scores the result against the generator's truth: flow end-point error inside
 communities, the share of true links found (recall), predicted links that join the wrong true communities
-(false links) and event accuracy (``tracks.link_accuracy``).
+(false links) and event accuracy (``accuracy.link_accuracy``).
 
     .venv/bin/python bench/bench_population.py --write-results bench/RESULTS.md
     .venv/bin/python bench/bench_population.py --quick        # 256 x 192 only, 50 epochs
@@ -26,12 +26,8 @@ import sys
 import time
 from typing import Any, Dict, List
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import numpy as np
-from results_md import write_section  # bench/ is the script folder
+from harness import REPO_ROOT, add_common_args, new_parser, write_section  # bench/ is the script folder
 
 POP_MIN = 20.0
 
@@ -75,7 +71,7 @@ def score(run: Dict[str, Any], data: str) -> Dict[str, float]:
     import rasterio
 
     from sample_data.population import population_paths, read_true_links
-    from satseg_plugin.pipelines.population.tracks import link_accuracy
+    from satseg_plugin.pipelines.population.accuracy import link_accuracy
 
     frames = len(run["segments"])
     truth = population_paths(data, frames)
@@ -94,11 +90,9 @@ def score(run: Dict[str, Any], data: str) -> Dict[str, float]:
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = new_parser(__doc__)
+    add_common_args(parser, "population", quick='a short run', out_dir=os.path.join(REPO_ROOT, 'bench', 'out', 'population'))
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--out-dir", default=os.path.join(ROOT, "bench", "out", "population"))
-    parser.add_argument("--write-results", metavar="FILE")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))

@@ -9,7 +9,6 @@ lighter settings ``make demo`` uses. Reports wall time and the scores of ``satse
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
@@ -18,11 +17,8 @@ import tempfile
 import time
 from typing import Dict, List
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import rasterio
-from results_md import write_section  # bench/ is the script folder
+from harness import REPO_ROOT, add_common_args, new_parser, write_section  # bench/ is the script folder
 from shapely.geometry import box
 
 from sample_data.generate import generate_scene, read_buildings
@@ -65,12 +61,11 @@ def run(name: str, overrides: Dict, epochs: int, scene: Dict[str, str], out: str
 
 
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = new_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=12, help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--note", default="", help="a sentence about the run (e.g. machine load), kept in RESULTS")
-    parser.add_argument("--write-results", metavar="FILE")
+    add_common_args(parser, "quality", note=True)
     args = parser.parse_args(argv)
-    scene = generate_scene(os.path.join(ROOT, "sample_data", "generated"), size=1024, seed=0)
+    scene = generate_scene(os.path.join(REPO_ROOT, "sample_data", "generated"), size=1024, seed=0)
     rows = []
     for name, overrides in CONFIGS.items():
         with tempfile.TemporaryDirectory() as out:

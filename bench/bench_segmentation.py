@@ -13,7 +13,7 @@
 
    One extra pipeline run under cProfile shows where the pipeline's time goes.
 2. Memory: peak RSS of ``segment_raster`` with a deliberately tiny U-Net (random weights) on rasters of
-   growing size (the cached synthetic rasters of ``bench_patching.py``), plus a tall and a wide strip of
+   growing size (the cached synthetic rasters of ``sources.py``), plus a tall and a wide strip of
    the largest raster (``bounds``) to separate the height- and width-dependence; the peak size of GDAL's
    block cache is sampled in the same process.
 3. GPU: when torch sees CUDA, the pipeline and the bare forward also run on it with mixed precision.
@@ -39,34 +39,41 @@ import resource
 import shlex
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(BENCH_DIR)
-sys.path.insert(0, REPO_ROOT)
-sys.path.insert(0, BENCH_DIR)
-
-import bench_patching as patching  # source rasters, child measurement, machine description
+from harness import (
+    DEFAULT_OUT,
+    CachePoller,
+    Measurement,
+    add_common_args,
+    machine_info,
+    new_parser,
+    parallel_probe,
+    run_json_child,
+    write_section,
+)
+from sources import (
+    CRS as SOURCE_CRS,
+)
+from sources import (
+    ORIGIN,
+    PIXEL_SIZE,
+    PLATEAU_LIMIT_MIB,
+    SEAM_LIMIT,
+    TINY_ENCODER,
+    TINY_KWARGS,
+    ensure_scene,
+    ensure_source,
+    warm_cache,
+)
 
 from satseg_plugin.pipelines.segmentation.segment import BAND_COLUMNS  # rasterio only; torch loads lazily
 
-DEFAULT_OUT = os.path.join(BENCH_DIR, "out")
-from results_md import write_section  # bench/ is the script folder
-
 #: Bump when the training recipe of the cached benchmark model changes.
 MODEL_VERSION = 1
-#: The tiny model of the memory runs: a timm MobileNetV3 encoder and a narrow U-Net decoder.
-TINY_ENCODER = "tu-mobilenetv3_small_050"
-TINY_KWARGS = {"decoder_channels": [16, 16, 8, 8, 8]}
-#: Seam verdict: border/interior ratio at most this counts as seamless.
-SEAM_LIMIT = 1.10
-#: Memory verdict: most spread of peak RSS between runs whose GDAL block cache reached its cap.
-PLATEAU_LIMIT_MIB = 64
 #: Pipeline target relative to the bare forward.
 RATIO_TARGET = 0.85
 
@@ -74,42 +81,6 @@ RATIO_TARGET = 0.85
 # --------------------------------------------------------------------------------------------------
 # Child processes
 # --------------------------------------------------------------------------------------------------
-
-class _CachePoller:
-    """Samples GDAL's block-cache usage (bytes) in a background thread and keeps the peak.
-
-    Works when ``osgeo.gdal`` loads the same libgdal as rasterio (then the cache is one and the same).
-    """
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.peak = -1
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        try:
-            import rasterio
-            from osgeo import gdal
-
-            if gdal.__version__ == rasterio.__gdal_version__:
-                self._gdal = gdal
-                self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
-        except ImportError:
-            pass
-
-    def _run(self, interval: float) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, int(self._gdal.GetCacheUsed()))
-            self._stop.wait(interval)
-
-    def __enter__(self) -> "_CachePoller":
-        if self._thread:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
 
 def _instrument_rasterio() -> None:
     """Route rasterio's read/write/overviews/close through Python functions, so cProfile times them.
@@ -162,7 +133,7 @@ def child_pipeline(spec: Dict[str, Any]) -> Dict[str, Any]:
 
         _instrument_rasterio()
         profiler = cProfile.Profile()
-    with _CachePoller() as poller:
+    with CachePoller() as poller:
         start = time.perf_counter()
         if profiler:
             profiler.enable()
@@ -258,31 +229,14 @@ CHILDREN: Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]] = {
     "pipeline": child_pipeline, "bare": child_bare, "train": child_train, "imports": child_imports}
 
 
-def run_child(mode: str, spec: Dict[str, Any]) -> Tuple[Dict[str, Any], patching.Measurement]:
+def run_child(mode: str, spec: Dict[str, Any]) -> Tuple[Dict[str, Any], Measurement]:
     """Run one child of this script under ``/usr/bin/time``; its summary (last output line) and measurement."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, json.dumps(spec)]
-    m = patching.run_measured(cmd)
-    return json.loads(m.output.strip().splitlines()[-1]), m
+    return run_json_child(__file__, mode, spec)
 
 
 # --------------------------------------------------------------------------------------------------
 # Inputs: scene, models
 # --------------------------------------------------------------------------------------------------
-
-def ensure_scene(out_dir: str, size: int, log: Callable[[str], None]) -> Dict[str, str]:
-    """The generated sample scene of ``size`` px (``sample_data.generate``), cached."""
-    from sample_data.generate import generate_scene, is_up_to_date
-
-    folder = os.path.join(out_dir, f"scene_{size}")
-    if is_up_to_date(folder, size=size):
-        log(f"Using cached scene {os.path.relpath(folder)}")
-        return {"scene": os.path.join(folder, "scene.tif"), "buildings": os.path.join(folder, "buildings.gpkg")}
-    log(f"Generating the {size} px sample scene (one time) ...")
-    start = time.perf_counter()
-    paths = generate_scene(folder, size=size)
-    log(f"  done in {time.perf_counter() - start:.0f} s")
-    return paths
-
 
 def train_config(args: argparse.Namespace) -> Dict[str, Any]:
     """The training recipe of the benchmark model (short: it only has to produce a meaningful map)."""
@@ -331,8 +285,8 @@ def ensure_tiny_model(out_dir: str, log: Callable[[str], None]) -> str:
 
     meta = ModelMetadata(kind="segmentation", architecture="unet", encoder=TINY_ENCODER, in_channels=3,
                          classes=["building"], bands=[1, 2, 3], mean=[110.0, 120.0, 100.0], std=[40.0, 40.0, 40.0],
-                         patch_size=512, pixel_size=(patching.PIXEL_SIZE, patching.PIXEL_SIZE),
-                         crs_wkt=CRS.from_string(patching.CRS).to_wkt(), crs_units="metre", threshold=0.5,
+                         patch_size=512, pixel_size=(PIXEL_SIZE, PIXEL_SIZE),
+                         crs_wkt=CRS.from_string(SOURCE_CRS).to_wkt(), crs_units="metre", threshold=0.5,
                          model_kwargs=dict(TINY_KWARGS),
                          extra={"note": "random weights; memory benchmark only (bench_segmentation.py)"})
     save_checkpoint(path, model_tensors(model), meta)
@@ -441,8 +395,7 @@ class Run:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--encoder", default="resnet18", help="U-Net encoder of the throughput model (resnet18)")
     parser.add_argument("--scene-size", type=int, default=2048, help="sample scene edge in pixels (2048)")
     parser.add_argument("--tile", type=int, default=512, help="tile size (512)")
@@ -462,10 +415,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="seconds: the largest memory run is skipped when estimated longer than this, and "
                              "then only sizes estimated under 2/3 of it run (900)")
     parser.add_argument("--no-strips", action="store_true", help="skip the tall/wide strip memory runs")
-    parser.add_argument("--quick", action="store_true",
-                        help="a quick run: 1024 px scene, 1 repeat, short training, memory sizes 1024,4096")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT, help="cache and scratch folder (default bench/out)")
-    parser.add_argument("--write-results", metavar="FILE", help="update the segmentation section of this file")
+    add_common_args(parser, "segmentation", quick='a quick run: 1024 px scene, 1 repeat, short training, memory sizes 1024,4096', out_dir=DEFAULT_OUT)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -514,7 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return base
 
     def measured(label: str, mode: str, s: Dict[str, Any]) -> Run:
-        patching.warm_cache(s["source"])
+        warm_cache(s["source"])
         summary, m = run_child(mode, s)
         run = Run(label, summary, m.wall_s, m.maxrss_mib)
         log(f"  {label}: {run.engine_s:.2f} s in the child ({m.wall_s:.1f} s process), peak RSS "
@@ -573,7 +523,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # 2. memory ---------------------------------------------------------------------------------
     mem: List[Tuple[str, int, int, Run]] = []  # (label, width, height, run)
     skipped: List[str] = []
-    sources = {size: patching.ensure_source(out_dir, size, log) for size in args.memory_sizes}
+    sources = {size: ensure_source(out_dir, size, log) for size in args.memory_sizes}
 
     def mem_run(label: str, source: str, width: int, height: int, bounds=None) -> Run:
         name = f"mem_{width}x{height}"
@@ -608,8 +558,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     done_sizes = [w for _, w, h, _ in mem if w == h]
     big = max(done_sizes)
     if not args.no_strips and big > smallest:
-        x0, top = patching.ORIGIN
-        ps = patching.PIXEL_SIZE
+        x0, top = ORIGIN
+        ps = PIXEL_SIZE
         mem_run(f"{smallest} wide x {big} tall strip of the {big} raster", sources[big], smallest, big,
                 (x0, top - big * ps, x0 + smallest * ps, top))
         mem_run(f"{big} wide x {smallest} tall strip of the {big} raster", sources[big], big, smallest,
@@ -617,7 +567,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     shutil.rmtree(scratch, ignore_errors=True)
 
     # report ------------------------------------------------------------------------------------
-    parallel = patching.parallel_probe()
+    parallel = parallel_probe()
     base_rss = mem[0][3].maxrss_mib
 
     def by_shape(w: int, h: int) -> Optional[Run]:
@@ -718,7 +668,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "## Segmentation: `segment_raster` throughput, seams and memory",
         "",
         f"- Date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
-        f"- Machine: {patching.machine_info(parallel).split('; Python')[0]}; Python {platform.python_version()}, "
+        f"- Machine: {machine_info(parallel).split('; Python')[0]}; Python {platform.python_version()}, "
         f"torch {torch.__version__} "
         f"({threads} thread(s) in every child), segmentation-models-pytorch {smp.__version__}, rasterio "
         f"{rasterio.__version__} (GDAL {rasterio.__gdal_version__})",
@@ -769,7 +719,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "",
         f"Tiny U-Net (`{TINY_ENCODER}` encoder, decoder channels {TINY_KWARGS['decoder_channels']}, random "
         f"weights, saved as a `.satseg` file with full metadata) on the cached synthetic rasters of "
-        f"`bench_patching.py` (3-band uint8, DEFLATE); tile {tile}, overlap {overlap}, batch {args.memory_batch} "
+        f"`bench/sources.py` (3-band uint8, DEFLATE); tile {tile}, overlap {overlap}, batch {args.memory_batch} "
         "(batches are cut per tile row, so a batch never holds more tiles than a row has: with a batch no larger "
         "than the smallest raster's row, every run has the same activations), CPU. "
         "The strips are the largest raster with `bounds` (EXTENT) set: same file, only the predicted window "

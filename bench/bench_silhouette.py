@@ -40,11 +40,15 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 import numpy as np
-from results_md import write_section  # bench/ is the script folder
+from harness import (  # bench/ is the script folder
+    REPO_ROOT,
+    add_common_args,
+    cpu_model,
+    load_text,
+    new_parser,
+    write_section,
+)
 
 COMPONENTS = 30
 SPEEDUP_TARGET = 5.0
@@ -122,37 +126,27 @@ def machine(load_before: Tuple[float, ...], load_after: Tuple[float, ...]) -> st
     import threadpoolctl
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
     except (ValueError, OSError):
         ram = float("nan")
     pools = ", ".join(sorted({f"{i['internal_api']} {i['num_threads']} threads"
                               for i in threadpoolctl.threadpool_info()}))
-    shared = max(load_before[0], load_after[0]) > 0.5
     return (f"{model}, {os.cpu_count()} cores, {ram:.1f} GiB RAM; {platform.platform()}; Python "
             f"{platform.python_version()}, numpy {np.__version__}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), scikit-learn {sklearn.__version__} (thread pools: {pools}). "
-            f"Load average (1/5/15 min) {'/'.join(f'{v:.2f}' for v in load_before)} before and "
-            f"{'/'.join(f'{v:.2f}' for v in load_after)} after the runs"
-            + ("; the machine was shared with other jobs, so absolute times carry noise" if shared else ""))
+            + load_text(load_before, load_after, " the runs"))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser(__doc__)
     parser.add_argument("--n", type=int, default=28228, help="samples (default: %(default)s)")
     parser.add_argument("--dim", type=int, default=512, help="feature dimension (default: %(default)s)")
     parser.add_argument("--kmin", type=int, default=2, help="smallest k (default: %(default)s)")
     parser.add_argument("--kmax", type=int, default=20, help="largest k (default: %(default)s)")
     parser.add_argument("--chunk", type=int, default=4096, help="SatSeg tile side (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="4,000 x 64 features, k = 2..5")
-    parser.add_argument("--write-results", metavar="FILE", help="write the 'silhouette' section of FILE")
+    add_common_args(parser, "silhouette", quick='4,000 x 64 features, k = 2..5')
     parser.add_argument("--child", nargs=4, metavar=("METHOD", "DIR", "INDEX", "CHUNK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -173,8 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     nice = os.nice(0)
     command = ((f"nice -n {nice} " if nice else "") + shlex.join(
-        [os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else sys.executable,
-         os.path.relpath(os.path.abspath(__file__), ROOT), *(argv if argv is not None else sys.argv[1:])]))
+        [os.path.relpath(sys.executable, REPO_ROOT) if sys.executable.startswith(REPO_ROOT) else sys.executable,
+         os.path.relpath(os.path.abspath(__file__), REPO_ROOT), *(argv if argv is not None else sys.argv[1:])]))
     ks = list(range(args.kmin, args.kmax + 1))
     started = time.time()
     load_before = os.getloadavg()

@@ -346,7 +346,7 @@ def step_population(demo: Demo) -> None:
     import rasterio
 
     from sample_data.population import generate_population_series, population_paths, read_true_links
-    from satseg_plugin.pipelines.population.tracks import link_accuracy
+    from satseg_plugin.pipelines.population.accuracy import link_accuracy
 
     folder = os.path.join(ROOT, "sample_data", "generated", "population")
     generate_population_series(folder)

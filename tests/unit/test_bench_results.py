@@ -1,11 +1,11 @@
-"""bench/results_md.py: each benchmark replaces only its own section of RESULTS.md."""
+"""bench/harness.py: each benchmark replaces only its own section of RESULTS.md."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench"))
 
-from results_md import write_section
+from harness import write_section
 
 
 def test_sections_are_replaced_in_place_and_others_kept(tmp_path):

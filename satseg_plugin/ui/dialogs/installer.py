@@ -2,7 +2,7 @@
 
 The install runs as a :class:`QgsTask` (visible, with progress, in QGIS's task manager; pip's output is
 streamed into the dialog's log), so QGIS stays responsive. The work itself is
-:func:`..engine.installer.run_install`; this module only shows it.
+:func:`..setup.pip_runner.run_install`; this module only shows it.
 """
 
 from __future__ import annotations
@@ -41,12 +41,11 @@ from ...setup.installer import (
     TORCH_INDEX_BASE,
     GpuHint,
     InstallPlan,
-    InstallResult,
     build_tools_missing,
     detect_gpu,
     make_plan,
-    run_install,
 )
+from ...setup.pip_runner import InstallResult, run_install
 
 __all__ = ["InstallerDialog", "InstallTask", "plugin_deps_dir", "activate_plugin_deps", "show_installer",
            "offer_installer", "DONT_ASK_KEY"]

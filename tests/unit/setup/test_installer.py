@@ -17,7 +17,8 @@ import pytest
 from satseg_plugin.core import deps
 from satseg_plugin.core.deps import PACKAGES, activate_deps_dir, deps_dir, find_missing
 from satseg_plugin.setup import installer
-from satseg_plugin.setup.installer import make_plan, run_install, version_satisfies
+from satseg_plugin.setup.installer import make_plan, version_satisfies
+from satseg_plugin.setup.pip_runner import run_install
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 FORBIDDEN_FLAGS = ("--user", "--break-system-packages", "sudo", "--ignore-installed", "--force-reinstall")

@@ -7,6 +7,8 @@ import pytest
 
 from satseg_plugin.core.errors import CanceledError, InputError
 from satseg_plugin.core.progress import RecordingFeedback
+from satseg_plugin.pipelines.population.accuracy import link_accuracy
+from satseg_plugin.pipelines.population.pair_scores import score_pairs
 from satseg_plugin.pipelines.population.tracks import (
     BIRTH,
     CONTINUE,
@@ -17,9 +19,7 @@ from satseg_plugin.pipelines.population.tracks import (
     SPLIT_MERGE,
     Link,
     TrackLine,
-    link_accuracy,
     link_frames,
-    score_pairs,
     track_communities,
 )
 
