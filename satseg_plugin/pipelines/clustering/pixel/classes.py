@@ -187,7 +187,7 @@ def _split_centroids(source: str, model_path: str, cluster_path: str, labels: La
                      splits: List[ClusterDecision], class_names: Sequence[str], device: str,
                      feedback: Feedback) -> Dict[int, Tuple[np.ndarray, List[int]]]:
     """Per split cluster: the per-class mean features (k-means space) of its annotated pixels."""
-    from .cluster_map import ClusterMapConfig, _grid, feature_blocks, open_cluster_model
+    from .cluster_map import ClusterMapConfig, cluster_grid, feature_blocks, open_cluster_model
 
     cm = open_cluster_model(model_path, device, feedback)
     wanted = {d.cluster: [class_names.index(n) + 1 for n in d.new_clusters] for d in splits}
@@ -198,7 +198,7 @@ def _split_centroids(source: str, model_path: str, cluster_path: str, labels: La
         x0, y0, w, h = _annotation_window(clusters, labels)
         bounds = rasterio.windows.bounds(Window(x0, y0, w, h), clusters.transform)
         config = ClusterMapConfig(tile_size=tile, overlap=overlap, bounds=bounds)
-        grid = _grid(src, cm, config)
+        grid = cluster_grid(src, cm, config)
         for block in feature_blocks(src, cm, grid, config, feedback):
             r0, r1, c0, c1 = block.r0, block.r1, block.c0, block.c1
             win = Window(c0, r0, c1 - c0, r1 - r0)
@@ -208,7 +208,7 @@ def _split_centroids(source: str, model_path: str, cluster_path: str, labels: La
                 for class_id in class_ids:
                     sel = (ids == cluster) & (lab == class_id) & ~block.empty
                     if sel.any():
-                        space = cm.transform.apply(np.ascontiguousarray(block.features[:, sel].T))
+                        space = cm.transform.apply(np.ascontiguousarray(block.values[:, sel].T))
                         key = (cluster, class_id)
                         sums[key] = sums.get(key, 0) + space.astype(np.float64).sum(0)
                         counts[key] = counts.get(key, 0) + int(sel.sum())

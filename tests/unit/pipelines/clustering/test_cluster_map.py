@@ -1,6 +1,5 @@
-"""Cluster maps: the tile grid (core_spans) and cluster_raster's grid, nodata, extent, mask, errors and cancel."""
+"""Cluster maps: cluster_raster's grid, nodata, extent, mask, errors and cancel (the tile grid: core/test_tiling)."""
 
-import itertools
 import os
 import shutil
 
@@ -10,47 +9,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from satseg_plugin.pipelines.clustering.pixel.cluster_map import CLUSTER_NODATA, core_spans
-
-# ----------------------------------------------------------------------------------------------- core_spans
-
-
-def check_spans(length, tile, overlap):
-    spans = core_spans(length, tile, overlap)
-    if length <= tile:
-        assert spans == [(0, 0, length)]
-        return
-    origins = [o for o, _, _ in spans]
-    assert origins == sorted(set(origins)) and origins[0] == 0 and origins[-1] + tile == length
-    # the cores partition [0, length) exactly, in order, none empty
-    assert spans[0][1] == 0 and spans[-1][2] == length
-    assert all(a[2] == b[1] for a, b in zip(spans, spans[1:]))
-    assert all(start < end for _, start, end in spans)
-    for i, (origin, start, end) in enumerate(spans):
-        assert origin <= start < end <= origin + tile  # the core lies inside its tile
-        # away from the raster edges a core keeps half the overlap from its tile's border
-        if i > 0:
-            assert start - origin >= overlap // 2
-        if i < len(spans) - 1:
-            assert origin + tile - end >= overlap // 2
-    # neighbouring tiles overlap by at least the overlap asked for
-    assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
-
-
-@pytest.mark.parametrize("tile", [32, 64, 96, 512])
-def test_core_spans_partition_every_length(tile):
-    overlaps = sorted({0, 1, 7, tile // 4, tile // 2, tile - 1})
-    for length, overlap in itertools.product(range(1, 3 * tile + 40), overlaps):
-        check_spans(length, tile, overlap)
-
-
-def test_core_spans_by_hand():
-    assert core_spans(50, 64, 16) == [(0, 0, 50)]
-    assert core_spans(64, 64, 16) == [(0, 0, 64)]
-    # origins 0, 48, 96, 136 (the last shifted to end at 200); borders at the middle of each overlap
-    assert core_spans(200, 64, 16) == [(0, 0, 56), (48, 56, 104), (96, 104, 148), (136, 148, 200)]
-    assert core_spans(128, 64, 0) == [(0, 0, 64), (64, 64, 128)]
-
+from satseg_plugin.pipelines.clustering.pixel.cluster_map import CLUSTER_NODATA
 
 # ----------------------------------------------------------------------------------------------- cluster_raster
 
@@ -236,7 +195,8 @@ def test_cancel_keeps_the_previous_output(scene, model, whole, tmp_path):
 
 def _blended_by_hand(scene, model, tile, overlap):
     """Every tile's features over the whole scene, weighted per pixel by separable ramps written out here."""
-    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterModel, core_spans
+    from satseg_plugin.core.tiling import core_spans
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterModel
 
     cm = ClusterModel(model, torch.device("cpu"))
     half = overlap // 4
@@ -271,19 +231,19 @@ def _blended_by_hand(scene, model, tile, overlap):
 def test_features_blend_linearly_across_core_borders(scene, model, band_columns):
     """feature_blocks == every tile's features weighted by hand-made ramps, with one band or several."""
     from satseg_plugin.core.progress import NullFeedback
-    from satseg_plugin.pipelines.clustering.pixel.cluster_map import _grid, feature_blocks
+    from satseg_plugin.pipelines.clustering.pixel.cluster_map import cluster_grid, feature_blocks
 
     cm, expected, raw = _blended_by_hand(scene, model, 64, 16)
     config = ClusterMapConfig(**GRID)
     got = np.full_like(expected, np.nan)
     bands = set()
     with rasterio.open(scene) as src:
-        grid = _grid(src, cm, config)
+        grid = cluster_grid(src, cm, config)
         assert grid.half == 4
         for block in feature_blocks(src, cm, grid, config, NullFeedback(), band_columns):
             region = got[:, block.r0:block.r1, block.c0:block.c1]
             assert np.isnan(region).all()  # every pixel comes once
-            region[:] = block.features
+            region[:] = block.values
             assert not block.empty.any()
             bands.add(block.band)
     assert len(bands) == (1 if band_columns is None else 4)

@@ -1,0 +1,36 @@
+"""The one tiled sweep every raster model run uses (segmentation, cluster maps).
+
+How a raster of any size is run through a model, in four parts a caller combines:
+
+* :mod:`.grid`: where the tiles lie (a :class:`TileGrid` value, testable without reading a pixel);
+* :mod:`.reading`: reading one tile (clipped, padded, nodata flagged by one rule, filled with band means);
+* :mod:`.blending`: turning overlapping tile outputs into one value per pixel (Hann or core ramps);
+* :mod:`.sweep`: column bands, tile rows, batches with CUDA out-of-memory back-off, finished blocks;
+* :mod:`.writing`: finished rows buffered per column band and written to the (staged) outputs in whole blocks.
+
+A caller keeps only what is its own: the model (``predict``) and what it makes of a finished block
+(class mask, cluster ids) and its outputs.
+"""
+
+from .blending import Block, HannBlend, RampBlend, hann_window, ramp_weights
+from .grid import (
+    DEFAULT_TILE,
+    Span,
+    TileGrid,
+    check_overlap,
+    core_spans,
+    fit_tile,
+    hann_grid,
+    ramp_grid,
+    ramp_half,
+    support,
+    tile_origins,
+)
+from .reading import Tile, TileReader, nodata_flags
+from .sweep import Predict, TileBatches, sweep
+from .writing import ROW_BLOCK, BlockWriter, Output
+
+__all__ = ["Block", "HannBlend", "RampBlend", "hann_window", "ramp_weights", "DEFAULT_TILE", "Span", "TileGrid",
+           "check_overlap", "core_spans", "fit_tile", "hann_grid", "ramp_grid", "ramp_half", "support",
+           "tile_origins", "Tile", "TileReader", "nodata_flags", "Predict", "TileBatches", "sweep", "ROW_BLOCK",
+           "BlockWriter", "Output"]

@@ -1,0 +1,190 @@
+"""Blend strategies: how overlapping tile outputs become one value per pixel.
+
+A strategy makes one band blender per column band. The sweep tells it where a tile row starts, hands it
+each tile's output ``(D, T, T)`` with the tile's empty flags, and tells it where the row ends; the blender
+gives back finished :class:`Block` s, top to bottom within its band (when a block starting at row ``r0``
+is given, every row of the band above ``r0`` has been given).
+
+* :class:`HannBlend` (segmentation): each pixel is the Hann-weighted mean of every tile holding it. It
+  keeps ``D x tile x band`` float accumulators, cheap for a few class probabilities.
+* :class:`RampBlend` (cluster maps): each tile owns its core, and across a ramp of ``2 half`` pixels
+  centred on each core border the outputs go linearly from one tile's to the other's (separably in x and
+  y, so four tiles meet at a corner). A Hann window would need ``D x (tile + 256) x band`` accumulators
+  for D = 32..64 feature channels; the ramp carries only the ``D x 2 half x band`` rows where tile rows
+  meet, and removes the seams that taking each pixel from one tile leaves in deep features.
+
+Both are pure numpy on the host; a later GPU blend only has to keep these semantics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+from rasterio.windows import Window
+
+from .grid import Span, TileGrid
+
+__all__ = ["Block", "hann_window", "ramp_weights", "HannBlend", "RampBlend"]
+
+
+@dataclass
+class Block:
+    """Finished values of raster pixels ``[r0, r1) x [c0, c1)`` of the column band ``band``.
+
+    Attributes:
+        values: ``(D, r1 - r0, c1 - c0)`` float32 blended outputs (may be a view into a tile's output).
+        empty: ``(r1 - r0, c1 - c0)`` bool: nodata pixels (no output should be written there).
+    """
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+    values: np.ndarray
+    empty: np.ndarray
+    band: Tuple[int, int]
+
+    @property
+    def window(self) -> Window:
+        """The block's raster pixels."""
+        return Window(self.c0, self.r0, self.c1 - self.c0, self.r1 - self.r0)
+
+
+def hann_window(size: int) -> np.ndarray:
+    """2-D Hann blending weights ``(size, size)``, strictly positive (so a lone tile still counts)."""
+    w = np.hanning(size + 2)[1:-1]
+    return np.outer(w, w).astype(np.float32)
+
+
+def ramp_weights(half: int) -> np.ndarray:
+    """Weight of the later tile across a ramp of ``2 * half`` pixels (the earlier one gets ``1 - w``)."""
+    return (np.arange(2 * half, dtype=np.float32) + 0.5) / max(2 * half, 1)
+
+
+class _HannBand:
+    """Weighted accumulators of one column band for the rows of one tile, emitted when a tile row starts."""
+
+    def __init__(self, weight: np.ndarray, grid: TileGrid, band: Tuple[int, int]) -> None:
+        self.weight, self.band = weight, band
+        self.c0, self.width = band[0], band[1] - band[0]
+        self.y0, self.y1 = int(grid.region.row_off), int(grid.region.row_off + grid.region.height)
+        self.rows = grid.tile
+        self.base = self.y0  # raster row of buffer row 0; moves down as rows are emitted
+        self.acc: Optional[np.ndarray] = None
+        self.wsum = np.zeros((self.rows, self.width), np.float32)
+        self.invalid = np.zeros((self.rows, self.width), bool)
+
+    def start_row(self, row: Span) -> List[Block]:
+        """Rows above the tile row are final."""
+        return self._emit(row.origin)
+
+    def add(self, row: Span, col: Span, values: np.ndarray, empty: np.ndarray) -> List[Block]:
+        """Add a tile's outputs ``(D, T, T)`` at raster ``col.origin, row.origin``."""
+        x, y = col.origin, row.origin
+        r0, r1 = max(y, self.base), min(y + self.rows, self.y1)
+        c0, c1 = max(x, self.c0), min(x + self.rows, self.c0 + self.width)
+        if r1 <= r0 or c1 <= c0:
+            return []
+        if self.acc is None:
+            self.acc = np.zeros((values.shape[0], self.rows, self.width), np.float32)
+        w = self.weight[r0 - y:r1 - y, c0 - x:c1 - x]
+        rows, cols = slice(r0 - self.base, r1 - self.base), slice(c0 - self.c0, c1 - self.c0)
+        self.acc[:, rows, cols] += values[:, r0 - y:r1 - y, c0 - x:c1 - x] * w
+        self.wsum[rows, cols] += w
+        self.invalid[rows, cols] |= empty[r0 - y:r1 - y, c0 - x:c1 - x]
+        return []
+
+    def end_row(self, row: Span) -> List[Block]:
+        return []
+
+    def finish(self) -> List[Block]:
+        return self._emit(self.y1)
+
+    def _emit(self, upto: int) -> List[Block]:
+        rows = min(upto, self.y1) - self.base
+        if rows <= 0 or self.acc is None:
+            return []
+        values = self.acc[:, :rows] / np.maximum(self.wsum[:rows], 1e-12)
+        empty = self.invalid[:rows] | (self.wsum[:rows] == 0)
+        block = Block(self.base, self.base + rows, self.c0, self.c0 + self.width, values, empty, self.band)
+        keep = self.rows - rows
+        for buf in (self.acc[:], self.wsum[None], self.invalid[None]):
+            buf[:, :keep] = buf[:, rows:]
+            buf[:, keep:] = 0
+        self.base += rows
+        return [block]
+
+
+class HannBlend:
+    """Hann-weighted mean of every tile holding a pixel (use with :func:`~.grid.hann_grid`)."""
+
+    def __init__(self, tile: int) -> None:
+        self.weight = hann_window(tile)
+
+    def band(self, grid: TileGrid, band: Tuple[int, int]) -> _HannBand:
+        """The blender of one column band."""
+        return _HannBand(self.weight, grid, band)
+
+
+class _RampBand:
+    """Ramp blending of one column band; tiles come left to right, tile rows top to bottom."""
+
+    def __init__(self, grid: TileGrid, band: Tuple[int, int]) -> None:
+        self.grid, self.band = grid, band
+        self.h, self.ramp = grid.half, ramp_weights(grid.half)
+        self.y0, self.y1 = int(grid.region.row_off), int(grid.region.row_off + grid.region.height)
+        # The ramp rows of the previous tile row (blended in x), one buffer for the band: a tile's columns
+        # are read from it and then overwritten with this row's ramp rows (tiles of a row never share columns).
+        self.carry: Optional[np.ndarray] = None  # (D, 2h, band) float32
+        self.carry_row: Optional[int] = None  # raster row of carry[:, 0] for the tile row being processed
+        self.left: Optional[Tuple[int, np.ndarray]] = None  # (first column, (D, rows, 2h)): previous tile's ramp
+
+    def start_row(self, row: Span) -> List[Block]:
+        self.left = None
+        return []
+
+    def add(self, row: Span, col: Span, values: np.ndarray, empty: np.ndarray) -> List[Block]:
+        """Blend a tile's outputs with its left neighbour's and the previous row's ramps; give its finished part."""
+        h, ramp, (bc0, bc1) = self.h, self.ramp, self.band
+        ty, ys0, ys1 = row
+        tx, xs0, xs1 = col
+        piece = values[:, ys0 - ty:ys1 - ty, xs0 - tx:xs1 - tx]
+        if self.left is not None and self.left[0] == xs0:
+            piece[:, :, :2 * h] = self.left[1] * (1 - ramp) + piece[:, :, :2 * h] * ramp
+        if xs1 < self.grid.raster_width:  # the last 2h columns wait for the next tile
+            xs1 -= 2 * h
+            self.left = (xs1, piece[:, :, xs1 - xs0:].copy())
+        a, b = max(xs0, bc0), min(xs1, bc1)
+        if b <= a:
+            return []
+        piece = piece[:, :, a - xs0:b - xs0]
+        if self.carry_row == ys0:
+            top = self.carry[:, :, a - bc0:b - bc0]
+            piece[:, :2 * h] = top * (1 - ramp[:, None]) + piece[:, :2 * h] * ramp[:, None]
+        r1 = ys1
+        if ys1 < self.grid.raster_height:  # the last 2h rows wait for the next tile row
+            r1 = ys1 - 2 * h
+            if self.carry is None:
+                self.carry = np.empty((piece.shape[0], 2 * h, bc1 - bc0), np.float32)
+            self.carry[:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
+        r0, r1 = max(ys0, self.y0), min(r1, self.y1)
+        if r1 <= r0:
+            return []
+        return [Block(r0, r1, a, b, piece[:, r0 - ys0:r1 - ys0], empty[r0 - ty:r1 - ty, a - tx:b - tx], self.band)]
+
+    def end_row(self, row: Span) -> List[Block]:
+        self.carry_row = row.stop - 2 * self.h if row.stop < self.grid.raster_height else None
+        return []
+
+    def finish(self) -> List[Block]:
+        return []
+
+
+class RampBlend:
+    """Cores with linear ramps across their borders (use with :func:`~.grid.ramp_grid`)."""
+
+    def band(self, grid: TileGrid, band: Tuple[int, int]) -> _RampBand:
+        """The blender of one column band."""
+        return _RampBand(grid, band)

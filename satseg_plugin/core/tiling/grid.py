@@ -1,0 +1,149 @@
+"""Where a tiled sweep cuts: tile origins and the pixels each tile's output counts for, as a value.
+
+A :class:`TileGrid` is computed without reading a pixel. Two layouts exist:
+
+* :func:`hann_grid` (segmentation): tiles anchored at the region's origin, each blended over its whole
+  extent with Hann weights, so the span of a tile is the tile itself;
+* :func:`ramp_grid` (cluster maps): tiles anchored at the *raster's* origin, whatever region is asked for
+  (so a pixel's result never depends on the extent), each owning its core plus a ramp of ``half`` pixels
+  past every inner core border (:func:`support`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional, Tuple
+
+from rasterio.windows import Window
+
+from ..errors import InputError
+from ..grid import axis_offsets, column_bands
+
+__all__ = ["DEFAULT_TILE", "Span", "TileGrid", "fit_tile", "check_overlap", "tile_origins", "core_spans",
+           "ramp_half", "support", "hann_grid", "ramp_grid"]
+
+#: Tile side when none is asked for.
+DEFAULT_TILE = 512
+
+
+class Span(NamedTuple):
+    """One tile along one axis: its first pixel and the pixels ``[start, stop)`` its output counts for."""
+
+    origin: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles a sweep computes for a region of a raster.
+
+    Attributes:
+        tile: tile side in pixels.
+        overlap: overlap of neighbouring tiles in pixels.
+        region: the pixels to produce (a window inside the raster).
+        rows: the tile rows, top to bottom, as :class:`Span` s of raster rows.
+        cols: the tile columns, left to right, as :class:`Span` s of raster columns.
+        raster_height: the raster's height in pixels.
+        raster_width: the raster's width in pixels.
+        half: half width of the blend ramp centred on core borders (ramp grids); 0 for Hann grids.
+    """
+
+    tile: int
+    overlap: int
+    region: Window
+    rows: Tuple[Span, ...]
+    cols: Tuple[Span, ...]
+    raster_height: int
+    raster_width: int
+    half: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def window(self, row: Span, col: Span) -> Window:
+        """The tile at ``row``, ``col`` in raster pixels (it may run past the raster's edge)."""
+        return Window(col.origin, row.origin, self.tile, self.tile)
+
+    def windows(self) -> List[Window]:
+        """Every tile, row-major."""
+        return [self.window(r, c) for r in self.rows for c in self.cols]
+
+    def column_bands(self, band_columns: int) -> List[Tuple[int, int]]:
+        """The region's columns cut into ``(start, stop)`` bands of at most ``band_columns``."""
+        return column_bands(int(self.region.col_off), int(self.region.width), band_columns)
+
+    def cols_meeting(self, band: Tuple[int, int]) -> List[Span]:
+        """The tile columns whose output counts for some column of ``band``."""
+        return [c for c in self.cols if c.stop > band[0] and c.start < band[1]]
+
+
+def fit_tile(requested: Optional[int], multiple: int) -> int:
+    """The tile side: ``requested`` (None or 0: :data:`DEFAULT_TILE`) rounded up to the model's ``multiple``."""
+    return int(math.ceil(max(requested or DEFAULT_TILE, multiple) / multiple) * multiple)
+
+
+def check_overlap(tile: int, overlap: Optional[int]) -> int:
+    """The overlap (None: a quarter of the tile), or an :class:`InputError` naming OVERLAP."""
+    overlap = tile // 4 if overlap is None else int(overlap)
+    if not 0 <= overlap < tile:
+        raise InputError(f"must be at least 0 and less than the tile size ({tile}), got {overlap}.", "OVERLAP")
+    return overlap
+
+
+def tile_origins(start: int, length: int, tile: int, stride: int) -> List[int]:
+    """Tile starts covering ``[start, start + length)``; a region shorter than a tile gets one tile."""
+    if length <= tile:
+        return [start]
+    offsets, _ = axis_offsets(start, length, tile, stride, "shift")
+    return offsets
+
+
+def core_spans(length: int, tile: int, overlap: int) -> List[Tuple[int, int, int]]:
+    """Tiles along one axis of ``length`` pixels: ``(origin, core_start, core_end)`` per tile.
+
+    Cores partition ``[0, length)``: the border between two neighbours is the midpoint of their overlap.
+    """
+    if length <= tile:
+        return [(0, 0, length)]
+    origins, _ = axis_offsets(0, length, tile, tile - overlap, "shift")
+    bounds = [0] + [(a + b + tile) // 2 for a, b in zip(origins[:-1], origins[1:])] + [length]
+    return [(o, bounds[i], bounds[i + 1]) for i, o in enumerate(origins)]
+
+
+def ramp_half(overlap: int) -> int:
+    """Half width of the blend ramp centred on each core border: a quarter of the overlap.
+
+    Ramp pixels are at least ``overlap / 4`` from either tile's edge, where zero padding has faded.
+    """
+    return overlap // 4
+
+
+def support(span: Tuple[int, int, int], length: int, half: int) -> Tuple[int, int]:
+    """Pixels ``[start, stop)`` where a tile's output has a weight: its core plus ``half`` past inner borders."""
+    _, start, stop = span
+    return (start - half if start > 0 else 0), (stop + half if stop < length else length)
+
+
+def hann_grid(region: Window, raster_height: int, raster_width: int, tile: int, overlap: int) -> TileGrid:
+    """Tiles anchored at the region's origin, ``tile - overlap`` apart, the last one shifted to end with it."""
+    x0, y0, width, height = (int(v) for v in (region.col_off, region.row_off, region.width, region.height))
+
+    def spans(start: int, length: int) -> Tuple[Span, ...]:
+        return tuple(Span(o, o, o + tile) for o in tile_origins(start, length, tile, tile - overlap))
+
+    return TileGrid(tile, overlap, region, spans(y0, height), spans(x0, width), raster_height, raster_width)
+
+
+def ramp_grid(region: Window, raster_height: int, raster_width: int, tile: int, overlap: int) -> TileGrid:
+    """Tiles of the raster-anchored core grid whose support (core plus ramp) meets the region."""
+    half = ramp_half(overlap)
+
+    def spans(length: int, lo: int, hi: int) -> Tuple[Span, ...]:
+        out = (Span(c[0], *support(c, length, half)) for c in core_spans(length, tile, overlap))
+        return tuple(s for s in out if s.stop > lo and s.start < hi)
+
+    x0, y0 = int(region.col_off), int(region.row_off)
+    return TileGrid(tile, overlap, region, spans(raster_height, y0, y0 + int(region.height)),
+                    spans(raster_width, x0, x0 + int(region.width)), raster_height, raster_width, half)

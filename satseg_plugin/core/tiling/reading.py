@@ -1,0 +1,99 @@
+"""Reading one tile: the window clipped to the raster, padded, nodata flagged and filled with band means.
+
+The nodata rule (:func:`nodata_flags`) is the one every tiled sweep uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.windows import Window
+
+from ..raster import nodata_pixels
+
+__all__ = ["Tile", "TileReader", "nodata_flags"]
+
+
+@dataclass
+class Tile:
+    """A read tile: ``raw`` ``(C, T, T)`` float32 model input in band units, ``empty`` ``(T, T)`` bool."""
+
+    window: Window
+    raw: np.ndarray
+    empty: np.ndarray
+
+
+def _uses_mask_band(src: rasterio.DatasetReader, bands: Sequence[int]) -> bool:
+    """Whether GDAL masks the bands with a mask or alpha band (not by a nodata value, not all valid)."""
+    flags = src.mask_flag_enums
+    return src.nodata is None and any(
+        MaskFlags.per_dataset in flags[b - 1] or MaskFlags.alpha in flags[b - 1] for b in bands)
+
+
+def nodata_flags(src: rasterio.DatasetReader, bands: Sequence[int], window: Window, data: np.ndarray) -> np.ndarray:
+    """Pixels of ``data`` (``bands`` read at ``window``) that hold no data: a boolean ``(H, W)`` mask.
+
+    A pixel is nodata when
+
+    * it is NaN or infinite in any band (a network cannot take it), or
+    * the raster has a nodata value and every band holds it, or
+    * the raster has no nodata value but a mask or alpha band (what QGIS draws as transparent) masks it
+      in every band.
+
+    Why this rule: it is what the raster itself declares, which is what a GIS user sees in QGIS. Pixel
+    values are never guessed: 0 is real data in many products (dark water in 8-bit imagery, dB backscatter,
+    indices), and QGIS shows zero pixels as data when no nodata value is set. To make zeros nodata, give the
+    raster a nodata value (``gdal_edit -a_nodata 0``, or Raster > Conversion > Translate with "Assign a
+    specified nodata value").
+    """
+    if np.issubdtype(data.dtype, np.floating):
+        empty = ~np.all(np.isfinite(data), axis=0)
+    else:
+        empty = np.zeros(data.shape[1:], bool)
+    if src.nodata is not None:
+        empty |= nodata_pixels(data, src.nodata)
+    elif _uses_mask_band(src, bands):
+        empty |= ~np.any(src.read_masks(list(bands), window=window), axis=0)
+    return empty
+
+
+class TileReader:
+    """Reads square tiles of some bands of a raster as model input.
+
+    Pixels past the raster's edge and nodata pixels (:func:`nodata_flags`) are flagged ``empty`` and fed
+    as ``fill`` (the band means the model was normalised with, i.e. zero after normalisation, the most
+    neutral input a network knows).
+
+    Reading one tile touches nothing but ``src`` and this object's constants, so tiles can later be read
+    ahead on worker threads (one dataset handle per thread) while the model runs.
+
+    Args:
+        src: the open raster.
+        bands: 1-based bands to read, in model input order.
+        fill: ``(C,)`` value per band fed for empty pixels.
+        tile: tile side in pixels.
+    """
+
+    def __init__(self, src: rasterio.DatasetReader, bands: Sequence[int], fill: np.ndarray, tile: int) -> None:
+        self.src, self.bands, self.tile = src, list(bands), tile
+        self.fill = np.asarray(fill, np.float32).reshape(-1, 1)
+
+    def read(self, window: Window) -> Tile:
+        """The tile whose top-left raster pixel is ``window``'s offset (its size is the reader's tile)."""
+        src, tile = self.src, self.tile
+        tx, ty = int(window.col_off), int(window.row_off)
+        ix0, iy0 = max(tx, 0), max(ty, 0)
+        ix1, iy1 = min(tx + tile, src.width), min(ty + tile, src.height)
+        inside = Window(ix0, iy0, ix1 - ix0, iy1 - iy0)
+        data = src.read(self.bands, window=inside)
+        raw = np.empty((len(self.bands), tile, tile), np.float32)
+        empty = np.ones((tile, tile), bool)
+        rows, cols = slice(iy0 - ty, iy1 - ty), slice(ix0 - tx, ix1 - tx)
+        raw[:, rows, cols] = data
+        empty[rows, cols] = nodata_flags(src, self.bands, inside, data)
+        raw[:, empty] = self.fill
+        return Tile(Window(tx, ty, tile, tile), raw, empty)

@@ -1,0 +1,95 @@
+"""THE tiled sweep: column bands, tile rows, batches of tiles through a model, blended finished blocks.
+
+Memory is bounded by the tile size and the band width, never by the raster's size: the region is cut into
+column bands (:meth:`~.grid.TileGrid.column_bands`), each swept top to bottom; a band computes every tile
+whose output counts for it, so a tile column straddling a band border is computed twice (about
+``tile / band_columns`` extra work) and every pixel gets the same blend as in a single sweep.
+
+Producer / consumer seam: :func:`tile_outputs` reads the tiles of one batch (``TileReader.read``, one call
+per tile, independent of each other) and then runs the model on them; the blender consumes the outputs.
+Reading ahead on a thread pool, or blending on the GPU, replaces one side without touching the other.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, List, Tuple
+
+import numpy as np
+
+from ..deps import require
+from ..progress import Feedback, check_canceled
+from .blending import Block
+from .grid import Span, TileGrid
+from .reading import TileReader
+
+__all__ = ["Predict", "TileBatches", "sweep"]
+
+#: A model step: raw tiles ``(N, C, T, T)`` float32 (band units) -> outputs ``(N, D, T, T)`` float32.
+Predict = Callable[[np.ndarray], np.ndarray]
+
+_OOM_ADVICE = "Lower TILE_SIZE or use DEVICE=cpu."
+
+
+class TileBatches:
+    """Runs tiles through the model in batches, halving the batch after a CUDA out-of-memory error.
+
+    The batch size is kept from one call to the next, so one out-of-memory error shrinks the rest of the run.
+    """
+
+    def __init__(self, batch_size: int, feedback: Feedback) -> None:
+        self.size = max(1, int(batch_size))
+        self.feedback = feedback
+
+    def tile_outputs(self, grid: TileGrid, reader: TileReader, predict: Predict, row: Span, cols: List[Span]
+                     ) -> Iterator[Tuple[Span, np.ndarray, np.ndarray]]:
+        """``(col, output (D, T, T), empty (T, T))`` of the tiles ``cols`` of tile row ``row``, left to right."""
+        from ..device import shrink_batch_after_oom
+
+        torch = require("torch")
+        start = 0
+        while start < len(cols):
+            check_canceled(self.feedback)
+            chunk = cols[start:start + self.size]
+            tiles = [reader.read(grid.window(row, col)) for col in chunk]
+            try:
+                outputs = predict(np.stack([t.raw for t in tiles]))
+            except torch.cuda.OutOfMemoryError:
+                self.size = shrink_batch_after_oom(self.size, self.feedback, "tile", _OOM_ADVICE)
+                continue
+            yield from zip(chunk, outputs, [t.empty for t in tiles])
+            start += len(chunk)
+
+
+def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback: Feedback, batch_size: int,
+          band_columns: int) -> Iterator[Block]:
+    """Finished, blended blocks of the grid's region, band by band, each band top to bottom.
+
+    Args:
+        grid: where the tiles lie (:func:`~.grid.hann_grid` or :func:`~.grid.ramp_grid`).
+        reader: reads a tile as model input, nodata flagged and filled.
+        predict: the model step (see :data:`Predict`).
+        blend: a blend strategy (:class:`~.blending.HannBlend` or :class:`~.blending.RampBlend`) suiting the grid.
+        feedback: cancel is checked per tile row and per batch; progress (0..95 %) is set per tile row.
+        batch_size: tiles per model step (halved on CUDA out-of-memory).
+        band_columns: widest column band.
+
+    Yields:
+        :class:`~.blending.Block` s; when a block of a band starts at row ``r0``, every row of that band above
+        ``r0`` has been given. Block values may be views into buffers reused later: use them before the
+        next block.
+    """
+    batches = TileBatches(batch_size, feedback)
+    bands = grid.column_bands(band_columns)
+    steps = len(bands) * len(grid.rows)
+    for band_index, band in enumerate(bands):
+        cols = grid.cols_meeting(band)
+        blender = blend.band(grid, band)
+        for row_index, row in enumerate(grid.rows):
+            check_canceled(feedback)
+            yield from blender.start_row(row)
+            for col, output, empty in batches.tile_outputs(grid, reader, predict, row, cols):
+                yield from blender.add(row, col, output, empty)
+            yield from blender.end_row(row)
+            feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / steps)
+        check_canceled(feedback)
+        yield from blender.finish()
