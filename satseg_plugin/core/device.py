@@ -67,22 +67,28 @@ def describe_device(device: "torch.device") -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def shrink_batch_after_oom(batch_size: int, feedback: Feedback, unit: str, advice: str) -> int:
+def shrink_batch_after_oom(batch_size: int, feedback: Feedback, unit: str, advice: str, minimum: int = 1) -> int:
     """After a CUDA out-of-memory error: free cached memory and return half the batch size.
+
+    Call it after leaving the ``except`` block of the error: the traceback holds the failed batch's tensors,
+    and their memory is only free once it is gone. :class:`.fit.OomBackoff` does the retrying.
 
     Args:
         batch_size: the batch size that ran out of memory.
         feedback: where the retry is announced.
         unit: what a batch holds, for the messages (``"tile"``, ``"crop"``).
-        advice: what the user can change when even one item does not fit.
+        advice: what the user can change when even the smallest batch does not fit.
+        minimum: the smallest usable batch (2 for networks whose batch norm trains on batch statistics).
 
     Raises:
-        DeviceError: when the batch size already was 1.
+        DeviceError: when the batch size already was ``minimum`` (or less).
     """
     torch = require("torch")
     torch.cuda.empty_cache()
-    if batch_size <= 1:
-        raise DeviceError(f"CUDA ran out of memory with one {unit} per batch. {advice}")
-    smaller = max(1, batch_size // 2)
-    feedback.warning(f"CUDA out of memory: retrying with batches of {smaller} {unit}s.")
+    units = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")  # crops, patches
+    if batch_size <= minimum:
+        count = f"one {unit}" if minimum <= 1 else f"{minimum} {units}"
+        raise DeviceError(f"CUDA ran out of memory with {count} per batch. {advice}")
+    smaller = max(minimum, batch_size // 2)
+    feedback.warning(f"CUDA out of memory: retrying with batches of {smaller} {units}.")
     return smaller

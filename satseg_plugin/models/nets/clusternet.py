@@ -67,10 +67,15 @@ def build_clusternet(architecture: str, encoder: str, in_channels: int, feature_
             return self.head(self.features(x))
 
         def reset_head(self, generator: "torch.Generator" = None) -> None:
-            """Fresh head weights (DeepCluster: the old head scores clusters that no longer exist)."""
+            """Fresh head weights (DeepCluster: the old head scores clusters that no longer exist).
+
+            The weights are drawn on the CPU (from ``generator`` when given) and copied to the head's device:
+            a CPU generator cannot draw into CUDA tensors, and the same seed gives the same head everywhere.
+            """
             with torch.no_grad():
                 bound = 1.0 / (feature_dim + in_channels) ** 0.5
-                self.head.weight.uniform_(-bound, bound, generator=generator)
+                fresh = torch.empty(self.head.weight.shape).uniform_(-bound, bound, generator=generator)
+                self.head.weight.copy_(fresh)
                 self.head.bias.zero_()
 
     return ClusterNet()

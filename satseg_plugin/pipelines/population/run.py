@@ -203,10 +203,12 @@ def _check_same_grid(path: str, crs: Any, transform: Affine, shape: Tuple[int, i
 
 def _require_grid(what: str, crs: Any, transform: Affine, shape: Tuple[int, int], other_crs: Any,
                   other_transform: Affine, other_shape: Tuple[int, int], parameter: str) -> None:
-    """Refuse an input whose CRS or pixel grid differs from the other inputs'."""
-    from .frames import same_grid
+    """Refuse an input whose CRS or pixel grid (:func:`~satseg_plugin.core.raster.same_grid`) differs from the
+    other inputs'; ``shape`` is ``(height, width)``."""
+    from ...core.raster import Grid, same_grid
 
-    if other_crs != crs or not same_grid(transform, shape, other_transform, other_shape):
+    if not same_grid(Grid(other_crs, other_transform, other_shape[1], other_shape[0]),
+                     Grid(crs, transform, shape[1], shape[0])):
         raise InputError(f"{what} is not on the grid of the other inputs (CRS, pixel size, origin and size must "
                          "match); use the outputs of one SatSeg run.", parameter)
 

@@ -19,12 +19,13 @@ from affine import Affine
 from rasterio.windows import Window
 
 from ...core.deps import require
-from ...core.errors import CanceledError, InputError, check_settings
+from ...core.errors import InputError, check_settings
+from ...core.fit import BestModel, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.labels import IGNORE, LabelSet
 from ...core.normalization import band_statistics, normalize
+from ...core.plots import plot_training_curves
 from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
-from ...core.staging import StagedFile, write_csv_rows
 from .augment import AugmentConfig, augment_batch
 
 __all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
@@ -239,31 +240,6 @@ def _dice_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Tuple[float, fl
     return float(dice.mean()), float(iou.mean())
 
 
-def _plot_history(history: List[Dict[str, float]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, ax1 = plt.subplots(figsize=(7, 4), dpi=100)
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss", color="tab:blue")
-    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss (focal + Dice)")
-    ax2 = ax1.twinx()
-    ax2.plot(epochs, [h["val_dice"] for h in history], label="validation Dice", color="tab:green", marker="o")
-    ax2.set_ylabel("Dice")
-    ax2.set_ylim(0, 1)
-    lines = ax1.get_legend_handles_labels()
-    lines2 = ax2.get_legend_handles_labels()
-    ax1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="center right")
-    ax1.set_title("SatSeg training")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def train_segmentation(source: str, labels: LabelSet, model_path: str, config: TrainConfig = TrainConfig(),
                        device: str = "auto", feedback: Optional[Feedback] = None,
                        log_path: Optional[str] = None, plot_path: Optional[str] = None) -> TrainResult:
@@ -284,7 +260,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         best model so far (``canceled`` is True); a cancel before that raises :class:`CanceledError`.
     """
     torch = require("torch")
-    from ...core.device import describe_device, resolve_device, shrink_batch_after_oom
+    from ...core.device import describe_device, resolve_device
     from ...core.version import __version__
     from ...models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
     from ...models.losses import FocalDiceLoss
@@ -294,9 +270,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     config.validate()
     torch_device = resolve_device(device)
     feedback.info(f"Device: {describe_device(torch_device)}")
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    rng, generator = seed_everything(config.seed)
 
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
@@ -374,110 +348,93 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         loss_fn = FocalDiceLoss(gamma=2.0, mode="binary" if binary else "multiclass", ignore_index=IGNORE)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-        batch_size = config.batch_size
+        backoff = OomBackoff(config.batch_size, feedback, "crop", "Lower PATCH_SIZE, choose a smaller ENCODER, "
+                             "or use DEVICE=cpu.")
         total_area = float(train_area.sum())
-        batches = config.batches_per_epoch or max(4, math.ceil(2 * total_area / (size * size) / batch_size))
-        use_amp = torch_device.type == "cuda"
+        batches = config.batches_per_epoch or max(4, math.ceil(2 * total_area / (size * size) / config.batch_size))
+        precision = choose_precision(torch_device, feedback=feedback)
         feedback.info(f"Training {config.architecture}/{config.encoder} on {len(bands)} band(s): {batches} batches "
-                      f"of {batch_size} x {size} px per epoch, up to {config.epochs} epochs.")
+                      f"of {config.batch_size} x {size} px per epoch, up to {config.epochs} epochs.")
 
         def to_target(lab: "torch.Tensor") -> "torch.Tensor":
             return lab.float()[:, None] if binary else lab.long()
 
-        def run_batch(images, labs, train: bool):
+        def forward(images: "torch.Tensor", labs: "torch.Tensor") -> Tuple["torch.Tensor", "torch.Tensor"]:
             images, labs = images.to(torch_device), labs.to(torch_device)
-            with torch.autocast(device_type=torch_device.type, enabled=use_amp):
+            with precision.autocast():
                 logits = model(images)
-            loss = loss_fn(logits.float(), to_target(labs))
-            if train:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            return loss, logits
+            return loss_fn(logits.float(), to_target(labs)), logits
 
+        def train_step(batch_size: int) -> "torch.Tensor":
+            crops = [sample_crop() for _ in range(batch_size)]
+            images = torch.from_numpy(np.stack([c[0] for c in crops]))
+            labs = torch.from_numpy(np.stack([c[1] for c in crops]))
+            if config.augment:
+                images, labs = augment_batch(images, labs, generator, AugmentConfig())
+            loss, _ = forward(images, labs)
+            precision.step(loss, optimizer)
+            return loss.detach()
+
+        k = 1 if binary else labels.num_classes
+        thresholds = (THRESHOLD_GRID if config.threshold is None else np.array([config.threshold])) \
+            if binary else np.array([0.0])
         history: List[Dict[str, float]] = []
-        best = {"dice": -1.0, "iou": 0.0, "epoch": 0, "state": None}
-        since_best, canceled, epoch = 0, False, 0
+        best = BestModel()
         steps = config.epochs * batches
-        try:
-            for epoch in range(1, config.epochs + 1):
-                started = time.time()
-                model.train()
-                losses = []
-                b = 0
-                while b < batches:
-                    check_canceled(feedback)
-                    crops = [sample_crop() for _ in range(batch_size)]
-                    images = torch.from_numpy(np.stack([c[0] for c in crops]))
-                    labs = torch.from_numpy(np.stack([c[1] for c in crops]))
-                    if config.augment:
-                        images, labs = augment_batch(images, labs, generator, AugmentConfig())
-                    try:
-                        loss, _ = run_batch(images, labs, train=True)
-                    except torch.cuda.OutOfMemoryError:
-                        batch_size = shrink_batch_after_oom(batch_size, feedback, "crop", "Lower PATCH_SIZE, "
-                                                            "choose a smaller ENCODER, or use DEVICE=cpu.")
-                        continue
-                    losses.append(float(loss.detach()))
-                    b += 1
-                    feedback.set_progress(100.0 * ((epoch - 1) * batches + b) / steps)
-                scheduler.step()
-                model.eval()
-                val_losses = []
-                k = 1 if binary else labels.num_classes
-                thresholds = (THRESHOLD_GRID if config.threshold is None else np.array([config.threshold])) \
-                    if binary else np.array([0.0])
-                tp, fp, fn = (np.zeros((len(thresholds), k)) for _ in range(3))
-                with torch.no_grad():
-                    for start in range(0, len(val_data), batch_size):
-                        check_canceled(feedback)
-                        chunk = val_data[start:start + batch_size]
-                        images = torch.from_numpy(np.stack([c[0] for c in chunk]))
-                        labs = torch.from_numpy(np.stack([c[1] for c in chunk]))
-                        loss, logits = run_batch(images, labs, train=False)
-                        val_losses.append(float(loss))
-                        truth = labs.numpy()
-                        valid = truth != IGNORE
-                        if binary:
-                            prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
-                            preds = [(prob > t).astype(np.uint8) for t in thresholds]
-                        else:
-                            preds = [logits.argmax(1).cpu().numpy().astype(np.uint8)]
-                        for i, pred in enumerate(preds):
-                            for c in range(k):
-                                cls = c + 1
-                                p, t = (pred == cls) & valid, (truth == cls) & valid
-                                tp[i, c] += (p & t).sum()
-                                fp[i, c] += (p & ~t).sum()
-                                fn[i, c] += (~p & t).sum()
-                scores = [_dice_iou(tp[i], fp[i], fn[i]) for i in range(len(thresholds))]
-                pick = int(np.argmax([d for d, _ in scores]))
-                (dice, iou), threshold = scores[pick], float(thresholds[pick])
-                row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": float(np.mean(val_losses)),
-                       "val_dice": dice, "val_iou": iou, "val_threshold": threshold,
-                       "lr": optimizer.param_groups[0]["lr"],
-                       "seconds": round(time.time() - started, 2)}
-                history.append(row)
-                feedback.info(f"Epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
-                              f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f}"
-                              f"{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
-                if dice > best["dice"]:
-                    best = {"dice": dice, "iou": iou, "epoch": epoch, "threshold": threshold,
-                            "state": {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}}
-                    since_best = 0
-                else:
-                    since_best += 1
-                    if since_best >= config.patience:
-                        feedback.info(f"Early stop: no better validation Dice for {config.patience} epochs.")
-                        break
-        except CanceledError:
-            if best["state"] is None:
-                raise
-            canceled = True
-            feedback.warning(f"Canceled during epoch {epoch}: keeping the best model so far "
-                             f"(epoch {best['epoch']}, validation Dice {best['dice']:.4f}).")
 
-        model.load_state_dict(best["state"])
+        def epoch_step(epoch: int) -> None:
+            started = time.time()
+            model.train()
+            losses = []  # on the device: read back once per epoch, not once per batch
+            for b in range(batches):
+                check_canceled(feedback)
+                losses.append(backoff.run(train_step))
+                feedback.set_progress(100.0 * ((epoch - 1) * batches + b + 1) / steps)
+            scheduler.step()
+            model.eval()
+            val_losses = []
+            tp, fp, fn = (np.zeros((len(thresholds), k)) for _ in range(3))
+            with torch.no_grad():
+                for start in range(0, len(val_data), backoff.batch_size):
+                    check_canceled(feedback)
+                    chunk = val_data[start:start + backoff.batch_size]
+                    images = torch.from_numpy(np.stack([c[0] for c in chunk]))
+                    labs = torch.from_numpy(np.stack([c[1] for c in chunk]))
+                    loss, logits = forward(images, labs)
+                    val_losses.append(loss)
+                    truth = labs.numpy()
+                    valid = truth != IGNORE
+                    if binary:
+                        prob = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+                        preds = [(prob > t).astype(np.uint8) for t in thresholds]
+                    else:
+                        preds = [logits.argmax(1).cpu().numpy().astype(np.uint8)]
+                    for i, pred in enumerate(preds):
+                        for c in range(k):
+                            cls = c + 1
+                            p, t = (pred == cls) & valid, (truth == cls) & valid
+                            tp[i, c] += (p & t).sum()
+                            fp[i, c] += (p & ~t).sum()
+                            fn[i, c] += (~p & t).sum()
+            scores = [_dice_iou(tp[i], fp[i], fn[i]) for i in range(len(thresholds))]
+            pick = int(np.argmax([d for d, _ in scores]))
+            (dice, iou), threshold = scores[pick], float(thresholds[pick])
+            row = {"epoch": epoch, "train_loss": float(torch.stack(losses).double().mean()),
+                   "val_loss": float(torch.stack(val_losses).double().mean()),
+                   "val_dice": dice, "val_iou": iou, "val_threshold": threshold,
+                   "lr": optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.time() - started, 2)}
+            history.append(row)
+            feedback.info(f"Epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
+                          f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f}"
+                          f"{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
+            best.offer(dice, model, epoch, iou=iou, threshold=threshold)
+
+        outcome = run_epochs(config.epochs, epoch_step, feedback, best, config.patience, "validation Dice",
+                             keep_best_on_cancel=True)
+
+        best.restore(model)
+        best_dice, best_iou = float(best.score), float(best.info["iou"])
         crs_units = (src.crs.linear_units if src.crs and src.crs.is_projected else
                      ("degrees" if src.crs else "pixels"))
         metadata = ModelMetadata(
@@ -485,23 +442,20 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             classes=list(labels.class_names), bands=list(bands), mean=[float(v) for v in mean],
             std=[float(v) for v in std], patch_size=size, pixel_size=(abs(src.res[0]), abs(src.res[1])),
             crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=crs_units,
-            threshold=best["threshold"] if binary else (0.5 if config.threshold is None else config.threshold),
-            metrics={"val_dice": best["dice"], "val_iou": best["iou"], "best_epoch": best["epoch"],
+            threshold=best.info["threshold"] if binary else (0.5 if config.threshold is None else config.threshold),
+            metrics={"val_dice": best_dice, "val_iou": best_iou, "best_epoch": best.epoch,
                      "epochs_run": len(history)},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
                    "source": os.path.abspath(source), "satseg_version": __version__})
     save_checkpoint(model_path, model_tensors(model), metadata)
-    written_log = written_plot = None
-    if log_path and history:
-        written_log = write_csv_rows(log_path, history, "OUTPUT_LOG")
+    written_log = write_log(log_path, history)
+    written_plot = None
     if plot_path and history:
-        staged = StagedFile(plot_path, parameter="OUTPUT_PLOT", suffix=".png")
-        with staged as tmp:
-            _plot_history(history, tmp)
-            staged.commit()
-        written_plot = os.path.abspath(plot_path)
+        written_plot = plot_training_curves(
+            plot_path, history, [("train_loss", "train loss", "tab:blue"), ("val_loss", "validation loss", "tab:orange")],
+            "loss (focal + Dice)", [("val_dice", "validation Dice", "tab:green")], "Dice", (0, 1))
     feedback.set_progress(100.0)
-    feedback.info(f"Best validation Dice {best['dice']:.4f} (IoU {best['iou']:.4f}) at epoch {best['epoch']}; "
+    feedback.info(f"Best validation Dice {best_dice:.4f} (IoU {best_iou:.4f}) at epoch {best.epoch}; "
                   f"model written to {model_path}.")
-    return TrainResult(os.path.abspath(model_path), written_log, written_plot, best["epoch"], best["dice"],
-                       best["iou"], len(history), canceled, history)
+    return TrainResult(os.path.abspath(model_path), written_log, written_plot, best.epoch, best_dice, best_iou,
+                       len(history), outcome.canceled, history)

@@ -19,11 +19,11 @@ from rasterio.windows import Window
 
 from ....core.deps import require
 from ....core.errors import InputError, check_settings
+from ....core.fit import OomBackoff, choose_precision, seed_everything, write_log
 from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ....core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
 from ....core.scores import nmi
-from ....core.staging import write_csv_rows
 
 __all__ = ["ClusterNetConfig", "ClusterTrainResult", "FeatureTransform", "train_clusternet", "IGNORE_INDEX"]
 
@@ -286,9 +286,10 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
     if config.patch_size % multiple:
         raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "
                          f"{multiple} px; {config.patch_size} is not.", "PATCH_SIZE")
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
+    rng, generator = seed_everything(config.seed)
+    precision = choose_precision(torch_device, feedback=feedback)
+    backoff = OomBackoff(config.batch_size, feedback, "crop", "Lower PATCH_SIZE, choose a smaller ENCODER, or use "
+                         "DEVICE=cpu.")
     size, k = config.patch_size, config.num_clusters
     history: List[Dict[str, float]] = []
 
@@ -338,23 +339,26 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
                 # one optimiser for the whole round: its moments carry across batches (the original reset them)
                 optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
                 model.train()
-                losses = []
-                for step in range(config.steps_per_round):
-                    check_canceled(sub)
-                    idx = rng.choice(len(images), min(config.batch_size, len(images)), replace=False)
+
+                def train_step(batch_size: int) -> "torch.Tensor":
+                    idx = rng.choice(len(images), min(batch_size, len(images)), replace=False)
                     x = torch.from_numpy(images[idx])
                     y = torch.from_numpy(targets[idx])
                     flips = [d for d, flip in ((-1, rng.random() < 0.5), (-2, rng.random() < 0.5)) if flip]
                     if flips:  # the same flip on image and pseudo-labels keeps them registered
                         x, y = x.flip(flips), y.flip(flips)
-                    logits = model(x.to(torch_device))
-                    loss = loss_fn(logits, y.to(torch_device))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
+                    with precision.autocast():
+                        logits = model(x.to(torch_device))
+                    loss = loss_fn(logits.float(), y.to(torch_device))
+                    precision.step(loss, optimizer)
+                    return loss.detach()
+
+                losses = []  # on the device: read back once per round, not once per step
+                for step in range(config.steps_per_round):
+                    check_canceled(sub)
+                    losses.append(backoff.run(train_step))
                     sub.set_progress(100.0 * (step + 1) / config.steps_per_round)
-                row = {"round": round_index, "objective": objective, "loss": float(np.mean(losses)),
+                row = {"round": round_index, "objective": objective, "loss": float(torch.stack(losses).double().mean()),
                        "nmi_previous": stability, "clusters_used": int((sizes > 0).sum()),
                        "largest_cluster_share": float(sizes.max() / max(sizes.sum(), 1)),
                        "smallest_cluster_share": float(sizes.min() / max(sizes.sum(), 1))}
@@ -387,9 +391,7 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
     extras = {"centroids": np.asarray(centroids, np.float32), **transform.tensors()}
     tensors = model_tensors(model.cpu(), {name: torch.from_numpy(a) for name, a in extras.items()})
     save_checkpoint(model_path, tensors, metadata)
-    written_log = None
-    if log_path and history:
-        written_log = write_csv_rows(log_path, history, "OUTPUT_LOG")
+    written_log = write_log(log_path, history)
     feedback.set_progress(100.0)
     feedback.info(f"Final k-means objective {objective:.4g}; model written to {model_path}.")
     return ClusterTrainResult(os.path.abspath(model_path), written_log, history, objective,

@@ -28,12 +28,14 @@ import numpy as np
 
 from ....core.deps import require
 from ....core.errors import InputError, check_settings
+from ....core.fit import OomBackoff, Precision, choose_precision, seed_everything, split_batches
 from ....core.kmeans import Whitening, kmeans, l2_normalize
+from ....core.plots import new_figure, save_figure
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 from ....core.scores import nmi, silhouette
 from ....core.staging import StagedDirectory, StagedFile, write_csv_rows
 from .data import load_patches
-from .train import _batches, augment_scenes
+from .train import augment_scenes
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -177,8 +179,8 @@ def _features(model: "torch.nn.Module", images: np.ndarray, device: "torch.devic
 
 
 def _train_epoch(model: "torch.nn.Module", images: np.ndarray, targets: np.ndarray, k: int,
-                 config: DeepClusterConfig, device: "torch.device", rng: np.random.Generator,
-                 generator: "torch.Generator", feedback: Feedback) -> float:
+                 config: DeepClusterConfig, device: "torch.device", precision: Precision, backoff: OomBackoff,
+                 rng: np.random.Generator, generator: "torch.Generator", feedback: Feedback) -> float:
     """Reset the head to ``k`` outputs and train backbone and head one pass on the pseudo-labels."""
     torch = require("torch")
     model.fc = torch.nn.Linear(model.fc.in_features, k).to(device)  # new head, fresh initialisation
@@ -190,18 +192,22 @@ def _train_epoch(model: "torch.nn.Module", images: np.ndarray, targets: np.ndarr
     # backbone and the new head in one optimiser (the original trained a head it never optimised)
     optimizer = torch.optim.RAdam(model.parameters(), lr=config.learning_rate)
     model.train()
-    batches = _batches(rng.permutation(len(images)), config.batch_size)
-    losses = []
+
+    def step(batch: np.ndarray) -> "torch.Tensor":
+        x = augment_scenes(torch.from_numpy(images[batch]).to(device), generator, radiometric=False)
+        with precision.autocast():
+            logits = model(x)
+        loss = loss_fn(logits.float(), torch.from_numpy(targets[batch]).to(device))
+        precision.step(loss, optimizer)
+        return loss.detach()
+
+    batches = split_batches(rng.permutation(len(images)), backoff.batch_size)
+    losses = []  # on the device: read back once per pass, not once per batch
     for i, batch in enumerate(batches):
         check_canceled(feedback)
-        x = augment_scenes(torch.from_numpy(images[batch]).to(device), generator, radiometric=False)
-        loss = loss_fn(model(x), torch.from_numpy(targets[batch]).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        losses += backoff.run_batch(batch, step)
         feedback.set_progress(100.0 * (i + 1) / len(batches))
-    return float(np.mean(losses))
+    return float(torch.stack(losses).double().mean())
 
 
 def _write_features(path: str, features: np.ndarray, index: np.ndarray, row_groups: List[str],
@@ -222,13 +228,9 @@ def _write_table(path: str, rows: List[Dict[str, Any]]) -> str:
 
 
 def _write_plot(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, int]) -> str:
-    require("matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(figure)  # pyplot-free: no global state, safe off the GUI thread
+    figure = new_figure()
     axes = figure.add_subplot(1, 1, 1)
     for group in dict.fromkeys(row["group"] for row in rows):
         mine = [row for row in rows if row["group"] == group]
@@ -247,11 +249,7 @@ def _write_plot(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, int]
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    staged = StagedFile(path, parameter="OUTPUT_PLOT", suffix=".png")
-    with staged as tmp:
-        figure.savefig(tmp, format="png")
-        staged.commit()
-    return os.path.abspath(path)
+    return save_figure(figure, path, "OUTPUT_PLOT")
 
 
 def _write_report(path: str, rows: List[Dict[str, Any]], suggested: Dict[str, Optional[int]],
@@ -321,7 +319,6 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
         CheckpointError: the model file is missing, not a scene model, or its weights do not fit.
         CanceledError: when the user cancels; nothing is written.
     """
-    torch = require("torch")
     from ....core.device import describe_device, resolve_device
     from ....core.version import __version__
     from ....models.checkpoint import load_checkpoint
@@ -352,6 +349,8 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
     meta = ckpt.metadata
     torch_device = resolve_device(device)
     feedback.info(f"Device: {describe_device(torch_device)}")
+    precision = choose_precision(torch_device, feedback=feedback)
+    backoff = OomBackoff(config.batch_size, feedback, "patch", "Use smaller patches or DEVICE=cpu.", minimum=2)
     # only the clustered groups' patches are read ("uninhabited" ones are never needed)
     index = np.concatenate([members[g] for g in chosen])
     starts = np.cumsum([0] + [len(members[g]) for g in chosen])
@@ -377,9 +376,7 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
                              "the patch count spreads the patches evenly and hides clusters. Lower PCA_DIM.")
         group_images = images[starts[gi]:starts[gi + 1]]
         seed = config.seed + 1000 * gi
-        torch.manual_seed(seed)
-        rng = np.random.default_rng(seed)
-        generator = torch.Generator().manual_seed(seed)
+        rng, generator = seed_everything(seed)
         model = scene_model_from_checkpoint(ckpt, num_classes=k).to(torch_device)  # a fresh copy per group
         lo = 5.0 + gi * per_group
         step = per_group / (config.epochs + 1)
@@ -390,7 +387,8 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
             space = cluster_space(_features(model, group_images, torch_device, config.batch_size, sub), config.pca_dim)
             result = kmeans(space, k, niter=config.kmeans_iterations, seed=seed + epoch, feedback=None)
             targets = result.assignments.astype(np.int64)
-            loss = _train_epoch(model, group_images, targets, k, config, torch_device, rng, generator, sub)
+            loss = _train_epoch(model, group_images, targets, k, config, torch_device, precision, backoff, rng,
+                                generator, sub)
             row = {"group": group, "epoch": epoch, "objective": float(result.objective),
                    "nmi_previous": nmi(previous, targets) if previous is not None else float("nan"),
                    "loss": loss, "clusters_used": int((result.sizes > 0).sum())}

@@ -15,7 +15,6 @@ seeded.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -27,15 +26,25 @@ import numpy as np
 
 from ....core.deps import require
 from ....core.errors import InputError, check_settings
+from ....core.fit import (
+    BestModel,
+    OomBackoff,
+    choose_precision,
+    ema_model,
+    lookahead,
+    run_epochs,
+    seed_everything,
+    split_batches,
+    write_log,
+)
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from ....core.staging import write_csv_rows
 from .data import load_patches
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["SceneTrainConfig", "SceneTrainResult", "Lookahead", "augment_scenes", "stratified_split",
-           "sigmoid_rampup", "pretrain_scene"]
+__all__ = ["SceneTrainConfig", "SceneTrainResult", "augment_scenes", "stratified_split", "sigmoid_rampup",
+           "pretrain_scene"]
 
 #: Training patches per epoch on which the teacher's batch-norm statistics are measured.
 _PRECISE_BN_PATCHES = 1024
@@ -115,48 +124,6 @@ class SceneTrainResult:
     train_indices: np.ndarray
     val_indices: np.ndarray
     history: List[Dict[str, Any]] = field(default_factory=list)
-
-
-class Lookahead:
-    """Lookahead (Zhang et al., 2019) around any torch optimiser.
-
-    torch ships RAdam but no Lookahead (siCluster used the "Ranger" RAdam + Lookahead package), and ten
-    lines do not justify a dependency: the inner optimiser takes ``k`` fast steps, then the slow weights move
-    ``alpha`` of the way towards the fast ones and the fast weights restart from there.
-
-    Args:
-        optimizer: the inner optimiser (its parameter groups are used).
-        k: fast steps per slow update.
-        alpha: slow step size in ``(0, 1]``.
-    """
-
-    def __init__(self, optimizer: "torch.optim.Optimizer", k: int = 5, alpha: float = 0.5) -> None:
-        if k < 1 or not 0 < alpha <= 1:
-            raise ValueError(f"Lookahead needs k >= 1 and 0 < alpha <= 1, got k={k}, alpha={alpha}")
-        self.optimizer, self.k, self.alpha, self.steps = optimizer, int(k), float(alpha), 0
-        self.slow = [[p.detach().clone() for p in group["params"]] for group in optimizer.param_groups]
-
-    @property
-    def param_groups(self) -> List[Dict[str, Any]]:
-        """The inner optimiser's parameter groups."""
-        return self.optimizer.param_groups
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients (inner optimiser)."""
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        """One fast step; every ``k``-th also the slow update ``slow += alpha * (fast - slow)``, fast = slow."""
-        torch = require("torch")
-        self.optimizer.step()
-        self.steps += 1
-        if self.steps % self.k:
-            return
-        with torch.no_grad():
-            for group, slow in zip(self.optimizer.param_groups, self.slow):
-                for fast, anchor in zip(group["params"], slow):
-                    anchor.add_(fast.detach() - anchor, alpha=self.alpha)
-                    fast.copy_(anchor)
 
 
 def augment_scenes(images: "torch.Tensor", generator: "torch.Generator", radiometric: bool = True,
@@ -243,20 +210,12 @@ def stratified_split(classes: np.ndarray, fraction: float, seed: int) -> Tuple[n
     return np.sort(np.concatenate(train)).astype(np.int64), np.sort(np.concatenate(val)).astype(np.int64)
 
 
-def _batches(order: np.ndarray, size: int) -> List[np.ndarray]:
-    """Split ``order`` into batches of ``size``; a last batch of one joins the previous one (batch norm)."""
-    batches = [order[i:i + size] for i in range(0, len(order), size)]
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = np.concatenate([batches[-2], batches.pop()])
-    return batches
-
-
 @contextmanager
 def _batch_statistics(model: "torch.nn.Module") -> Iterator[None]:
     """Run ``model`` with batch statistics in its batch norms without touching their running buffers.
 
     The teacher sees the batch the way the student does (train-mode normalisation, as in the original mean
-    teacher), while its running statistics stay the EMA of the student's.
+    teacher), while its running buffers stay untouched (``update_bn`` re-measures them before evaluation).
     """
     torch = require("torch")
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -273,49 +232,11 @@ def _batch_statistics(model: "torch.nn.Module") -> Iterator[None]:
         model.train(was_training)
 
 
-def _ema_update(teacher: "torch.nn.Module", student: "torch.nn.Module", decay: float) -> None:
-    """``teacher = decay * teacher + (1 - decay) * student`` for the parameters.
-
-    Batch-norm buffers are not averaged: :func:`_precise_bn` measures them for the teacher's own weights.
-    """
-    torch = require("torch")
-    with torch.no_grad():
-        for mine, theirs in zip(teacher.parameters(), student.parameters()):
-            mine.mul_(decay).add_(theirs.detach(), alpha=1.0 - decay)
-
-
-def _precise_bn(model: "torch.nn.Module", images: np.ndarray, positions: np.ndarray, device: "torch.device",
-                batch_size: int, feedback: Feedback) -> None:
-    """Set the batch-norm running statistics to their average over the patches at ``positions``.
-
-    The running statistics a network collects while it trains (momentum 0.1) trail its weights by tens of
-    steps, and an EMA teacher's weights differ from the student's anyway; evaluated with such statistics a
-    teacher that classifies perfectly with batch statistics can score at chance level after a short run. One
-    forward pass with a cumulative average fixes the statistics for the weights as they are (Wu & Johnson's
-    "precise BN").
-    """
-    torch = require("torch")
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average over the batches below
-    model.train()
-    try:
-        with torch.no_grad():
-            for batch in _batches(positions, batch_size):
-                check_canceled(feedback)
-                model(torch.from_numpy(images[batch]).to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
-
-
-def _soft_cross_entropy(logits: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
-    """Mean over rows of ``-sum(target * log_softmax(logits))``."""
-    torch = require("torch")
-    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+def _checked(batches: List[np.ndarray], feedback: Feedback) -> Iterator[np.ndarray]:
+    """``batches``, with a cancel check before each."""
+    for batch in batches:
+        check_canceled(feedback)
+        yield batch
 
 
 def _predict(model: "torch.nn.Module", images: np.ndarray, positions: np.ndarray, device: "torch.device",
@@ -354,10 +275,6 @@ def _check_labels(labels: Any, n: int, names: List[str]) -> np.ndarray:
     return target
 
 
-def _write_log(path: str, history: List[Dict[str, Any]]) -> str:
-    return write_csv_rows(path, history, "OUTPUT_LOG")
-
-
 def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequence[str], model_path: str,
                    config: SceneTrainConfig = SceneTrainConfig(), device: str = "auto",
                    feedback: Optional[Feedback] = None, log_path: Optional[str] = None) -> SceneTrainResult:
@@ -369,7 +286,7 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
     difference of the student's and the teacher's softmax over all of the batch (both networks normalise with
     batch statistics, as in the original); one RAdam (+ Lookahead) step updates every student parameter, head
     included; the teacher's parameters then take an EMA step. After the epoch the teacher's batch-norm
-    statistics are measured on (up to 1024) training patches ("precise BN", see :func:`_precise_bn`), it is
+    statistics are measured on (up to 1024) training patches ("precise BN", ``torch.optim.swa_utils.update_bn``), it is
     scored on the validation patches (accuracy of its argmax against the labels' argmax) and kept when it is
     the best so far (ties: the lower validation loss, then the later epoch).
 
@@ -398,6 +315,8 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
     from ....core.version import __version__
     from ....models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
     from ....models.nets.scene import SCENE_ARCHITECTURE, build_scene_model, scene_model_from_checkpoint
+
+    swa_utils = require("torch.optim.swa_utils")
 
     feedback = feedback or NullFeedback()
     config.validate()
@@ -431,9 +350,7 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
         raise InputError("fewer than two patches are left for training; label more patches or lower "
                          "VAL_FRACTION.", "LABELS")
 
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    rng, generator = seed_everything(config.seed)
     if init is not None:
         student = scene_model_from_checkpoint(init, num_classes=len(names))
         feedback.info(f"Started from the weights in {config.init_weights} (loaded strictly).")
@@ -443,82 +360,94 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
     else:
         student = build_scene_model(len(names), stack.in_channels)
     student.to(torch_device)
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False)
+    ema = ema_model(student, config.ema_decay)  # ema.module: the teacher, the network kept and written
     # every student parameter, the head included (the original left the head out of the optimiser)
     inner = torch.optim.RAdam(student.parameters(), lr=config.learning_rate)
-    optimizer: Any = Lookahead(inner, k=5, alpha=0.5) if config.lookahead else inner
+    optimizer = lookahead(inner, k=5, alpha=0.5) if config.lookahead else inner
+    precision = choose_precision(torch_device, feedback=feedback)
+    backoff = OomBackoff(config.batch_size, feedback, "patch", "Use smaller patches or DEVICE=cpu.", minimum=2)
     soft_t = torch.from_numpy(soft)
-    is_labelled = torch.from_numpy(labelled)
+    hard_t = torch.from_numpy(hard)
 
     def augmented(x: "torch.Tensor") -> "torch.Tensor":
         return augment_scenes(x, generator) if config.augment else x
 
     # patches whose batch-norm statistics the teacher is evaluated with (a seeded subset of large sets)
     bn_idx = np.sort(rng.permutation(train_idx)[:_PRECISE_BN_PATCHES])
-    steps_per_epoch = len(_batches(train_idx, config.batch_size))
-    total_steps = config.epochs * steps_per_epoch
     span = (5.0, 97.0)
+    per_epoch = (span[1] - span[0]) / config.epochs
     history: List[Dict[str, Any]] = []
-    best_key: Optional[Tuple[float, float]] = None
-    best_state: Dict[str, "torch.Tensor"] = {}
-    best_epoch, best_accuracy = 0, float("nan")
-    step = 0
-    for epoch in range(1, config.epochs + 1):
+    best = BestModel(ties_to_later=True)
+
+    def train_step(batch: np.ndarray, weight: float) -> Tuple["torch.Tensor", ...]:
+        """One student step on ``batch`` and the teacher's EMA step; returns the (device) sums to log."""
+        x = torch.from_numpy(images[batch]).to(torch_device)
+        with precision.autocast():
+            logits = student(augmented(x)).float()
+            with torch.no_grad(), _batch_statistics(ema.module):
+                teacher_logits = ema(augmented(x)).float()
+        # the labelled rows are chosen on the host: a boolean mask on the device would wait for the GPU
+        mine = labelled[batch]
+        if mine.any():
+            rows = torch.from_numpy(np.flatnonzero(mine)).to(torch_device)
+            chosen = logits.index_select(0, rows)
+            # F.cross_entropy takes class probabilities as targets: the soft labels
+            supervised = torch.nn.functional.cross_entropy(chosen, soft_t[batch[mine]].to(torch_device))
+            correct = (chosen.argmax(1) == hard_t[batch[mine]].to(torch_device)).sum()
+        else:
+            supervised = logits.sum() * 0.0
+            correct = torch.zeros((), dtype=torch.long, device=torch_device)
+        consistency = torch.nn.functional.mse_loss(torch.softmax(logits, dim=1), torch.softmax(teacher_logits, dim=1))
+        loss = supervised + weight * consistency
+        precision.step(loss, optimizer)
+        ema.update_parameters(student)
+        return torch.stack([loss.detach(), supervised.detach(), consistency.detach()]), correct
+
+    def epoch_step(epoch: int) -> None:
         started = time.perf_counter()
         student.train()
-        sums = {"loss": 0.0, "supervised_loss": 0.0, "consistency_loss": 0.0}
-        correct = seen = 0
+        sums = torch.zeros(3, dtype=torch.float64, device=torch_device)  # read back once per epoch
+        correct = torch.zeros((), dtype=torch.long, device=torch_device)
+        seen = steps = 0
         weight = 0.0
-        batches = _batches(rng.permutation(train_idx), config.batch_size)
+        batches = split_batches(rng.permutation(train_idx), backoff.batch_size)
         for i, batch in enumerate(batches):
             check_canceled(feedback)
-            x = torch.from_numpy(images[batch]).to(torch_device)
-            rows = torch.from_numpy(batch)
-            lab = is_labelled[rows].to(torch_device)
-            logits = student(augmented(x))
-            with torch.no_grad(), _batch_statistics(teacher):
-                teacher_logits = teacher(augmented(x))
-            if lab.any():
-                supervised = _soft_cross_entropy(logits[lab], soft_t[rows].to(torch_device)[lab])
-                correct += int((logits[lab].argmax(1).cpu() == torch.from_numpy(hard[batch])[lab.cpu()]).sum())
-                seen += int(lab.sum())
-            else:
-                supervised = logits.sum() * 0.0
             weight = config.consistency_weight * sigmoid_rampup(epoch - 1 + i / len(batches), config.rampup_epochs)
-            consistency = torch.nn.functional.mse_loss(torch.softmax(logits, dim=1),
-                                                       torch.softmax(teacher_logits, dim=1))
-            loss = supervised + weight * consistency
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            _ema_update(teacher, student, min(config.ema_decay, 1.0 - 1.0 / (step + 1)))
-            sums["loss"] += float(loss.detach())
-            sums["supervised_loss"] += float(supervised.detach())
-            sums["consistency_loss"] += float(consistency.detach())
-            feedback.set_progress(span[0] + (span[1] - span[0]) * step / total_steps)
+            for losses, right in backoff.run_batch(batch, lambda piece: train_step(piece, weight)):
+                sums += losses.double()
+                correct += right
+                steps += 1
+            seen += int(labelled[batch].sum())
+            feedback.set_progress(span[0] + per_epoch * (epoch - 1 + (i + 1) / len(batches)))
 
-        _precise_bn(teacher, images, bn_idx, torch_device, config.batch_size, feedback)
+        # "precise BN" (Wu & Johnson): the running statistics a network collects while it trains trail its
+        # weights, and an EMA teacher's weights differ from the student's anyway; evaluated with such statistics
+        # a teacher that classifies perfectly with batch statistics can score at chance level after a short run.
+        # update_bn re-measures them as a cumulative average over the patches at bn_idx.
+        swa_utils.update_bn((torch.from_numpy(images[b]) for b in _checked(split_batches(bn_idx, config.batch_size),
+                                                                           feedback)), ema.module, torch_device)
         val_accuracy, val_loss = float("nan"), float("nan")
         if len(val_idx):
-            probs = _predict(teacher, images, val_idx, torch_device, config.batch_size, feedback)
+            probs = _predict(ema.module, images, val_idx, torch_device, config.batch_size, feedback)
             val_accuracy = float((probs.argmax(axis=1) == hard[val_idx]).mean())
             val_loss = float(-(soft[val_idx] * np.log(np.clip(probs, 1e-12, None))).sum(axis=1).mean())
         key = (0.0, 0.0) if not len(val_idx) else (val_accuracy, -val_loss)
-        improved = best_key is None or key >= best_key
-        if improved:
-            best_key, best_epoch, best_accuracy = key, epoch, val_accuracy
-            best_state = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
-        row = {"epoch": epoch, **{k: v / len(batches) for k, v in sums.items()}, "consistency_weight": weight,
-               "train_accuracy": correct / seen if seen else float("nan"), "val_accuracy": val_accuracy,
-               "val_loss": val_loss, "best": int(improved), "seconds": round(time.perf_counter() - started, 3)}
+        improved = best.offer(key, ema.module, epoch, accuracy=val_accuracy)
+        mean = (sums / steps).tolist()
+        row = {"epoch": epoch, "loss": mean[0], "supervised_loss": mean[1], "consistency_loss": mean[2],
+               "consistency_weight": weight, "train_accuracy": int(correct) / seen if seen else float("nan"),
+               "val_accuracy": val_accuracy, "val_loss": val_loss, "best": int(improved),
+               "seconds": round(time.perf_counter() - started, 3)}
         history.append(row)
         feedback.info(f"Epoch {epoch}/{config.epochs}: loss {row['loss']:.4f} (supervised "
                       f"{row['supervised_loss']:.4f}, consistency {row['consistency_loss']:.4f} x {weight:.2f}), "
                       f"train accuracy {row['train_accuracy']:.3f}, validation accuracy {val_accuracy:.3f}")
 
-    teacher.load_state_dict(best_state)
+    run_epochs(config.epochs, epoch_step, feedback)
+    teacher = ema.module
+    best.restore(teacher)
+    best_epoch, best_accuracy = best.epoch, best.info["accuracy"]
     probabilities = _predict(teacher, images, np.arange(len(paths)), torch_device, config.batch_size, feedback)
     predicted = probabilities.argmax(axis=1).astype(np.int64)
     check_canceled(feedback)
@@ -535,7 +464,7 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
                "class_counts": {n: int(c) for n, c in zip(names, counts)}, "patch_count": len(paths),
                "teacher": "mean-teacher EMA", "satseg_version": __version__})
     save_checkpoint(model_path, model_tensors(teacher.cpu()), metadata, parameter="OUTPUT_MODEL")
-    written_log = _write_log(log_path, history) if log_path and history else None
+    written_log = write_log(log_path, history)
     feedback.set_progress(100.0)
     feedback.info(f"Kept the teacher of epoch {best_epoch} (validation accuracy {best_accuracy:.3f}); model "
                   f"written to {model_path}.")

@@ -19,7 +19,6 @@ from satseg_plugin.models.checkpoint import ModelMetadata, load_checkpoint, mode
 from satseg_plugin.models.nets.scene import build_scene_model, scene_model_from_checkpoint
 from satseg_plugin.pipelines.clustering.scene.data import load_patches
 from satseg_plugin.pipelines.clustering.scene.train import (
-    Lookahead,
     SceneTrainConfig,
     augment_scenes,
     pretrain_scene,
@@ -184,22 +183,6 @@ def test_config_errors_name_the_parameter(field, value, parameter):
         replace(SceneTrainConfig(), **{field: value}).validate()
     assert err.value.parameter == parameter
     SceneTrainConfig().validate()
-
-
-def test_lookahead_moves_slow_weights_half_way_every_k_steps():
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = Lookahead(torch.optim.SGD([weight], lr=1.0), k=2, alpha=0.5)
-    seen = []
-    for _ in range(4):
-        optimizer.zero_grad()
-        (-weight).sum().backward()  # gradient -1: every fast step adds 1
-        optimizer.step()
-        seen.append(float(weight.detach()))
-    # fast 1, 2 -> slow 0 + 0.5 * (2 - 0) = 1; fast 2, 3 -> slow 1 + 0.5 * (3 - 1) = 2
-    assert seen == [1.0, 1.0, 2.0, 2.0]
-    assert optimizer.param_groups is optimizer.optimizer.param_groups
-    with pytest.raises(ValueError):
-        Lookahead(torch.optim.SGD([weight], lr=1.0), k=0)
 
 
 def test_augmentations():

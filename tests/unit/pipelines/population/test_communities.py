@@ -11,20 +11,22 @@ pytest.importorskip("faiss")
 from satseg_plugin.core.errors import CanceledError, InputError
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.models.nets.window_ae import WindowAE
+from satseg_plugin.pipelines.population.autoencoder import (
+    encode_pixels,
+    normalise_channels,
+    pad_channels,
+    train_window_ae,
+    windows_at,
+)
 from satseg_plugin.pipelines.population.communities import (
     CommunityConfig,
     community_records,
     dbscan_segments,
     disk_offsets,
-    encode_pixels,
     frame_communities,
     grid_dbscan,
     k_report,
-    normalise_channels,
     order_segments,
-    pad_channels,
-    train_window_ae,
-    windows_at,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
