@@ -31,7 +31,6 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -40,10 +39,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from harness import (  # bench/ is the script folder
     add_common_args,
+    command_line,
     cpu_model,
     load_text,
+    log,
     new_parser,
-    write_section,
+    publish_section,
 )
 
 from satseg_plugin.core.kmeans import kmeans, nearest_centroid
@@ -222,11 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     n = 100_000 if args.quick else args.n
 
-    def log(message: str) -> None:
-        print(message, flush=True)
-
-    command = shlex.join([os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..")
-                          else sys.executable, os.path.relpath(os.path.abspath(__file__))] + list(sys.argv[1:]))
+    command = command_line(__file__)
     started = time.time()
     x = make_features(n, args.dim, seed=args.seed)
     log(f"[kmeans] features {x.shape} float32, {x.nbytes / 2**20:.0f} MiB, made in {time.time() - started:.1f} s")
@@ -272,12 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         (f"**Verdict**: {'PASS' if ok else 'FAIL'}"
          + ("" if ok else f" ({sum('FAIL' in v for v in verdicts)} of {len(verdicts)} comparisons failed)")),
     ]
-    text = "\n".join(body)
-    log("")
-    log(text)
-    if args.write_results:
-        write_section(args.write_results, "kmeans", text)
-        log(f"\nWrote the kmeans section of {args.write_results}")
+    publish_section("\n".join(body), "kmeans", args.write_results)
     return 0 if ok else 1
 
 

@@ -30,7 +30,6 @@ import json
 import os
 import re
 import resource
-import shlex
 import shutil
 import sys
 import time
@@ -42,11 +41,13 @@ from harness import (
     DEFAULT_OUT,
     REPO_ROOT,
     add_common_args,
+    command_line,
+    log,
     machine_info,
     new_parser,
     parallel_probe,
+    publish_section,
     run_measured,
-    write_section,
 )
 from sources import CRS, PIXEL_SIZE, ensure_source, warm_cache
 
@@ -317,11 +318,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         child_satseg(args.child_satseg[0], args.child_satseg[1], args.patch, args.workers)
         return 0
 
-    def log(message: str) -> None:
-        print(message, flush=True)
-
-    command = shlex.join([os.path.relpath(sys.executable) if not os.path.relpath(sys.executable).startswith("..")
-                          else sys.executable, os.path.relpath(os.path.abspath(__file__))] + list(sys.argv[1:]))
+    command = command_line(__file__)
     patch, out_dir = args.patch, os.path.abspath(args.out_dir)
     grid = args.size // patch
     expected = grid * grid
@@ -427,12 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "",
         f"**Verdict** (target: at least as fast as gdal_retile.py with bounded memory): {verdict}",
     ]
-    text = "\n".join(body)
-    log("")
-    log(text)
-    if args.write_results:
-        write_section(args.write_results, "patching", text)
-        log(f"\nWrote the patching section of {args.write_results}")
+    publish_section("\n".join(body), "patching", args.write_results)
     return 0 if ok_spots and counts_ok else 1
 
 

@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["BENCH_DIR", "REPO_ROOT", "DEFAULT_OUT", "THREAD_VARS", "CachePoller", "Measurement", "add_common_args",
-           "cpu_model", "load_text", "machine_info", "new_parser", "parallel_probe", "ram_gib", "run_json_child",
+__all__ = ["BENCH_DIR", "REPO_ROOT", "DEFAULT_OUT", "THREAD_VARS", "CachePoller", "Measurement", "Run",
+           "add_common_args", "child_main", "command_line", "cpu_model", "git_state", "host_info", "load_text", "log",
+           "machine_info", "new_parser", "parallel_probe", "publish_section", "ram_gib", "run_json_child",
            "run_measured", "write_section"]
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -66,6 +67,25 @@ def add_common_args(parser: argparse.ArgumentParser, section: str, quick: Option
     parser.add_argument("--write-results", metavar="FILE", help=f"update the '{section}' section of this Markdown "
                                                                 "file (e.g. bench/RESULTS.md)")
     return parser
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that started this run, as a reader would type it again (``nice -n N`` in front when niced).
+
+    Args:
+        script: the benchmark script (its ``__file__``).
+        argv: its arguments (None: ``sys.argv[1:]``).
+    """
+    rel = os.path.relpath(sys.executable)
+    command = shlex.join([rel if not rel.startswith("..") else sys.executable,
+                          os.path.relpath(os.path.abspath(script))] + list(sys.argv[1:] if argv is None else argv))
+    niceness = os.nice(0)
+    return f"nice -n {niceness} {command}" if niceness else command
+
+
+def log(message: str) -> None:
+    """Print one progress line at once (a benchmark's log)."""
+    print(message, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,6 +158,39 @@ def run_json_child(script: str, mode: str, spec: Dict[str, Any],
         env.update({var: str(threads) for var in THREAD_VARS})
     m = run_measured(cmd, env)
     return json.loads(m.output.strip().splitlines()[-1]), m
+
+
+def child_main(children: Mapping[str, Callable[[Dict[str, Any]], Dict[str, Any]]],
+               argv: Optional[Sequence[str]] = None) -> int:
+    """The entry point of a measured child: ``--child MODE JSON`` runs ``children[MODE](spec)``.
+
+    Prints the summary as JSON on the last output line, where :func:`run_json_child` reads it.
+    """
+    parser = argparse.ArgumentParser(description="one measured child of a benchmark")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "JSON"), required=True)
+    mode, spec = parser.parse_args(argv).child
+    print(json.dumps(children[mode](json.loads(spec))))
+    return 0
+
+
+@dataclass
+class Run:
+    """One measured child: its summary (the JSON it printed), wall time and peak RSS."""
+
+    label: str
+    summary: Dict[str, Any]
+    wall_s: float
+    maxrss_mib: float
+
+    @property
+    def engine_s(self) -> float:
+        """Seconds of the measured work inside the child (``engine_s``, or ``forward_s`` of a bare forward)."""
+        return float(self.summary.get("engine_s", self.summary.get("forward_s", 0.0)))
+
+    @property
+    def mpx_s(self) -> float:
+        """Output megapixels (the child's ``width`` x ``height``) per second of :attr:`engine_s`."""
+        return self.summary["width"] * self.summary["height"] / 1e6 / self.engine_s
 
 
 class CachePoller:
@@ -239,6 +292,25 @@ def load_text(before: Sequence[float], after: Sequence[float], when: str = "") -
             + ("; the machine was shared with other jobs, so absolute times carry noise" if shared else ""))
 
 
+def host_info() -> str:
+    """CPU model, core count, RAM, OS and Python in one line: what can be known without GDAL's tools or a probe."""
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {ram_gib():.1f} GiB RAM; {platform.platform()}; Python "
+            f"{platform.python_version()}")
+
+
+def git_state(paths: Sequence[str] = ("satseg_plugin/core", "satseg_plugin/pipelines", "satseg_plugin/models")) -> str:
+    """The commit, and which of ``paths`` have uncommitted changes (other work goes on in the same tree)."""
+    try:
+        head = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO_ROOT, "status", "--porcelain", "--", *paths], capture_output=True,
+                               text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    files = [line[3:] for line in dirty if line.strip()]
+    return f"commit {head}" + (f", with uncommitted changes in {', '.join(files)}" if files else "")
+
+
 def machine_info(parallel: float) -> str:
     """CPU model, core count, measured parallel throughput, RAM, OS and library versions, in one line."""
     import rasterio
@@ -276,3 +348,12 @@ def write_section(path: str, name: str, body: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def publish_section(text: str, name: str, path: Optional[str]) -> None:
+    """Print a finished section and, with ``path`` (``--write-results``), write it there (:func:`write_section`)."""
+    log("")
+    log(text)
+    if path:
+        write_section(path, name, text)
+        log(f"\nWrote the {name} section of {path}")

@@ -1,0 +1,311 @@
+"""GPU check of SatSeg's tiled tools: the whole pipeline against the bare model forward, with a profile.
+
+Runs on a machine with CUDA (or, for a dry run, on the CPU with ``--device cpu --size 1024``):
+
+1. an ``--size`` px square, 3-band uint8 tiled GeoTIFF of smooth random texture (written window by window);
+2. U-Net/``--encoder`` with seeded random weights, saved as a ``.satseg`` model;
+3. ``segment_raster`` over the whole raster (``--tile``, ``--overlap``, ``--batch``, AMP), after a warm-up run on a
+   corner; then the bare forward of the same number of tiles, tensors already on the device, same batch and AMP,
+   and the ratio pipeline / bare (issue 16's target: >= 0.5 on an H200);
+4. one more pipeline run under cProfile: the 30 most expensive functions (cumulative) go to ``profile.txt``;
+5. ClusterNet trained for two short rounds on a 512 px crop on the device (``train_clusternet``), then
+   ``cluster_raster`` over the whole raster, timed.
+
+Everything is written to ``--out-dir`` (``--out`` is the same flag; ``results.json``, ``profile.txt``); the numbers
+are printed too, and ``--write-results FILE`` puts them in the ``gpu`` section of that file. Needs neither QGIS
+nor ``/usr/bin/time``: everything runs in this process.
+
+Usage::
+
+    python bench/bench_gpu.py --out /tmp/gpu --write-results bench/RESULTS.md   # on the GPU machine
+    python bench/bench_gpu.py --device cpu --size 1024 --out /tmp/gpu          # dry run here
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from harness import (
+    DEFAULT_OUT,
+    REPO_ROOT,
+    add_common_args,
+    command_line,
+    cpu_model,
+    git_state,
+    host_info,
+    log,
+    new_parser,
+    publish_section,
+)
+
+#: cProfile rows (by cumulative time) kept in the results section; profile.txt keeps PROFILE_FILE_ROWS.
+PROFILE_SECTION_ROWS = 15
+PROFILE_FILE_ROWS = 30
+#: Upper-left corner and pixel size of the generated raster (EPSG:32633).
+ORIGIN = (500000.0, 5000000.0)
+PIXEL = 0.5
+#: Edge of the corner the warm-up run predicts.
+WARM_EDGE = 1024
+
+
+def write_raster(path: str, size: int, seed: int = 0) -> None:
+    """A smooth random 3-band uint8 texture, 512 px blocks, written one block row at a time."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    freq = rng.uniform(0.002, 0.05, size=(3, 4, 2))
+    phase = rng.uniform(0, 2 * np.pi, size=(3, 4))
+    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8", tiled=True, blockxsize=512,
+                   blockysize=512, crs="EPSG:32633", transform=from_origin(*ORIGIN, PIXEL, PIXEL))
+    cols = np.arange(size, dtype=np.float32)[None, :]
+    with rasterio.open(path, "w", **profile) as dst:
+        for top in range(0, size, 512):
+            rows = np.arange(top, min(top + 512, size), dtype=np.float32)[:, None]
+            data = np.empty((3, rows.shape[0], size), dtype=np.uint8)
+            for b in range(3):
+                wave = sum(np.sin(freq[b, k, 0] * rows + freq[b, k, 1] * cols + phase[b, k]) for k in range(4))
+                noise = rng.normal(0, 8, size=(rows.shape[0], size))
+                data[b] = np.clip(128 + 28 * wave + noise, 0, 255).astype(np.uint8)
+            dst.write(data, window=Window(0, top, size, rows.shape[0]))
+
+
+def write_model(path: str, encoder: str, tile: int) -> None:
+    """U-Net/``encoder`` with seeded random weights as a segmentation model file."""
+    import torch
+    from rasterio.crs import CRS
+
+    from satseg_plugin.models.checkpoint import ModelMetadata, model_tensors, save_checkpoint
+    from satseg_plugin.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("unet", encoder, in_channels=3, classes=1).eval()
+    meta = ModelMetadata(kind="segmentation", architecture="unet", encoder=encoder, in_channels=3,
+                         classes=["building"], bands=[1, 2, 3], mean=[128.0, 128.0, 128.0], std=[40.0, 40.0, 40.0],
+                         patch_size=tile, pixel_size=(PIXEL, PIXEL), crs_wkt=CRS.from_epsg(32633).to_wkt(),
+                         crs_units="metre", threshold=0.5, extra={"note": "random weights; bench_gpu.py"})
+    save_checkpoint(path, model_tensors(model), meta)
+
+
+def bare_forward(model_path: str, tiles: int, tile: int, batch: int, device: str, amp: bool) -> float:
+    """Seconds for ``tiles`` tiles through the model, inputs already on the device (no IO, no blending)."""
+    import torch
+
+    from satseg_plugin.models.checkpoint import build_from_checkpoint, load_checkpoint
+
+    model = build_from_checkpoint(load_checkpoint(model_path)).to(device).eval()
+    x = torch.randn(batch, 3, tile, tile, device=device)
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = amp and device == "cuda"
+
+    def run(n: int) -> None:
+        with torch.no_grad(), torch.autocast(device_type="cuda", dtype=dtype, enabled=use_amp):
+            for start in range(0, n, batch):
+                model(x[: min(batch, n - start)])
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run(min(tiles, 2 * batch))  # warm-up: kernels chosen, memory pooled
+    t0 = time.perf_counter()
+    run(tiles)
+    return time.perf_counter() - t0
+
+
+def remove_rasters(paths: Sequence[str]) -> None:
+    """Delete the GeoTIFFs among ``paths`` this run wrote (the models, results.json and profile.txt stay)."""
+    for name in paths:
+        if name.endswith(".tif") and os.path.exists(name):
+            os.remove(name)
+
+
+def profile_table(profiler: cProfile.Profile, rows: int) -> List[str]:
+    """The top ``rows`` functions by cumulative time as a Markdown table (paths relative to the repository or
+    to site-packages; this script's own functions left out)."""
+    stats = pstats.Stats(profiler).get_stats_profile().func_profiles
+    own = os.path.abspath(__file__)  # this script's wrappers only repeat the total
+    top = sorted(((name, fp) for name, fp in stats.items() if os.path.abspath(fp.file_name) != own),
+                 key=lambda item: item[1].cumtime, reverse=True)[:rows]
+    lines = ["| ncalls | tottime (s) | cumtime (s) | function |", "|---:|---:|---:|---|"]
+    for name, fp in top:
+        where = fp.file_name
+        if "site-packages" in where:
+            where = where.split("site-packages" + os.sep, 1)[-1]
+        elif where.startswith(REPO_ROOT):
+            where = os.path.relpath(where, REPO_ROOT)
+        place = f"{where}:{fp.line_number}({name})" if where != "~" else name
+        lines.append(f"| {fp.ncalls} | {fp.tottime:.3f} | {fp.cumtime:.3f} | `{place}` |")
+    return lines
+
+
+def device_line(device: str) -> str:
+    """torch, and the device the run used (GPU name and memory, or the CPU model)."""
+    import torch
+
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return (f"torch {torch.__version__} (CUDA {torch.version.cuda}), numpy {np.__version__}; device "
+                f"{props.name}, {props.total_memory / 2**30:.0f} GiB")
+    return f"torch {torch.__version__}, numpy {np.__version__}; device CPU ({torch.get_num_threads()} threads)"
+
+
+def section(results: Dict[str, Any], profile: List[str], command: str, minutes: float, note: str) -> str:
+    """The ``gpu`` section of RESULTS.md (Markdown, without its markers)."""
+
+    def num(key: str, fmt: str = ".2f") -> str:
+        return format(results[key], fmt) if key in results else "skipped"
+
+    size = results["size"]
+    row = (f"| {size}x{size} | {results['tile']} | {results['overlap']} | {results['batch']} | {results['encoder']} | "
+           f"{results['device_name']} | {results['tiles']} | {num('pipeline_s')} | {num('pipeline_mpx_s')} | "
+           f"{num('bare_s')} | {num('bare_mpx_s')} | **{num('ratio', '.3f')}** | {num('clusternet_train_s')} | "
+           f"{num('cluster_raster_s')} | {num('cluster_mpx_s')} |")
+    body = [
+        "## GPU: `segment_raster` against the bare forward, and `cluster_raster`, on one device",
+        "",
+        f"- Date: {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- Machine: {results['machine']}; {results['device_line']}",
+        f"- Command: `{command}` ({minutes:.1f} min)",
+        f"- Code: {results['code']}",
+        *([f"- Note: {note}"] if note else []),
+        "",
+        "| Raster | Tile | Overlap | Batch | Encoder | Device | Tiles | Pipeline (s) | Pipeline Mpx/s | "
+        "Bare forward (s) | Bare forward Mpx/s | Pipeline / bare | ClusterNet training (s) | `cluster_raster` (s) | "
+        "`cluster_raster` Mpx/s |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        row,
+        "",
+        "Raster: 3-band uint8 tiled GeoTIFF of smooth random texture, written by the script. Pipeline: "
+        "`segment_raster` over the whole raster with a seeded random U-Net (AMP on CUDA), after a warm-up run on a "
+        f"{WARM_EDGE} px corner. Bare forward: the same number of tiles through the same model, input tensors "
+        "already on the device, same batch and AMP, after a warm-up of two batches; no reading, blending or "
+        "writing. Pipeline / bare = bare seconds / pipeline seconds (the share of the model's own speed the "
+        "pipeline keeps). ClusterNet: `train_clusternet` (k = 8, 2 rounds x 5 steps, 16 crops a round) on a 512 px "
+        "crop, then `cluster_raster` over the whole raster (default tile and overlap, batch as above).",
+        "",
+        f"Where the pipeline's time goes: one more `segment_raster` run under cProfile, the top {len(profile) - 2} "
+        "functions by cumulative time (CUDA work is asynchronous: it shows where the host waits for it):",
+        "",
+        *profile,
+    ]
+    return "\n".join(body)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = new_parser(__doc__)
+    parser.add_argument("--size", type=int, default=8192, help="raster edge in pixels (8192)")
+    parser.add_argument("--tile", type=int, default=512, help="tile size (512)")
+    parser.add_argument("--overlap", type=int, default=128, help="tile overlap (128)")
+    parser.add_argument("--batch", type=int, default=32, help="tiles per forward (32)")
+    parser.add_argument("--encoder", default="resnet34", help="U-Net encoder (resnet34)")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the ClusterNet part")
+    add_common_args(parser, "gpu", note=True, out_dir=os.path.join(DEFAULT_OUT, "gpu"))
+    parser.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help="the same as --out-dir")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the check; print the results (and write them with ``--write-results``)."""
+    args = parse_args(argv)
+    import torch
+
+    from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
+
+    command = command_line(__file__, argv)
+    started = time.perf_counter()
+    out = os.path.abspath(args.out_dir)
+    os.makedirs(out, exist_ok=True)
+    written: List[str] = []  # the files this run makes (its rasters are removed; nothing else in out-dir is)
+
+    def path(name: str) -> str:
+        written.append(os.path.join(out, name))
+        return written[-1]
+
+    device_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") \
+        else cpu_model()
+    results: Dict[str, Any] = {"size": args.size, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
+                               "encoder": args.encoder, "device": args.device, "torch": torch.__version__,
+                               "numpy": np.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+                               "device_name": device_name, "machine": host_info(),
+                               "device_line": device_line(args.device), "code": git_state()}
+    if args.device.startswith("cuda"):
+        results["gpu"] = device_name
+    source = path("scene.tif")
+    t0 = time.perf_counter()
+    write_raster(source, args.size)
+    results["write_raster_s"] = round(time.perf_counter() - t0, 2)
+    model = path("unet.satseg")
+    write_model(model, args.encoder, args.tile)
+    mpx = args.size * args.size / 1e6
+    config = InferenceConfig(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True)
+
+    outputs: List[str] = []  # the probability and mask rasters of the pipeline runs
+
+    def run_pipeline(name: str, cfg: InferenceConfig = config) -> Any:
+        outputs.extend([path(f"{name}_prob.tif"), path(f"{name}_mask.tif")])
+        return segment_raster(source, [model], outputs[-2], outputs[-1], cfg, args.device)
+
+    warm = InferenceConfig(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True,
+                           bounds=(ORIGIN[0], ORIGIN[1] - WARM_EDGE * PIXEL, ORIGIN[0] + WARM_EDGE * PIXEL, ORIGIN[1]))
+    run_pipeline("warm", warm)
+    t0 = time.perf_counter()
+    result = run_pipeline("full")
+    pipeline_s = time.perf_counter() - t0
+    bare_s = bare_forward(model, result.tiles, args.tile, args.batch, args.device, amp=True)
+    results.update(tiles=result.tiles, pipeline_s=round(pipeline_s, 3), bare_s=round(bare_s, 3),
+                   pipeline_mpx_s=round(mpx / pipeline_s, 2), bare_mpx_s=round(mpx / bare_s, 2),
+                   ratio=round(bare_s / pipeline_s, 4))
+    log(f"segment_raster {args.size}^2 on {args.device}: {pipeline_s:.2f} s ({mpx / pipeline_s:.2f} Mpx/s), "
+        f"bare forward {bare_s:.2f} s ({mpx / bare_s:.2f} Mpx/s), ratio {bare_s / pipeline_s:.3f}")
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_pipeline("profiled")
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(PROFILE_FILE_ROWS)
+    with open(os.path.join(out, "profile.txt"), "w", encoding="utf-8") as handle:
+        handle.write(text.getvalue())
+    profile = profile_table(profiler, PROFILE_SECTION_ROWS)
+    remove_rasters(outputs)  # before the cluster run needs the disk
+
+    if not args.no_cluster:
+        from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster
+        from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig, train_clusternet
+
+        crop = path("crop.tif")
+        write_raster(crop, 512, seed=1)
+        cn_path = path("clusternet.satseg")
+        t0 = time.perf_counter()
+        train_clusternet([crop], cn_path, ClusterNetConfig(num_clusters=8, rounds=2, steps_per_round=5,
+                                                            crops_per_round=16), args.device)
+        results["clusternet_train_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        cluster_raster(source, cn_path, path("clusters.tif"), ClusterMapConfig(batch_size=args.batch), args.device)
+        cluster_s = time.perf_counter() - t0
+        results.update(cluster_raster_s=round(cluster_s, 2), cluster_mpx_s=round(mpx / cluster_s, 2))
+        log(f"cluster_raster {args.size}^2 on {args.device}: {cluster_s:.2f} s ({mpx / cluster_s:.2f} Mpx/s)")
+    remove_rasters(written)
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=1)
+    log(json.dumps(results))
+    publish_section(section(results, profile, command, (time.perf_counter() - started) / 60, args.note), "gpu",
+                    args.write_results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
