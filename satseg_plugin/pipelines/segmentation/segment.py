@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from ...core.deps import require
 from ...core.errors import InputError
-from ...core.grid import column_bands  # noqa: F401  (the bands BAND_COLUMNS cuts; tests size runs with it)
+from ...core.fit import choose_precision
 from ...core.progress import Feedback, NullFeedback
 from ...core.raster import (
     bounds_region,
@@ -126,7 +126,7 @@ class _Ensemble:
         else:
             self.weights = [1.0 / len(paths)] * len(paths)
         self.device, self.torch = device, torch
-        self.amp = amp and device.type == "cuda"
+        self.precision = choose_precision(device, amp)
         self.models = []
         for ckpt in self.checkpoints:
             model = build_from_checkpoint(ckpt).to(device).eval()
@@ -156,7 +156,7 @@ class _Ensemble:
             x = torch.from_numpy(np.nan_to_num((raw - mean) / std)).to(self.device)
             flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
             acc = None
-            with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            with torch.no_grad(), self.precision.autocast():
                 for dims in flips:
                     logits = model(x.flip(dims) if dims else x).float()
                     probs = torch.sigmoid(logits) if self.binary else torch.softmax(logits, dim=1)[:, 1:]

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from ....core.deps import require
 from ....core.errors import InputError
+from ....core.fit import choose_precision
 from ....core.progress import Feedback, NullFeedback, check_canceled
 from ....core.raster import (
     bounds_region,
@@ -131,7 +132,7 @@ class ClusterModel:
         torch = self.torch
         x = (raw - self.mean[None, :, None, None]) / self.std[None, :, None, None]
         x = torch.from_numpy(np.nan_to_num(x).astype(np.float32)).to(self.device)
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=amp and self.device.type == "cuda"):
+        with torch.no_grad(), choose_precision(self.device, amp).autocast():
             return self.model.features(x).float().cpu().numpy()
 
     def assign(self, features: np.ndarray,
