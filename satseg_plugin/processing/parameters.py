@@ -3,14 +3,12 @@
 Algorithms never import each other; what two of them need lives here once. Choices come from the engine's own
 tables (architectures and encoders from :mod:`~satseg_plugin.models.registry`, devices from
 :data:`~satseg_plugin.core.device.DEVICE_CHOICES`) and defaults from the engine's config dataclasses
-(:func:`config_defaults`), so the toolbox, the dock and the engine cannot disagree.
+(:func:`config_defaults` on the ``pipelines/<pipeline>/config.py`` dataclasses), so the toolbox, the dock and the engine cannot disagree.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import os
+import dataclasses
 from typing import Any, Dict, List
 
 from qgis.core import QgsProcessingException, QgsProcessingParameterEnum, QgsProcessingParameterString
@@ -28,9 +26,6 @@ COMMUNITY_FIELDS = (("frame", "int"), ("frame_name", "str"), ("segment_id", "int
                     ("population", "float"), ("area_km2", "float"), ("centroid_x", "float"), ("centroid_y", "float"),
                     ("pixels", "int"))
 
-_PLUGIN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def parse_classes(text: str, parameter: str) -> List[str]:
     """``"urban, rural,uninhabited"`` -> the distinct non-empty names in order."""
     names = list(dict.fromkeys(c.strip() for c in text.replace(";", ",").split(",") if c.strip()))
@@ -39,39 +34,19 @@ def parse_classes(text: str, parameter: str) -> List[str]:
     return names
 
 
-@functools.lru_cache(maxsize=None)
-def config_defaults(config: str) -> Dict[str, Any]:
-    """The literal field defaults of an engine config dataclass, read from its source.
+def config_defaults(config: type) -> Dict[str, Any]:
+    """The field defaults of an engine config dataclass (``pipelines/<pipeline>/config.py``), by field name.
 
-    Importing the pipeline module would import numpy and rasterio while the provider loads (they may be missing
-    until the installer has run, and they slow QGIS's start), so the class body is parsed with ``ast`` instead and
-    each default is evaluated with :func:`ast.literal_eval`; ``tests/qgis/test_parameters.py`` checks the result
-    against :func:`dataclasses.fields` of the imported class.
+    The config modules import only the standard library and light core modules, so reading them here costs
+    the provider nothing at QGIS start (numpy, rasterio and torch stay unimported until a tool runs).
 
     Args:
-        config: the class's dotted path inside the plugin, e.g. ``"pipelines.segmentation.train.TrainConfig"``.
+        config: the dataclass, e.g. :class:`~satseg_plugin.pipelines.segmentation.config.TrainConfig`.
 
     Returns:
-        Field name -> default, for the fields whose default is a literal (``default_factory`` fields are left out).
-
-    Raises:
-        KeyError: when the module has no such class.
+        Field name -> default, for the fields that have a plain default (``default_factory`` ones are left out).
     """
-    module, _, name = config.rpartition(".")
-    path = os.path.join(_PLUGIN_DIR, *module.split(".")) + ".py"
-    with open(path, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read(), path)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == name:
-            defaults = {}
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.value is not None:
-                    try:
-                        defaults[item.target.id] = ast.literal_eval(item.value)
-                    except ValueError:  # field(default_factory=...) or an expression: not a Processing default
-                        continue
-            return defaults
-    raise KeyError(f"{module} has no class {name}")
+    return {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
 
 
 def architecture_parameter(key: str, label: str, default: str) -> QgsProcessingParameterEnum:

@@ -13,7 +13,6 @@ the solver, the scaling and the pyramid are as they are, with measurements: docs
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Tuple, Union
 
@@ -27,6 +26,7 @@ from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ...core.raster import check_geotiff_name, geotiff_profile, open_raster, raster_env
 from ...core.staging import StagedFile
+from .config import SOLVERS, FlowConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -47,8 +47,6 @@ __all__ = [
     "write_flow",
 ]
 
-#: Values of :attr:`FlowConfig.solver`.
-SOLVERS: Tuple[str, ...] = ("cg", "jacobi")
 
 #: Band descriptions of a flow GeoTIFF (band 1, band 2).
 BAND_DESCRIPTIONS: Tuple[str, str] = ("u (pixels/frame, +column)", "v (pixels/frame, +row)")
@@ -60,46 +58,6 @@ _GREY_MAX = 255.0
 _CHECK_EVERY = 10
 #: Coarsest pyramid level kept at least this many pixels on its short side.
 _MIN_LEVEL_SIDE = 8
-
-
-@dataclass(frozen=True)
-class FlowConfig:
-    """Settings of :func:`horn_schunck`.
-
-    Attributes:
-        alpha: smoothness weight (ALPHA), in 8-bit grey levels of the jointly scaled frames; larger values
-            give smoother flow.
-        iterations: most Jacobi iterations per pyramid level (ITERATIONS).
-        tolerance: stop when the mean absolute change of ``(u, v)`` in one iteration is below this many
-            pixels (TOLERANCE).
-        pyramid_levels: 1 = plain Horn–Schunck; ``n > 1`` = coarse-to-fine over ``n`` levels halving the
-            resolution, for motions of more than a few pixels per frame.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        solver: ``cg`` (default): preconditioned conjugate gradients on the Horn–Schunck equations;
-            ``jacobi``: Horn & Schunck's own Jacobi update. Both converge to the same flow; Jacobi needs
-            tens of times more iterations, and its per-iteration change falls below TOLERANCE long before
-            it has converged (see ``_ConjugateGradientStep``).
-    """
-
-    alpha: float = 10.0
-    iterations: int = 500
-    tolerance: float = 1e-3
-    pyramid_levels: int = 1
-    device: str = "auto"
-    solver: str = "cg"
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the Processing parameter of an unusable value."""
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise InputError(f"must be a positive number, got {self.alpha}.", "ALPHA")
-        if int(self.iterations) < 1:
-            raise InputError(f"must be at least 1, got {self.iterations}.", "ITERATIONS")
-        if not self.tolerance >= 0:
-            raise InputError(f"must be zero or positive, got {self.tolerance}.", "TOLERANCE")
-        if not 1 <= int(self.pyramid_levels) <= 10:
-            raise InputError(f"must be between 1 and 10, got {self.pyramid_levels}.", "PYRAMID_LEVELS")
-        if self.solver not in SOLVERS:
-            raise InputError(f"unknown solver '{self.solver}'; use one of: {', '.join(SOLVERS)}.", "SOLVER")
 
 
 @dataclass

@@ -45,6 +45,7 @@ from ...core.tiling import (
     hann_grid,
     sweep,
 )
+from .config import InferenceConfig
 
 __all__ = ["InferenceConfig", "SegmentResult", "segment_raster", "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
 
@@ -54,33 +55,6 @@ MASK_NODATA = 255
 # buffers (tile + 256) x BAND_COLUMNS x (4K + 1), about 65 MiB for one class and 512 px tiles. A multiple of the
 # output block size, so bands write whole blocks.
 BAND_COLUMNS = 8192
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    """Inference settings.
-
-    Attributes:
-        tile_size: tile side in pixels (0: 512, rounded up to what the models need).
-        overlap: overlap between neighbouring tiles in pixels (None: a quarter of the tile).
-        batch_size: tiles per forward pass (halved automatically on CUDA out-of-memory).
-        weights: ensemble weight per model (None: equal); normalised to sum to 1.
-        threshold: probability threshold of the mask (None: the models' own, weighted).
-        tta: average the predictions of the tile and its horizontal, vertical and double flips.
-        bounds: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS: only predict this area.
-        mask: shapely polygons in the raster's CRS: pixels outside are nodata.
-        amp: mixed precision on CUDA.
-    """
-
-    tile_size: int = 0
-    overlap: Optional[int] = None
-    batch_size: int = 8
-    weights: Optional[Tuple[float, ...]] = None
-    threshold: Optional[float] = None
-    tta: bool = False
-    bounds: Optional[Tuple[float, float, float, float]] = None
-    mask: object = None
-    amp: bool = True
 
 
 @dataclass

@@ -19,7 +19,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from ...core.deps import require
-from ...core.errors import InputError, check_settings
+from ...core.errors import InputError
 from ...core.fit import BestModel, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.labels import IGNORE, LabelSet
 from ...core.normalization import band_statistics, normalize
@@ -27,72 +27,9 @@ from ...core.plots import plot_training_curves
 from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
 from .augment import AugmentConfig, augment_batch
+from .config import TrainConfig
 
 __all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings; defaults follow the building-segmentation competition work.
-
-    Attributes:
-        architecture: ``unet``, ``pspnet`` or ``deeplabv3plus``.
-        encoder: any segmentation-models-pytorch encoder name (random initialisation).
-        bands: 1-based band subset (None: all bands).
-        patch_size: training crop size in pixels.
-        batch_size: crops per batch (lowered automatically on CUDA out-of-memory).
-        epochs: maximum number of epochs.
-        batches_per_epoch: training batches per epoch (0: about two passes over the training area).
-        learning_rate, weight_decay: Adam settings.
-        step_size, gamma: StepLR schedule.
-        patience: stop after this many epochs without a better validation Dice.
-        val_fraction: share of the blocks held out for validation.
-        block_size: side of the validation/training blocks in pixels (0: 2 x patch_size).
-        positive_prob: probability that a crop is drawn around a labelled object.
-        augment: apply flips, rotation, brightness/contrast jitter and to-grey.
-        seed: seed of every random draw (runs are reproducible on the CPU).
-        threshold: probability threshold stored with the model (binary models). None: the threshold of
-            :data:`THRESHOLD_GRID` with the best Dice on the validation blocks, at the best epoch (tuned on the
-            held-out blocks inside the training area, never on data the user predicts later).
-        init_weights: optional SatSeg model file to start from (same architecture, encoder and bands).
-        max_val_tiles: cap on validation tiles (evenly spread) so validation stays fast.
-    """
-
-    architecture: str = "unet"
-    encoder: str = "resnet34"
-    bands: Optional[Tuple[int, ...]] = None
-    patch_size: int = 224
-    batch_size: int = 32
-    epochs: int = 100
-    batches_per_epoch: int = 0
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-3
-    step_size: int = 10
-    gamma: float = 0.1
-    patience: int = 5
-    val_fraction: float = 0.2
-    block_size: int = 0
-    positive_prob: float = 0.7
-    augment: bool = True
-    seed: int = 0
-    threshold: Optional[float] = None
-    init_weights: Optional[str] = None
-    max_val_tiles: int = 64
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad setting."""
-        checks = [
-            ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels", self.patch_size),
-            ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1", self.batch_size),
-            ("EPOCHS", self.epochs >= 1, "must be at least 1", self.epochs),
-            ("LEARNING_RATE", self.learning_rate > 0, "must be positive", self.learning_rate),
-            ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1", self.val_fraction),
-            ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1", self.positive_prob),
-            ("PATIENCE", self.patience >= 1, "must be at least 1", self.patience),
-            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1",
-             self.threshold),
-        ]
-        check_settings(checks, prefix="")
 
 
 @dataclass

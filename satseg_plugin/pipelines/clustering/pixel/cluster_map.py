@@ -51,6 +51,7 @@ from ....core.tiling import (
     ramp_grid,
     sweep,
 )
+from .config import ClusterMapConfig
 
 __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "cluster_grid", "feature_blocks",
            "cluster_raster", "open_cluster_model", "CLUSTER_NODATA", "CLUSTER_BAND_COLUMNS"]
@@ -60,27 +61,6 @@ CLUSTER_NODATA = 0
 #: Widest column band swept at once: the carried ramp rows cost ``D x 2 half x band`` floats (about 70 MiB
 #: for 35 channels and the default 512 px tiles). A multiple of the output block size.
 CLUSTER_BAND_COLUMNS = 8192
-
-
-@dataclass(frozen=True)
-class ClusterMapConfig:
-    """Cluster-raster settings.
-
-    Attributes:
-        tile_size: tile side in pixels (rounded up to what the network needs).
-        overlap: overlap of neighbouring tiles (None: a quarter of the tile); each side keeps half of it.
-        batch_size: tiles per forward pass (halved on CUDA out-of-memory).
-        bounds: ``(xmin, ymin, xmax, ymax)`` in the raster's CRS: only this area.
-        mask: shapely geometry in the raster's CRS: pixels outside become nodata.
-        amp: mixed precision on CUDA.
-    """
-
-    tile_size: int = 512
-    overlap: Optional[int] = None
-    batch_size: int = 4
-    bounds: Optional[Tuple[float, float, float, float]] = None
-    mask: object = None
-    amp: bool = True
 
 
 @dataclass

@@ -18,79 +18,18 @@ import numpy as np
 from rasterio.windows import Window
 
 from ....core.deps import require
-from ....core.errors import InputError, check_settings
+from ....core.errors import InputError
 from ....core.fit import OomBackoff, choose_precision, seed_everything, write_log
 from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ....core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
 from ....core.scores import nmi
+from .config import ClusterNetConfig
 
 __all__ = ["ClusterNetConfig", "ClusterTrainResult", "FeatureTransform", "train_clusternet", "IGNORE_INDEX"]
 
 #: Target value of pixels that take no part in the loss (nodata, padding).
 IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class ClusterNetConfig:
-    """ClusterNet training settings.
-
-    Attributes:
-        architecture: backbone architecture (``unet``, ``deeplabv3plus``, ...; must keep the input size).
-        encoder: smp encoder name (random initialisation).
-        bands: 1-based band subset (None: all bands of the first raster).
-        feature_dim: per-pixel feature channels D.
-        num_clusters: k of the k-means and the head's outputs.
-        rounds: DeepCluster rounds (k-means + training).
-        steps_per_round: training batches per round.
-        batch_size: crops per batch.
-        patch_size: crop side in pixels (a multiple of 32 for U-Net).
-        crops_per_round: crops whose pixels are clustered and trained on in a round.
-        sample_pixels: pixels sampled from those crops for k-means.
-        whiten: PCA-whiten the features before k-means.
-        normalize: L2-normalise the features (after whitening) before k-means.
-        kmeans_iterations: faiss k-means iterations.
-        learning_rate: Adam learning rate.
-        balance: weight the cross-entropy by inverse cluster size, so one huge cluster cannot dominate.
-        band_share: share of the feature variance carried by the pixel's own normalised bands.
-        bootstrap: take the first round's pseudo-labels from k-means on the normalised bands themselves
-            instead of the random network's features (which mostly cluster noise; see the README).
-        seed: seed of every random draw.
-    """
-
-    architecture: str = "unet"
-    encoder: str = "resnet18"
-    bands: Optional[Tuple[int, ...]] = None
-    feature_dim: int = 32
-    num_clusters: int = 20
-    rounds: int = 10
-    steps_per_round: int = 20
-    batch_size: int = 8
-    patch_size: int = 128
-    crops_per_round: int = 48
-    sample_pixels: int = 100_000
-    whiten: bool = False
-    normalize: bool = True
-    kmeans_iterations: int = 20
-    learning_rate: float = 1e-4
-    balance: bool = True
-    band_share: float = 0.8
-    bootstrap: bool = True
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad setting."""
-        checks = (("FEATURE_DIM", self.feature_dim >= 2, "at least 2"),
-                  ("NUM_CLUSTERS", self.num_clusters >= 2, "at least 2"),
-                  ("ROUNDS", self.rounds >= 1, "at least 1"),
-                  ("STEPS_PER_ROUND", self.steps_per_round >= 1, "at least 1"),
-                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1"),
-                  ("PATCH_SIZE", self.patch_size >= 32, "at least 32"),
-                  ("CROPS_PER_ROUND", self.crops_per_round >= 1, "at least 1"),
-                  ("SAMPLE_PIXELS", self.sample_pixels >= self.num_clusters, "at least NUM_CLUSTERS"),
-                  ("LEARNING_RATE", self.learning_rate > 0, "positive"),
-                  ("BAND_SHARE", 0 <= self.band_share < 1, "at least 0 and less than 1"))
-        check_settings(checks)
 
 
 @dataclass

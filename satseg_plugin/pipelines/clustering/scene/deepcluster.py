@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ....core.deps import require
-from ....core.errors import InputError, check_settings
+from ....core.errors import InputError
 from ....core.fit import OomBackoff, Precision, choose_precision, seed_everything, split_batches
 from ....core.kmeans import Whitening, kmeans, l2_normalize
 from ....core.plots import new_figure, save_figure
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 from ....core.scores import nmi, silhouette
 from ....core.staging import StagedDirectory, StagedFile, write_csv_rows
+from .config import DeepClusterConfig
 from .data import load_patches
 from .train import augment_scenes
 
@@ -48,51 +49,6 @@ FEATURES_MARKER = "deepcluster-features"
 
 #: Largest whitened dimension (the ResNet-18 feature size).
 _FEATURE_DIM = 512
-
-
-@dataclass(frozen=True)
-class DeepClusterConfig:
-    """DeepCluster settings.
-
-    Attributes:
-        k: pseudo-classes of the k-means that trains the network (capped by the group's patch count).
-        epochs: DeepCluster epochs per group (0: no training, the pretrained features are clustered).
-        pca_dim: whitened dimension before k-means (capped by the group's patch count - 1 and 512). Keep it
-            well below the number of patches of a group: whitening n patches in n - 1 dimensions makes them
-            all equally far apart, and the clusters vanish.
-        k_min: smallest number of clusters scored by the silhouette.
-        k_max: largest number of clusters scored (below the patch count of every group).
-        sample: score the silhouette on a seeded subset of this many patches per group (None: all; exact).
-        batch_size: patches per training batch (at least 2).
-        learning_rate: RAdam learning rate.
-        kmeans_iterations: faiss k-means iterations.
-        seed: seed of every random draw.
-    """
-
-    k: int = 50
-    epochs: int = 5
-    pca_dim: int = 256
-    k_min: int = 2
-    k_max: int = 20
-    sample: Optional[int] = None
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    kmeans_iterations: int = 20
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad setting."""
-        checks = (("K", self.k >= 2, "at least 2", self.k),
-                  ("EPOCHS", self.epochs >= 0, "0 or more", self.epochs),
-                  ("PCA_DIM", self.pca_dim >= 1, "at least 1", self.pca_dim),
-                  ("K_MIN", self.k_min >= 2, "at least 2 (the silhouette needs two clusters)", self.k_min),
-                  ("K_MAX", self.k_max >= self.k_min, f"at least K_MIN ({self.k_min})", self.k_max),
-                  ("SAMPLE", self.sample is None or self.sample > self.k_max, f"more than K_MAX ({self.k_max})",
-                   self.sample),
-                  ("BATCH_SIZE", self.batch_size >= 2, "at least 2", self.batch_size),
-                  ("LEARNING_RATE", self.learning_rate > 0, "positive", self.learning_rate),
-                  ("KMEANS_ITERATIONS", self.kmeans_iterations >= 1, "at least 1", self.kmeans_iterations))
-        check_settings(checks)
 
 
 @dataclass

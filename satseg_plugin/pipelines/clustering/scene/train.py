@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from ....core.deps import require
-from ....core.errors import InputError, check_settings
+from ....core.errors import InputError
 from ....core.fit import (
     BestModel,
     OomBackoff,
@@ -38,6 +38,7 @@ from ....core.fit import (
     write_log,
 )
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
+from .config import SceneTrainConfig
 from .data import load_patches
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,53 +49,6 @@ __all__ = ["SceneTrainConfig", "SceneTrainResult", "augment_scenes", "stratified
 
 #: Training patches per epoch on which the teacher's batch-norm statistics are measured.
 _PRECISE_BN_PATCHES = 1024
-
-
-@dataclass(frozen=True)
-class SceneTrainConfig:
-    """Scene-classifier training settings (defaults follow siCluster's mean-teacher pretraining).
-
-    Attributes:
-        epochs: passes over the training patches.
-        batch_size: patches per batch (at least 2: batch normalisation needs two samples).
-        learning_rate: RAdam learning rate.
-        ema_decay: teacher = ``ema_decay * teacher + (1 - ema_decay) * student`` after each step (the decay
-            is warmed up as ``min(ema_decay, 1 - 1 / (step + 1))``, so early teachers are plain averages).
-        consistency_weight: weight of the student-teacher consistency loss after the ramp-up.
-        rampup_epochs: epochs over which that weight rises as ``exp(-5 (1 - t)^2)`` (0: full weight at once).
-        val_fraction: share of the labelled patches of each class held out for validation (0: none; the last
-            teacher is kept).
-        lookahead: wrap RAdam in Lookahead (k = 5, alpha = 0.5), the "Ranger" optimiser of the original.
-        augment: random flips, 90-degree rotations, brightness/contrast jitter and to-grey.
-        seed: seed of the split, the initial weights and every random draw.
-        init_weights: a SatSeg scene model file to start from (loaded strictly; its head is kept when it has
-            as many classes, otherwise only its backbone is used).
-        bands: 1-based band subset of the patch files (None: all bands).
-    """
-
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    ema_decay: float = 0.999
-    consistency_weight: float = 12.5
-    rampup_epochs: int = 20
-    val_fraction: float = 0.2
-    lookahead: bool = True
-    augment: bool = True
-    seed: int = 0
-    init_weights: Optional[str] = None
-    bands: Optional[Tuple[int, ...]] = None
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first bad setting."""
-        checks = (("EPOCHS", self.epochs >= 1, "at least 1", self.epochs),
-                  ("BATCH_SIZE", self.batch_size >= 2, "at least 2", self.batch_size),
-                  ("LEARNING_RATE", self.learning_rate > 0, "positive", self.learning_rate),
-                  ("EMA_DECAY", 0 <= self.ema_decay < 1, "in [0, 1)", self.ema_decay),
-                  ("CONSISTENCY_WEIGHT", self.consistency_weight >= 0, "0 or more", self.consistency_weight),
-                  ("RAMPUP_EPOCHS", self.rampup_epochs >= 0, "0 or more", self.rampup_epochs),
-                  ("VAL_FRACTION", 0 <= self.val_fraction < 1, "in [0, 1)", self.val_fraction))
-        check_settings(checks)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ....pipelines.clustering.pixel.config import ClusterMapConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
@@ -27,7 +28,7 @@ from ...styling import apply_palette_on_load
 __all__ = ["ClusterRasterAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.clustering.pixel.cluster_map.ClusterMapConfig"
+CONFIG = ClusterMapConfig
 
 
 class ClusterRasterAlgorithm(SatSegAlgorithm):

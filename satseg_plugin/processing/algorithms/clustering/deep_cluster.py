@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ....pipelines.clustering.scene.config import DeepClusterConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...parameters import config_defaults, parse_classes
@@ -27,7 +28,7 @@ from ...scene_inputs import attribute_column, index_features, patch_paths
 __all__ = ["DeepClusterAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.clustering.scene.deepcluster.DeepClusterConfig"
+CONFIG = DeepClusterConfig
 
 
 class DeepClusterAlgorithm(SatSegAlgorithm):

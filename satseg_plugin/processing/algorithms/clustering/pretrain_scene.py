@@ -23,6 +23,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ....pipelines.clustering.scene.config import SceneTrainConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...parameters import config_defaults
@@ -32,7 +33,7 @@ from ...styling import apply_annotation_style_on_load
 __all__ = ["PretrainSceneAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.clustering.scene.train.SceneTrainConfig"
+CONFIG = SceneTrainConfig
 
 
 class PretrainSceneAlgorithm(SatSegAlgorithm):

@@ -19,6 +19,7 @@ from qgis.core import (
 )
 
 from ....models.registry import ARCHITECTURE_NAMES
+from ....pipelines.clustering.pixel.config import ClusterNetConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path
@@ -27,7 +28,7 @@ from ...parameters import architecture_parameter, config_defaults, encoder_param
 __all__ = ["TrainClusterNetAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.clustering.pixel.train.ClusterNetConfig"
+CONFIG = ClusterNetConfig
 
 
 def parse_bands(text: str, parameter: str) -> List[int]:

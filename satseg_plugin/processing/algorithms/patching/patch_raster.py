@@ -29,6 +29,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ....core.grid import EDGE_MODES
+from ....pipelines.patching.config import PatchConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely
@@ -38,7 +39,7 @@ from ...styling import apply_style_on_load
 __all__ = ["PatchRasterAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.patching.patches.PatchConfig"
+CONFIG = PatchConfig
 
 
 class PatchRasterAlgorithm(SatSegAlgorithm):

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from ....pipelines.population.config import FlowConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
@@ -25,7 +26,7 @@ from ...styling import apply_style_on_load
 __all__ = ["OpticalFlowAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.population.flow.FlowConfig"
+CONFIG = FlowConfig
 
 #: Fields of the flow-arrow layer.
 VECTOR_FIELDS = (("pair", "int"), ("from_frame", "str"), ("to_frame", "str"), ("u_px", "float"), ("v_px", "float"),

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
+from ....pipelines.population.config import CommunityConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
@@ -26,7 +27,7 @@ from ...styling import apply_style_on_load, load_raster_on_completion
 __all__ = ["PopulationClustersAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.population.communities.CommunityConfig"
+CONFIG = CommunityConfig
 
 
 class PopulationClustersAlgorithm(SatSegAlgorithm):

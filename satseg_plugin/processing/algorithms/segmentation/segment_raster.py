@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ....pipelines.segmentation.config import InferenceConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
@@ -30,7 +31,7 @@ __all__ = ["SegmentRasterAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults (TILE_SIZE keeps 512:
 #: the engine's 0 means "512, rounded up to what the models need", which a Processing minimum of 32 cannot show).
-CONFIG = "pipelines.segmentation.segment.InferenceConfig"
+CONFIG = InferenceConfig
 
 
 class SegmentRasterAlgorithm(SatSegAlgorithm):

@@ -20,6 +20,7 @@ from qgis.core import (
 )
 
 from ....models.registry import ARCHITECTURE_NAMES
+from ....pipelines.segmentation.config import TrainConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_labels, source_to_shapely
@@ -28,7 +29,7 @@ from ...parameters import architecture_parameter, config_defaults, encoder_param
 __all__ = ["TrainSegmentationAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
-CONFIG = "pipelines.segmentation.train.TrainConfig"
+CONFIG = TrainConfig
 
 
 class TrainSegmentationAlgorithm(SatSegAlgorithm):
