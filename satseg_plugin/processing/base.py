@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -83,6 +84,13 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
 
         self.add_advanced_parameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Compute device"),
                                                                options=list(DEVICE_CHOICES), defaultValue=0))
+
+    def raster_layer(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> QgsRasterLayer:
+        """The raster layer parameter ``key``, or QGIS's own "invalid raster" error naming it."""
+        layer = self.parameterAsRasterLayer(parameters, key, context)
+        if layer is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, key))
+        return layer
 
     def optional_value(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, cast):
         """``cast(parameters, key, context)`` (e.g. ``self.parameterAsInt``), or None when ``key`` was left empty."""

@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
@@ -97,9 +96,7 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
         from ....core.progress import SubFeedback
         from ....pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
         config = ClusterMapConfig(
             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),

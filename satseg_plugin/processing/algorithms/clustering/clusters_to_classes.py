@@ -108,9 +108,7 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
         from ....core.vectorize import polygonize_mask
         from ....pipelines.clustering.pixel.classes import clusters_to_classes, parse_mapping
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
         text = self.parameterAsString(parameters, self.MAPPING, context).strip()
         source = self.parameterAsSource(parameters, self.ANNOTATIONS, context)

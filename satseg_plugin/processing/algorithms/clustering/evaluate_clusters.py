@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterFeatureSource,
@@ -89,9 +88,7 @@ class EvaluateClustersAlgorithm(SatSegAlgorithm):
         from ....core.staging import write_csv_rows
         from ....pipelines.clustering.pixel.evaluate import evaluate_clusters
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
         geoms, classes, names = source_to_labels(self.parameterAsSource(parameters, self.REFERENCE, context), crs,
                                                  context, self.REFERENCE,

@@ -6,7 +6,6 @@ from typing import Any, Dict
 
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
@@ -59,9 +58,7 @@ class ExportCogAlgorithm(SatSegAlgorithm):
                       feedback: QgisFeedback) -> Dict[str, Any]:
         from ....core.cog import COG_COMPRESSIONS, export_cog
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         compression = COG_COMPRESSIONS[self.parameterAsEnum(parameters, self.COMPRESSION, context)]
         return {self.OUTPUT: export_cog(raster_path(layer, self.INPUT), output, compression, feedback)}

@@ -146,9 +146,7 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
             feedback: QgisFeedback) -> Dict[str, Any]:
         from ....pipelines.patching.patches import PatchConfig, write_patches  # lazy: rasterio
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         source = raster_path(layer, self.INPUT)
         crs = layer.crs()
         bounds = self.extent_bounds(parameters, self.EXTENT, context, crs)

@@ -110,9 +110,7 @@ class EvaluateSegmentationAlgorithm(SatSegAlgorithm):
                       feedback: QgisFeedback) -> Dict[str, Any]:
         from ....pipelines.segmentation.evaluate import evaluate_rasters  # lazy: rasterio, scipy
 
-        layer = self.parameterAsRasterLayer(parameters, self.PREDICTION, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.PREDICTION))
+        layer = self.raster_layer(parameters, self.PREDICTION, context)
         crs = layer.crs()
         has_polygons = parameters.get(self.REFERENCE_POLYGONS) not in (None, "")
         has_mask = parameters.get(self.REFERENCE_MASK) not in (None, "")
@@ -122,9 +120,7 @@ class EvaluateSegmentationAlgorithm(SatSegAlgorithm):
                 "prediction's grid ({} given).").format(self.REFERENCE_POLYGONS, self.REFERENCE_MASK,
                                                         self.tr("both") if has_mask else self.tr("neither")))
         if has_mask:
-            mask_layer = self.parameterAsRasterLayer(parameters, self.REFERENCE_MASK, context)
-            if mask_layer is None:
-                raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE_MASK))
+            mask_layer = self.raster_layer(parameters, self.REFERENCE_MASK, context)
             reference = raster_path(mask_layer, self.REFERENCE_MASK)
         else:
             source = self.parameterAsSource(parameters, self.REFERENCE_POLYGONS, context)

@@ -6,7 +6,6 @@ from typing import Any, Dict
 
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -74,9 +73,7 @@ class ExportRleAlgorithm(SatSegAlgorithm):
                       feedback: QgisFeedback) -> Dict[str, Any]:
         from ....pipelines.segmentation.rle import export_rle  # lazy: rasterio
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         result = export_rle(raster_path(layer, self.INPUT),
                             self.parameterAsFileOutput(parameters, self.OUTPUT, context),
                             tile_size=self.parameterAsInt(parameters, self.TILE_SIZE, context),

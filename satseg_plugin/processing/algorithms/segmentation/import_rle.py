@@ -6,7 +6,6 @@ from typing import Any, Dict
 
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -65,9 +64,7 @@ class ImportRleAlgorithm(SatSegAlgorithm):
 
         reference = None
         if parameters.get(self.REFERENCE) not in (None, ""):
-            layer = self.parameterAsRasterLayer(parameters, self.REFERENCE, context)
-            if layer is None:
-                raise QgsProcessingException(self.invalidRasterError(parameters, self.REFERENCE))
+            layer = self.raster_layer(parameters, self.REFERENCE, context)
             reference = raster_path(layer, self.REFERENCE)
         tile_size = None
         if parameters.get(self.TILE_SIZE) not in (None, ""):

@@ -118,9 +118,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         from ....core.vectorize import polygonize_mask
         from ....pipelines.segmentation.segment import InferenceConfig, segment_raster
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
         models = self.parameterAsFileList(parameters, self.MODELS, context)
         weights_text = self.parameterAsString(parameters, self.WEIGHTS, context).strip()

@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsProcessing,
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
@@ -158,9 +157,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         from ....core.labels import LabelSet
         from ....pipelines.segmentation.train import TrainConfig, train_segmentation
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException(self.invalidRasterError(parameters, self.INPUT))
+        layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
         geoms, classes, names = source_to_labels(self.parameterAsSource(parameters, self.LABELS, context), crs,
                                                  context, self.LABELS,
