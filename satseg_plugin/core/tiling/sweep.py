@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 
-from ..deps import require
+from ..fit import OomBackoff
 from ..progress import Feedback, check_canceled
 from .blending import Block
 from .grid import Span, TileGrid
@@ -31,31 +31,34 @@ _OOM_ADVICE = "Lower TILE_SIZE or use DEVICE=cpu."
 
 
 class TileBatches:
-    """Runs tiles through the model in batches, halving the batch after a CUDA out-of-memory error.
+    """Runs tiles through the model in batches, halving the batch after a CUDA out-of-memory error
+    (:class:`~..fit.OomBackoff`, as the trainers do).
 
     The batch size is kept from one call to the next, so one out-of-memory error shrinks the rest of the run.
     """
 
     def __init__(self, batch_size: int, feedback: Feedback) -> None:
-        self.size = max(1, int(batch_size))
+        self.backoff = OomBackoff(max(1, int(batch_size)), feedback, "tile", _OOM_ADVICE)
         self.feedback = feedback
+
+    @property
+    def size(self) -> int:
+        """The batch size now."""
+        return self.backoff.batch_size
 
     def tile_outputs(self, grid: TileGrid, reader: TileReader, predict: Predict, row: Span, cols: List[Span]
                      ) -> Iterator[Tuple[Span, np.ndarray, np.ndarray]]:
         """``(col, output (D, T, T), empty (T, T))`` of the tiles ``cols`` of tile row ``row``, left to right."""
-        from ..device import shrink_batch_after_oom
-
-        torch = require("torch")
         start = 0
         while start < len(cols):
             check_canceled(self.feedback)
-            chunk = cols[start:start + self.size]
-            tiles = [reader.read(grid.window(row, col)) for col in chunk]
-            try:
-                outputs = predict(np.stack([t.raw for t in tiles]))
-            except torch.cuda.OutOfMemoryError:
-                self.size = shrink_batch_after_oom(self.size, self.feedback, "tile", _OOM_ADVICE)
-                continue
+
+            def step(size: int, start: int = start):
+                chunk = cols[start:start + size]
+                tiles = [reader.read(grid.window(row, col)) for col in chunk]
+                return chunk, tiles, predict(np.stack([t.raw for t in tiles]))
+
+            chunk, tiles, outputs = self.backoff.run(step)
             yield from zip(chunk, outputs, [t.empty for t in tiles])
             start += len(chunk)
 
