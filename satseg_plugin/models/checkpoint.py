@@ -12,6 +12,11 @@ Layout:
 :data:`FORMAT_VERSION` grows when a change would make older SatSeg versions misread a file; an older
 SatSeg refuses a newer file with a message saying to update the plugin.
 
+A model file is untrusted input: its header is checked against :mod:`.schema` (known keys only, each with its
+type and limits; ``model_kwargs`` only as the registry allows) before any network is built, and a file
+refused there gets a :class:`~satseg_plugin.core.errors.CheckpointError` "not a valid SatSeg model" naming
+the file and the key.
+
 Reading the metadata (:func:`read_metadata`) needs only ``safetensors`` and numpy; loading the weights
 needs torch, which is imported on first use.
 """
@@ -20,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import os
+import reprlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
@@ -30,6 +35,15 @@ from ..core.deps import require
 from ..core.errors import CheckpointError, OutputError, SatSegError
 from ..core.staging import StagedFile
 from ..core.version import __version__
+from .schema import (
+    FORMAT_VERSION,
+    KINDS,
+    MAX_HEADER_BYTES,
+    MAX_METADATA_BYTES,
+    HeaderError,
+    check_entries,
+    check_metadata,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -49,12 +63,6 @@ __all__ = [
     "load_weights",
 ]
 
-#: What a model file holds: a segmentation network, a ClusterNet-style clustering model, a scene model.
-KINDS: Tuple[str, ...] = ("segmentation", "clusternet", "scene")
-
-#: Version of the file layout this SatSeg writes and the newest it reads.
-FORMAT_VERSION = 1
-
 #: Value of the :data:`MARKER_KEY` header entry in every SatSeg model file.
 FORMAT_MARKER = "satseg-model"
 
@@ -69,11 +77,6 @@ EXTRA_PREFIX = "extra."
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def _positive_int(value: Any) -> bool:
-    """True for 1, 2, ... including numpy integers; False for bools, floats and the rest."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def _json_default(value: Any) -> Any:
@@ -144,37 +147,15 @@ class ModelMetadata:
         return len(self.classes)
 
     def validate(self) -> None:
-        """Check the structure (kinds, lengths, types) so a written file can be read back.
+        """Check the metadata against the schema (:func:`.schema.check_metadata`) as it would be written.
+
+        The check runs on the JSON text a file would hold, so SatSeg never writes a file it would refuse.
 
         Raises:
-            ValueError: naming the field at fault.
+            ValueError: naming the field at fault (a :class:`.schema.HeaderError`), or when a field holds
+                something JSON cannot represent.
         """
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}.")
-        for name in ("architecture", "encoder", "satseg_version", "created", "crs_units"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}.")
-        for name in ("in_channels", "patch_size", "format_version"):
-            if not _positive_int(getattr(self, name)):
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
-        if not self.classes or not all(isinstance(c, str) for c in self.classes):
-            raise ValueError(f"classes must be a non-empty list of names, got {self.classes!r}.")
-        if len(self.bands) != self.in_channels or not all(_positive_int(b) for b in self.bands):
-            raise ValueError(f"bands must list {self.in_channels} 1-based band indices (in_channels), "
-                             f"got {self.bands!r}.")
-        for name in ("mean", "std"):
-            if len(getattr(self, name)) != self.in_channels:
-                raise ValueError(f"{name} must hold one value per band ({self.in_channels}), "
-                                 f"got {len(getattr(self, name))}.")
-        if len(self.pixel_size) != 2:
-            raise ValueError(f"pixel_size must be (x, y), got {self.pixel_size!r}.")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold!r}.")
-        if self.crs_wkt is not None and not isinstance(self.crs_wkt, str):
-            raise ValueError(f"crs_wkt must be a WKT string or None, got {type(self.crs_wkt).__name__}.")
-        for name in ("metrics", "extra", "model_kwargs"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}.")
+        check_metadata(json.loads(self.to_json()))
 
     def to_dict(self) -> Dict[str, Any]:
         """A plain dict of the fields (lists for tuples), as stored in the file."""
@@ -196,29 +177,13 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelMetadata":
-        """Build from a dict read from a file; normalises types and ignores unknown keys.
+        """Build from a dict read from a file, checked against the schema (:func:`.schema.check_metadata`).
 
         Raises:
-            KeyError: a required field is missing.
-            ValueError, TypeError: a field has the wrong type.
+            ValueError: (a :class:`.schema.HeaderError`) naming the key at fault: unknown, missing, of the
+                wrong type or beyond its limits.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for key in ("classes", "bands", "mean", "std", "pixel_size"):
-            if key in kwargs and not isinstance(kwargs[key], (list, tuple)):
-                raise TypeError(f"{key} must be a list, got {type(kwargs[key]).__name__}")
-        meta = cls(**kwargs)
-        meta.in_channels = int(meta.in_channels)
-        meta.patch_size = int(meta.patch_size)
-        meta.format_version = int(meta.format_version)
-        meta.classes = [str(c) for c in meta.classes]
-        meta.bands = [int(b) for b in meta.bands]
-        meta.mean = [float(v) for v in meta.mean]
-        meta.std = [float(v) for v in meta.std]
-        x, y = meta.pixel_size
-        meta.pixel_size = (float(x), float(y))
-        meta.threshold = float(meta.threshold)
-        return meta
+        return cls(**check_metadata(dict(data)))
 
     @classmethod
     def from_json(cls, text: str) -> "ModelMetadata":
@@ -332,11 +297,16 @@ def _read_header(path: str) -> Tuple[Dict[str, str], List[str]]:
     if os.path.isdir(path):
         raise CheckpointError(f"'{name}' is a folder, not a model file. Choose the model file ({MODEL_SUFFIX}).", path)
     try:
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as handle:
+            # safetensors starts with the header's length (u64, little-endian); refuse a huge header before
+            # anything parses it. A length beyond the file is left to safetensors (not a safetensors file).
+            size = int.from_bytes(handle.read(8), "little")
     except OSError as exc:
         raise CheckpointError(f"cannot read model file '{name}' ({exc.strerror}). Check that the file is "
                               "readable by you.", path) from exc
+    if MAX_HEADER_BYTES < size <= os.path.getsize(path) - 8:
+        raise _invalid(path, HeaderError("header", f"holds {size} bytes, more than the {MAX_HEADER_BYTES} bytes a "
+                                                   "SatSeg model's header may have"))
     try:
         with safetensors.safe_open(path, framework="numpy") as handle:
             header = dict(handle.metadata() or {})
@@ -348,35 +318,42 @@ def _read_header(path: str) -> Tuple[Dict[str, str], List[str]]:
     return header, keys
 
 
+def _invalid(path: str, error: HeaderError) -> CheckpointError:
+    """The error for a header that breaks the schema: names the file, what is wrong and the key."""
+    return CheckpointError(f"'{model_label(path)}' is not a valid SatSeg model: {error} ({error.key}). It has "
+                           "damaged metadata or was not written by SatSeg: copy or train the model again.", path)
+
+
 def _parse_metadata(path: str, header: Mapping[str, str], kind: Optional[str]) -> ModelMetadata:
     name = model_label(path)
     if header.get(MARKER_KEY) != FORMAT_MARKER:
         raise CheckpointError(f"'{name}' is a safetensors file but not a SatSeg model (its header has no "
                               f"'{MARKER_KEY}: {FORMAT_MARKER}' marker). Choose a model file trained with "
                               "SatSeg.", path)
-
-    def damaged(detail: Any) -> str:
-        return f"'{name}' is a SatSeg model file with damaged metadata ({detail}). Copy or train the model again."
-
+    text = header.get(METADATA_KEY, "")
     try:
-        data = json.loads(header.get(METADATA_KEY, ""))
+        if len(text) > MAX_METADATA_BYTES:
+            raise HeaderError(METADATA_KEY, f"holds {len(text)} bytes of metadata, more than the "
+                                            f"{MAX_METADATA_BYTES} a SatSeg model may have")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            detail = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise HeaderError(METADATA_KEY, f"must hold the metadata as a JSON object ({detail})") from exc
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise HeaderError(METADATA_KEY, f"must hold the metadata as a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"bad format_version {version!r}")
-    except ValueError as exc:
-        raise CheckpointError(damaged(exc), path) from exc
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"'{name}' was written by SatSeg {data.get('satseg_version', '?')} (format "
-                              f"{version}), newer than this SatSeg {__version__} (format {FORMAT_VERSION}): "
-                              "update the plugin.", path)
-    try:
+            raise HeaderError("format_version", f"must be a positive integer, got {reprlib.repr(version)}")
+        if version > FORMAT_VERSION:
+            written_by = reprlib.repr(data.get("satseg_version", "?")).strip("'")
+            raise CheckpointError(f"'{name}' was written by SatSeg {written_by} (format {reprlib.repr(version)}), "
+                                  f"newer than this SatSeg {__version__} (format "
+                                  f"{FORMAT_VERSION}): update the plugin.", path)
+        check_entries(list(header), (MARKER_KEY, METADATA_KEY))
         meta = ModelMetadata.from_dict(data)
-        meta.validate()
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise CheckpointError(damaged(detail), path) from exc
+    except HeaderError as exc:
+        raise _invalid(path, exc) from exc
     if kind is not None and meta.kind != kind:
         raise CheckpointError(f"'{name}' is a {meta.kind} model, expected a {kind} model. Choose a {kind} "
                               "model file.", path)

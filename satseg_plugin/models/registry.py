@@ -17,8 +17,9 @@ import difflib
 import functools
 import numbers
 import re
+import reprlib
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ..core.deps import require
 from ..core.errors import InputError
@@ -30,6 +31,8 @@ __all__ = [
     "ARCHITECTURES",
     "ARCHITECTURE_NAMES",
     "ENCODER_CHOICES",
+    "MAX_DECODER_CHANNELS",
+    "MODEL_KWARGS",
     "UnknownNameError",
     "architecture_names",
     "architecture_labels",
@@ -37,6 +40,7 @@ __all__ = [
     "resolve_architecture",
     "resolve_encoder",
     "build_model",
+    "model_kwargs_problem",
     "input_multiple",
 ]
 
@@ -50,6 +54,32 @@ ARCHITECTURE_NAMES: Tuple[str, ...] = tuple(ARCHITECTURES)
 #: The encoders a drop-down offers, small to large (all smp encoders; any name of :func:`encoder_names` or
 #: ``tu-<timm name>`` is accepted too). Plain names, so a dialog lists them without importing torch.
 ENCODER_CHOICES: Tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "efficientnet-b0", "mobilenet_v2")
+
+#: Most channels a decoder layer (or a ClusterNet feature map) may have: smp's defaults are at most 256; a U-Net
+#: with 1024 in every decoder stage already needs about 0.5 GB of weights.
+MAX_DECODER_CHANNELS = 1024
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high
+
+
+def _channels(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return 1 <= len(value) <= 5 and all(_int_in(v, 1, MAX_DECODER_CHANNELS) for v in value)
+    return _int_in(value, 1, MAX_DECODER_CHANNELS)
+
+
+#: The keyword arguments SatSeg passes to ``smp.create_model`` besides encoder, bands and classes: name ->
+#: (what it must be, check). Nothing else reaches smp, neither from a caller nor from a model file's
+#: ``model_kwargs``: smp forwards unknown keywords to timm, which would e.g. ``torch.load`` a
+#: ``checkpoint_path`` of the file's choosing, and unbounded channels let a 2 KB file claim gigabytes.
+MODEL_KWARGS: Dict[str, Tuple[str, Callable[[Any], bool]]] = {
+    "encoder_depth": ("an integer from 1 to 5 (encoder stages)", lambda v: _int_in(v, 1, 5)),
+    "decoder_channels": (f"an integer from 1 to {MAX_DECODER_CHANNELS}, or a list of 1 to 5 of them (U-Net: one "
+                         "per decoder stage)", _channels),
+    "encoder_output_stride": ("8 or 16 (DeepLabV3+)", lambda v: _int_in(v, 8, 16) and v in (8, 16)),
+}
 
 #: Other spellings, keyed by their normalised form (see :func:`_normalise`).
 _ALIASES: Dict[str, str] = {"psp": "pspnet", "deeplab": "deeplabv3plus", "deeplabplus": "deeplabv3plus"}
@@ -185,6 +215,25 @@ def resolve_encoder(name: str) -> str:
                            f"as '{TIMM_PREFIX}<timm name>' (e.g. '{TIMM_PREFIX}mobilenetv3_large_100').")
 
 
+def model_kwargs_problem(kwargs: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
+    """The first keyword argument :func:`build_model` does not take, or takes with another value.
+
+    Args:
+        kwargs: smp keyword arguments, e.g. a model file's ``model_kwargs``.
+
+    Returns:
+        None when every entry is in :data:`MODEL_KWARGS` and within its limits, else ``(name, what is wrong)``.
+    """
+    for key, value in kwargs.items():
+        if key not in MODEL_KWARGS:
+            name = reprlib.repr(key).strip("'")  # reprlib: a hostile file's names and values are cut short
+            return name, f"is not taken: SatSeg builds models only with {', '.join(MODEL_KWARGS)}"
+        requirement, check = MODEL_KWARGS[key]
+        if not check(value):
+            return key, f"must be {requirement}, got {reprlib.repr(value)}"
+    return None
+
+
 def build_model(architecture: str, encoder: str = "resnet34", in_channels: int = 3, classes: int = 1,
                 **kwargs: Any) -> "torch.nn.Module":
     """Build a randomly initialised segmentation model.
@@ -196,8 +245,9 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
         in_channels: number of input bands C.
         classes: number of output channels K (1 for binary segmentation with a sigmoid; background + classes
             for multiclass with a softmax).
-        **kwargs: passed to ``smp.create_model`` (``encoder_depth``, ``decoder_channels``, ...). ``encoder_weights``
-            other than None is refused: SatSeg never downloads weights.
+        **kwargs: passed to ``smp.create_model``: only the names of :data:`MODEL_KWARGS` (``encoder_depth``,
+            ``decoder_channels``, ``encoder_output_stride``) within their limits. ``encoder_weights`` other than
+            None is refused: SatSeg never downloads weights.
 
     Returns:
         A ``torch.nn.Module`` in training mode mapping ``(N, C, H, W)`` float inputs to ``(N, K, H, W)``
@@ -205,7 +255,8 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
 
     Raises:
         UnknownNameError: (a ``KeyError``) for an unknown architecture or encoder.
-        InputError: for a non-positive ``in_channels`` / ``classes`` or ``encoder_weights`` set.
+        InputError: for a non-positive ``in_channels`` / ``classes``, ``encoder_weights`` set, or another keyword
+            argument than those of :data:`MODEL_KWARGS` (or one beyond its limits).
     """
     arch = resolve_architecture(architecture)
     if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
@@ -215,6 +266,9 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
     if kwargs.pop("encoder_weights", None) is not None:
         raise InputError("SatSeg builds models with random weights and never downloads pretrained ones; "
                          "start from a SatSeg model file instead (INIT_WEIGHTS).")
+    problem = model_kwargs_problem(kwargs)
+    if problem:
+        raise InputError(f"keyword argument {problem[0]} {problem[1]}.")
     name = resolve_encoder(encoder)
     smp = require("segmentation_models_pytorch")
     return smp.create_model(arch, encoder_name=name, encoder_weights=None, in_channels=int(in_channels),

@@ -1,6 +1,7 @@
 """Architecture registry: names, aliases, helpful unknown-name errors, input multiples verified by forward passes."""
 
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -155,6 +156,22 @@ def test_refuses_pretrained_weights_and_bad_sizes():
         build_model("unet", "resnet18", in_channels=0)
     with pytest.raises(InputError, match="classes"):
         build_model("unet", "resnet18", classes=0)
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"checkpoint_path": "evil.pt"}, "checkpoint_path is not taken: SatSeg builds models only with encoder_depth"),
+    ({"decoder_channels": 4096}, "decoder_channels must be an integer from 1 to 1024"),
+    ({"decoder_channels": [16] * 6}, "or a list of 1 to 5 of them"),
+    ({"decoder_channels": [[16], 16, 16, 16, 16]}, "or a list of 1 to 5 of them"),
+    ({"encoder_depth": 9}, "encoder_depth must be an integer from 1 to 5"),
+    ({"encoder_output_stride": 32}, "encoder_output_stride must be 8 or 16"),
+])
+def test_build_model_takes_only_the_listed_keyword_arguments(kwargs, fragment, monkeypatch):
+    """smp hands unknown keywords on to timm (which would torch.load a checkpoint_path): refused first."""
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    monkeypatch.setattr(smp, "create_model", lambda *a, **k: pytest.fail("smp.create_model was called"))
+    with pytest.raises(InputError, match=re.escape(fragment)):
+        build_model("unet", "tu-resnet18", **kwargs)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
