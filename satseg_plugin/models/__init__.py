@@ -6,6 +6,8 @@ Modules:
     - :mod:`.losses`: focal + soft Dice loss with an ignore mask.
     - :mod:`.checkpoint`: safetensors model files with :class:`~.checkpoint.ModelMetadata`; loading never
       unpickles.
+    - :mod:`.schema`: the model header schema, checked before anything is built from a file.
+    - :mod:`.nets`: SatSeg's own networks (ClusterNet, the scene classifier, the window autoencoder).
 
 Nothing is imported here: torch and segmentation-models-pytorch load only when a submodule that needs
 them is imported, so QGIS starts fast and a missing package gives a clear message.
