@@ -6,7 +6,9 @@ here is exactly what a QGIS user reads in the log panel.
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+import numbers
+from typing import Any, Iterable, Optional, Sequence
 
 __all__ = [
     "SatSegError",
@@ -92,8 +94,21 @@ class CheckpointError(SatSegError):
         super().__init__(message)
 
 
-def check_settings(checks, prefix: str = "must be ") -> None:
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` is a real number (or holds one) that is NaN or infinite; bools and text never are."""
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return not math.isfinite(value)
+    return False
+
+
+def check_settings(checks: Iterable[Sequence[Any]], prefix: str = "must be ") -> None:
     """Raise :class:`InputError` for the first failed check of a settings object's ``validate``.
+
+    A value that is NaN or infinite (or a list or tuple holding one) fails whatever its check says: ``inf``
+    passes ``> 0`` and NaN fails every comparison in a way that may read as a range error, so both are refused
+    first with a message that says a finite number is needed.
 
     Args:
         checks: ``(parameter, ok, requirement)`` or ``(parameter, ok, requirement, value)`` tuples; the message
@@ -101,5 +116,7 @@ def check_settings(checks, prefix: str = "must be ") -> None:
         prefix: put before every requirement.
     """
     for parameter, ok, requirement, *value in checks:
+        if value and _non_finite(value[0]):
+            raise InputError(f"must be a finite number, got {value[0]}.", parameter)
         if not ok:
             raise InputError(f"{prefix}{requirement}" + (f", got {value[0]}." if value else "."), parameter)

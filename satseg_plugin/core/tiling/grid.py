@@ -7,21 +7,26 @@ A :class:`TileGrid` is computed without reading a pixel. Two layouts exist:
 * :func:`ramp_grid` (cluster maps): tiles anchored at the *raster's* origin, whatever region is asked for
   (so a pixel's result never depends on the extent), each owning its core plus a ramp of ``half`` pixels
   past every inner core border (:func:`support`).
+
+The tile side comes from :func:`plan_tiles`: TILE_SIZE clamped to the pixels covered and, on CUDA, to what
+:func:`device_tile_limit` measures the device can hold (the one function here that runs the model).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
+import numpy as np
 from rasterio.windows import Window
 
 from ..errors import InputError
 from ..grid import axis_offsets, column_bands
+from ..progress import Feedback
 
-__all__ = ["DEFAULT_TILE", "Span", "TileGrid", "fit_tile", "check_overlap", "tile_origins", "core_spans",
-           "ramp_half", "support", "hann_grid", "ramp_grid"]
+__all__ = ["DEFAULT_TILE", "Span", "TileGrid", "fit_tile", "check_overlap", "plan_tiles", "device_tile_limit",
+           "tile_origins", "core_spans", "ramp_half", "support", "hann_grid", "ramp_grid"]
 
 #: Tile side when none is asked for.
 DEFAULT_TILE = 512
@@ -79,9 +84,29 @@ class TileGrid:
         return [c for c in self.cols if c.stop > band[0] and c.start < band[1]]
 
 
-def fit_tile(requested: Optional[int], multiple: int) -> int:
-    """The tile side: ``requested`` (None or 0: :data:`DEFAULT_TILE`) rounded up to the model's ``multiple``."""
-    return int(math.ceil(max(requested or DEFAULT_TILE, multiple) / multiple) * multiple)
+def _round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(max(value, multiple) / multiple) * multiple)
+
+
+def fit_tile(requested: Optional[int], multiple: int, extent: Optional[Tuple[int, int]] = None,
+             max_tile: Optional[int] = None) -> int:
+    """The tile side: ``requested`` (None or 0: :data:`DEFAULT_TILE`) rounded up to the model's ``multiple``.
+
+    Args:
+        requested: the asked-for side in pixels.
+        multiple: the model's input multiple.
+        extent: ``(width, height)`` of the pixels the tiles must cover: the side is at most the longer one
+            rounded up to ``multiple`` (a larger tile only computes padding: one 2048 px tile on a 256 px
+            raster peaked at 2.97 GB, 1.04 GB at 256 px).
+        max_tile: the largest side the device holds (:func:`device_tile_limit`): the side is at most that,
+            rounded down to ``multiple`` (never below ``multiple``).
+    """
+    tile = _round_up(requested or DEFAULT_TILE, multiple)
+    if extent is not None:
+        tile = min(tile, _round_up(max(extent), multiple))
+    if max_tile is not None:
+        tile = min(tile, max(multiple, int(max_tile) // multiple * multiple))
+    return tile
 
 
 def check_overlap(tile: int, overlap: Optional[int]) -> int:
@@ -90,6 +115,67 @@ def check_overlap(tile: int, overlap: Optional[int]) -> int:
     if not 0 <= overlap < tile:
         raise InputError(f"must be at least 0 and less than the tile size ({tile}), got {overlap}.", "OVERLAP")
     return overlap
+
+
+def plan_tiles(requested: Optional[int], overlap: Optional[int], multiple: int, extent: Tuple[int, int],
+               max_tile: Optional[int] = None, feedback: Optional[Feedback] = None,
+               what: str = "the region") -> Tuple[int, int]:
+    """Tile side and overlap of a sweep: :func:`fit_tile` clamped to ``extent`` and ``max_tile``.
+
+    OVERLAP is checked against the tile asked for. When the tile is clamped, the default OVERLAP and one
+    that no longer fits become a quarter of the smaller tile, and ``feedback`` is told the tile size used
+    and why. Without clamping the result is exactly ``fit_tile(requested, multiple)`` and
+    ``check_overlap`` of it, so outputs do not change.
+
+    Args:
+        requested: TILE_SIZE (None or 0: :data:`DEFAULT_TILE`).
+        overlap: OVERLAP (None: a quarter of the tile).
+        multiple: the model's input multiple.
+        extent: ``(width, height)`` of the pixels the tiles cover.
+        max_tile: the largest side the device holds, or None.
+        feedback: where the clamping is reported.
+        what: what ``extent`` is, for that message (``the region``, ``the raster``).
+    """
+    wanted = fit_tile(requested, multiple)
+    checked = check_overlap(wanted, overlap)
+    tile = fit_tile(requested, multiple, extent, max_tile)
+    if tile == wanted:
+        return tile, checked
+    reasons = []
+    if tile == fit_tile(requested, multiple, extent):
+        reasons.append(f"{what} is only {extent[0]} x {extent[1]} px, so a larger tile would compute padding")
+    if max_tile is not None and tile == fit_tile(requested, multiple, None, max_tile):
+        reasons.append(f"the device's free memory holds tiles of at most about {int(max_tile)} px")
+    overlap = check_overlap(tile, None if overlap is None or checked >= tile else checked)
+    if feedback is not None:
+        feedback.info(f"Tile size {tile} px instead of {wanted} px (overlap {overlap} px): {'; '.join(reasons)}.")
+    return tile, overlap
+
+
+def device_tile_limit(predict: Callable[[np.ndarray], Any], channels: int, multiple: int, device: Any,
+                      share: float = 0.6, probe: int = 256) -> Optional[int]:
+    """The largest tile side one tile (a batch of 1) of ``predict`` fits in on a CUDA ``device``; None elsewhere.
+
+    No library says how much memory a network's forward pass needs at a given input size, so this measures
+    it: one forward pass of a ``probe`` px tile, its peak allocation per pixel (activations grow with the
+    pixel count), scaled to ``share`` of the memory the device can still give (free plus torch's cache).
+    The fixed costs of a small probe make the estimate err on the safe side.
+    """
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    from ..deps import require
+
+    torch = require("torch")
+    side = _round_up(probe, multiple)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    predict(np.zeros((1, channels, side, side), np.float32))
+    torch.cuda.synchronize(device)
+    per_pixel = max(torch.cuda.max_memory_allocated(device) - base, 1) / side ** 2
+    free, _total = torch.cuda.mem_get_info(device)
+    available = free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(math.sqrt(share * available / per_pixel))
 
 
 def tile_origins(start: int, length: int, tile: int, stride: int) -> List[int]:

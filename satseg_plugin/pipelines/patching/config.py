@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
-from ...core.errors import InputError
+from ...core.errors import check_settings
 from ...core.grid import EDGE_MODES
 
 __all__ = ["PatchConfig"]
@@ -60,18 +60,16 @@ class PatchConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad parameter."""
-        for name, value in (("PATCH_WIDTH", self.patch_width), ("PATCH_HEIGHT", self.patch_height)):
-            if int(value) <= 0:
-                raise InputError(f"patch size must be at least 1 pixel, got {value}.", name)
-        for name, value in (("STRIDE_X", self.stride_x), ("STRIDE_Y", self.stride_y)):
-            if value is not None and int(value) <= 0:
-                raise InputError(f"stride must be a positive number of pixels, got {value}. Use the patch "
-                                 "size for touching patches, less for overlapping ones.", name)
-        if self.edge not in EDGE_MODES:
-            raise InputError(f"unknown edge mode '{self.edge}'; choose one of {', '.join(EDGE_MODES)}.", "EDGE")
-        if not 0.0 <= self.max_nodata_fraction <= 1.0:
-            raise InputError(f"must lie between 0 and 1, got {self.max_nodata_fraction}.", "MAX_NODATA_FRACTION")
-        if self.sample_count < 0:
-            raise InputError(f"must be 0 (all patches) or a positive count, got {self.sample_count}.", "SAMPLE_COUNT")
-        if self.workers < 1:
-            raise InputError(f"need at least one worker thread, got {self.workers}.")
+        stride = "stride must be a positive number of pixels. Use the patch size for touching patches, less for "\
+            "overlapping ones"
+        checks = (("PATCH_WIDTH", self.patch_width >= 1, "patch size must be at least 1 pixel", self.patch_width),
+                  ("PATCH_HEIGHT", self.patch_height >= 1, "patch size must be at least 1 pixel", self.patch_height),
+                  ("STRIDE_X", self.stride_x is None or self.stride_x >= 1, stride, self.stride_x),
+                  ("STRIDE_Y", self.stride_y is None or self.stride_y >= 1, stride, self.stride_y),
+                  ("EDGE", self.edge in EDGE_MODES, f"must be one of {', '.join(EDGE_MODES)}", repr(self.edge)),
+                  ("MAX_NODATA_FRACTION", 0.0 <= self.max_nodata_fraction <= 1.0, "must lie between 0 and 1",
+                   self.max_nodata_fraction),
+                  ("SAMPLE_COUNT", self.sample_count >= 0, "must be 0 (all patches) or a positive count",
+                   self.sample_count),
+                  ("WORKERS", self.workers >= 1, "needs at least one worker thread", self.workers))
+        check_settings(checks, prefix="")

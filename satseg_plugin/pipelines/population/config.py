@@ -6,11 +6,10 @@ read the defaults without importing numpy, rasterio or torch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Tuple
 
-from ...core.errors import InputError, check_settings
+from ...core.errors import check_settings
 
 __all__ = ["SOLVERS", "FlowConfig", "CommunityConfig"]
 
@@ -47,16 +46,12 @@ class FlowConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the Processing parameter of an unusable value."""
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise InputError(f"must be a positive number, got {self.alpha}.", "ALPHA")
-        if int(self.iterations) < 1:
-            raise InputError(f"must be at least 1, got {self.iterations}.", "ITERATIONS")
-        if not self.tolerance >= 0:
-            raise InputError(f"must be zero or positive, got {self.tolerance}.", "TOLERANCE")
-        if not 1 <= int(self.pyramid_levels) <= 10:
-            raise InputError(f"must be between 1 and 10, got {self.pyramid_levels}.", "PYRAMID_LEVELS")
-        if self.solver not in SOLVERS:
-            raise InputError(f"unknown solver '{self.solver}'; use one of: {', '.join(SOLVERS)}.", "SOLVER")
+        checks = (("ALPHA", self.alpha > 0, "a positive number", self.alpha),
+                  ("ITERATIONS", self.iterations >= 1, "at least 1", self.iterations),
+                  ("TOLERANCE", self.tolerance >= 0, "zero or positive", self.tolerance),
+                  ("PYRAMID_LEVELS", 1 <= self.pyramid_levels <= 10, "between 1 and 10", self.pyramid_levels),
+                  ("SOLVER", self.solver in SOLVERS, f"one of: {', '.join(SOLVERS)}", repr(self.solver)))
+        check_settings(checks)
 
 
 @dataclass(frozen=True)
@@ -113,22 +108,24 @@ class CommunityConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
-        checks = (("WINDOW", self.window >= 3 and self.window % 2 == 1, "an odd number of pixels, at least 3"),
-                  ("LATENT", self.latent >= 1, "at least 1"),
+        checks = (("WINDOW", self.window >= 3 and self.window % 2 == 1, "an odd number of pixels, at least 3",
+                   self.window),
+                  ("LATENT", self.latent >= 1, "at least 1", self.latent),
                   ("HIDDEN", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden),
-                   "one or more positive layer widths"),
-                  ("EPOCHS", self.epochs >= 1, "at least 1"),
-                  ("CENTRES_PER_EPOCH", self.centres_per_epoch >= 1, "at least 1"),
-                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1"),
-                  ("LEARNING_RATE", math.isfinite(self.learning_rate) and self.learning_rate > 0, "positive"),
-                  ("HOLDOUT", self.holdout >= 1, "at least 1"),
-                  ("CLIP_QUANTILE", 0.5 < self.clip_quantile <= 1.0, "above 0.5 and at most 1 (1: no clipping)"),
-                  ("POP_MIN", math.isfinite(self.pop_min) and self.pop_min >= 0, "zero or positive"),
-                  ("K", self.k >= 2, "at least 2"),
-                  ("K_MIN", self.k_min >= 2, "at least 2"),
-                  ("K_MAX", self.k_max >= self.k_min, "at least K_MIN"),
-                  ("SILHOUETTE_SAMPLE", self.silhouette_sample >= 3, "at least 3"),
-                  ("EPS", math.isfinite(self.eps) and self.eps > 0, "a positive number of pixels"),
-                  ("MIN_SAMPLES", self.min_samples >= 1, "at least 1"),
-                  ("TILE_PIXELS", self.tile_pixels >= 1, "at least 1"))
+                   "one or more positive layer widths", tuple(self.hidden)),
+                  ("EPOCHS", self.epochs >= 1, "at least 1", self.epochs),
+                  ("CENTRES_PER_EPOCH", self.centres_per_epoch >= 1, "at least 1", self.centres_per_epoch),
+                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1", self.batch_size),
+                  ("LEARNING_RATE", self.learning_rate > 0, "positive", self.learning_rate),
+                  ("HOLDOUT", self.holdout >= 1, "at least 1", self.holdout),
+                  ("CLIP_QUANTILE", 0.5 < self.clip_quantile <= 1.0, "above 0.5 and at most 1 (1: no clipping)",
+                   self.clip_quantile),
+                  ("POP_MIN", self.pop_min >= 0, "zero or positive", self.pop_min),
+                  ("K", self.k >= 2, "at least 2", self.k),
+                  ("K_MIN", self.k_min >= 2, "at least 2", self.k_min),
+                  ("K_MAX", self.k_max >= self.k_min, "at least K_MIN", self.k_max),
+                  ("SILHOUETTE_SAMPLE", self.silhouette_sample >= 3, "at least 3", self.silhouette_sample),
+                  ("EPS", self.eps > 0, "a positive number of pixels", self.eps),
+                  ("MIN_SAMPLES", self.min_samples >= 1, "at least 1", self.min_samples),
+                  ("TILE_PIXELS", self.tile_pixels >= 1, "at least 1", self.tile_pixels))
         check_settings(checks)

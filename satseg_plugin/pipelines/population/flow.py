@@ -39,11 +39,13 @@ __all__ = [
     "FlowConfig",
     "FlowResult",
     "FlowVector",
+    "FramePair",
     "flow_series",
     "flow_to_map",
     "flow_vectors",
     "horn_schunck",
     "read_flow",
+    "read_flow_pair",
     "write_flow",
 ]
 
@@ -380,6 +382,32 @@ def flow_series(series: "FrameSeries", config: Optional[FlowConfig] = None,
 FlowLike = Union[FlowResult, Tuple[np.ndarray, np.ndarray]]
 
 
+@dataclass(frozen=True)
+class FramePair:
+    """The two frames a flow goes between, as recorded in the flow file's GDAL tags.
+
+    Attributes:
+        from_index, to_index: the frames' positions in the series the flow was computed from.
+        from_file, to_file: the frames' file names (without folder).
+        from_name, to_name: the frames' names in that series (:attr:`~.frames.FrameSeries.names`).
+    """
+
+    from_index: int
+    to_index: int
+    from_file: str
+    to_file: str
+    from_name: str
+    to_name: str
+
+    def describe(self) -> str:
+        """``frame 0 'a.tif' -> frame 1 'b.tif'``."""
+        return f"frame {self.from_index} '{self.from_file}' -> frame {self.to_index} '{self.to_file}'"
+
+
+#: GDAL tag of each :class:`FramePair` field in a flow file.
+_PAIR_TAGS = {name: f"satseg_{name}" for name in FramePair.__dataclass_fields__}
+
+
 def _components(flow: FlowLike) -> Tuple[np.ndarray, np.ndarray]:
     if isinstance(flow, FlowResult):
         return flow.u, flow.v
@@ -388,7 +416,7 @@ def _components(flow: FlowLike) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def write_flow(path: str, flow: FlowLike, grid: Any, nodata_mask: Optional[np.ndarray] = None,
-               parameter: str = "OUTPUT", overwrite: bool = True) -> str:
+               parameter: str = "OUTPUT", overwrite: bool = True, pair: Optional[FramePair] = None) -> str:
     """Write a flow as a 2-band float32 GeoTIFF on a frame grid (staged: nothing half-written).
 
     Args:
@@ -400,6 +428,8 @@ def write_flow(path: str, flow: FlowLike, grid: Any, nodata_mask: Optional[np.nd
             written as NaN in both bands, like NaN already in the flow.
         parameter: the Processing parameter of ``path``, named in errors.
         overwrite: replace an existing file.
+        pair: the frames the flow goes between, recorded in the file's tags (flow files are otherwise alike,
+            so this is what lets :func:`read_flow_pair` tell flows given in the wrong order).
 
     Returns:
         The absolute path written.
@@ -430,6 +460,8 @@ def write_flow(path: str, flow: FlowLike, grid: Any, nodata_mask: Optional[np.nd
                             satseg_map_dy=f"{transform.d!r}*u + {transform.e!r}*v")
             if isinstance(flow, FlowResult):
                 dst.update_tags(satseg_iterations=flow.iterations, satseg_change=f"{flow.change:.6g}")
+            if pair is not None:
+                dst.update_tags(**{tag: str(getattr(pair, name)) for name, tag in _PAIR_TAGS.items()})
         staged.commit()
     return staged.path
 
@@ -448,6 +480,19 @@ def read_flow(path: str, parameter: str = "FLOW") -> Tuple[np.ndarray, np.ndarra
         values = np.asarray(data.data, np.float32)
         values[np.ma.getmaskarray(data)] = np.nan
     return values[0], values[1]
+
+
+def read_flow_pair(path: str, parameter: str = "FLOW") -> Optional[FramePair]:
+    """The frames a flow file records (:func:`write_flow`'s ``pair``), or None for files without them."""
+    with raster_env(), open_raster(path, parameter) as src:
+        tags = src.tags()
+    if not all(tag in tags for tag in _PAIR_TAGS.values()):
+        return None
+    values = {name: tags[tag] for name, tag in _PAIR_TAGS.items()}
+    try:
+        return FramePair(**dict(values, from_index=int(values["from_index"]), to_index=int(values["to_index"])))
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -68,7 +68,12 @@ class TrainConfig:
             ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels", self.patch_size),
             ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1", self.batch_size),
             ("EPOCHS", self.epochs >= 1, "must be at least 1", self.epochs),
+            ("BATCHES_PER_EPOCH", self.batches_per_epoch >= 0, "must be 0 (automatic) or more",
+             self.batches_per_epoch),
             ("LEARNING_RATE", self.learning_rate > 0, "must be positive", self.learning_rate),
+            ("WEIGHT_DECAY", self.weight_decay >= 0, "must be 0 or more", self.weight_decay),
+            ("STEP_SIZE", self.step_size >= 1, "must be at least 1 epoch", self.step_size),
+            ("GAMMA", 0 < self.gamma <= 1, "must lie in (0, 1]", self.gamma),
             ("VAL_FRACTION", 0 < self.val_fraction < 1, "must lie strictly between 0 and 1", self.val_fraction),
             ("POSITIVE_PROB", 0 <= self.positive_prob <= 1, "must lie between 0 and 1", self.positive_prob),
             ("PATIENCE", self.patience >= 1, "must be at least 1", self.patience),
@@ -103,3 +108,14 @@ class InferenceConfig:
     bounds: Optional[Tuple[float, float, float, float]] = None
     mask: object = None
     amp: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad setting (the ensemble checks WEIGHTS per model)."""
+        checks = [
+            ("TILE_SIZE", self.tile_size >= 0, "must be 0 (512 px) or a positive number of pixels", self.tile_size),
+            ("OVERLAP", self.overlap is None or self.overlap >= 0, "must be 0 or more pixels", self.overlap),
+            ("BATCH_SIZE", self.batch_size >= 1, "must be at least 1", self.batch_size),
+            ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1",
+             self.threshold),
+        ]
+        check_settings(checks, prefix="")

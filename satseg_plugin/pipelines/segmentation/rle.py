@@ -337,7 +337,28 @@ def _load_sidecar(csv_path: str) -> Optional[dict]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"the sidecar '{path}' is unreadable or incomplete ({exc}). Delete it and give a "
                          "REFERENCE raster for the grid instead.", "INPUT") from exc
+    _check_sidecar(meta, path)
     return meta
+
+
+#: Largest raster side GDAL can create (its sizes are C ints).
+_MAX_SIDE = 2 ** 31 - 1
+
+
+def _check_sidecar(meta: dict, path: str) -> None:
+    """Refuse sizes and geotransforms no raster can have (a damaged or hand-edited sidecar)."""
+    fix = "The sidecar is damaged: export the mask again, or delete the sidecar and give a REFERENCE raster."
+    for key in ("width", "height", "tile_size"):
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIDE:
+            raise InputError(f"the sidecar '{path}' gives {key} = {value!r}; it must be a whole number of pixels "
+                             f"from 1 to {_MAX_SIDE}. {fix}", "INPUT")
+    transform = meta["transform"]
+    if not (isinstance(transform, list) and len(transform) == 6
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in transform)
+            and transform[0] * transform[4] - transform[1] * transform[3] != 0):
+        raise InputError(f"the sidecar '{path}' gives the geotransform {transform!r}; it must be six finite numbers "
+                         f"with a non-zero pixel size. {fix}", "INPUT")
 
 
 def import_rle(csv_path: str, output_path: str, reference: Optional[str] = None, tile_size: Optional[int] = None,

@@ -63,16 +63,18 @@ class ClusterNetConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
-        checks = (("FEATURE_DIM", self.feature_dim >= 2, "at least 2"),
-                  ("NUM_CLUSTERS", self.num_clusters >= 2, "at least 2"),
-                  ("ROUNDS", self.rounds >= 1, "at least 1"),
-                  ("STEPS_PER_ROUND", self.steps_per_round >= 1, "at least 1"),
-                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1"),
-                  ("PATCH_SIZE", self.patch_size >= 32, "at least 32"),
-                  ("CROPS_PER_ROUND", self.crops_per_round >= 1, "at least 1"),
-                  ("SAMPLE_PIXELS", self.sample_pixels >= self.num_clusters, "at least NUM_CLUSTERS"),
-                  ("LEARNING_RATE", self.learning_rate > 0, "positive"),
-                  ("BAND_SHARE", 0 <= self.band_share < 1, "at least 0 and less than 1"))
+        checks = (("FEATURE_DIM", self.feature_dim >= 2, "at least 2", self.feature_dim),
+                  ("NUM_CLUSTERS", self.num_clusters >= 2, "at least 2", self.num_clusters),
+                  ("ROUNDS", self.rounds >= 1, "at least 1", self.rounds),
+                  ("STEPS_PER_ROUND", self.steps_per_round >= 1, "at least 1", self.steps_per_round),
+                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1", self.batch_size),
+                  ("PATCH_SIZE", self.patch_size >= 32, "at least 32", self.patch_size),
+                  ("CROPS_PER_ROUND", self.crops_per_round >= 1, "at least 1", self.crops_per_round),
+                  ("SAMPLE_PIXELS", self.sample_pixels >= self.num_clusters, "at least NUM_CLUSTERS",
+                   self.sample_pixels),
+                  ("KMEANS_ITERATIONS", self.kmeans_iterations >= 1, "at least 1", self.kmeans_iterations),
+                  ("LEARNING_RATE", self.learning_rate > 0, "positive", self.learning_rate),
+                  ("BAND_SHARE", 0 <= self.band_share < 1, "at least 0 and less than 1", self.band_share))
         check_settings(checks)
 
 
@@ -95,3 +97,10 @@ class ClusterMapConfig:
     bounds: Optional[Tuple[float, float, float, float]] = None
     mask: object = None
     amp: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first bad setting."""
+        checks = (("TILE_SIZE", self.tile_size >= 0, "0 (512 px) or a positive number of pixels", self.tile_size),
+                  ("OVERLAP", self.overlap is None or self.overlap >= 0, "0 or more pixels", self.overlap),
+                  ("BATCH_SIZE", self.batch_size >= 1, "at least 1", self.batch_size))
+        check_settings(checks)
