@@ -9,11 +9,12 @@ compared as written).
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterable, Mapping, Sequence, Tuple, Union
+import tempfile
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
 
-__all__ = ["same_file_key", "check_outputs"]
+__all__ = ["same_file_key", "check_outputs", "check_destinations"]
 
 PathsLike = Union[str, Sequence[str], None]
 
@@ -30,12 +31,17 @@ def _case_insensitive(folder: str) -> bool:
     return swapped != probe and os.path.exists(swapped) and os.path.samefile(probe, swapped)
 
 
+def _is_local(path: str) -> bool:
+    """Whether ``path`` names a file on a local disk (not ``/vsi...``, a URL or ``DRIVER:"file":subset``)."""
+    return bool(path) and not (path.startswith("/vsi") or "://" in path or (
+        ":" in path and not os.path.splitdrive(path)[0] and not path.startswith("/")))
+
+
 def same_file_key(path: str) -> str:
     """A key equal for two paths that name the same file: links, ``..`` and (where the disk ignores it) case
     resolved. Paths GDAL reads virtually (``/vsizip/...``, ``http://...``) and ``NETCDF:"a.nc":var``-style
     names are keyed as written, since they cannot be an output file."""
-    if not path or path.startswith("/vsi") or "://" in path or (":" in path and not os.path.splitdrive(path)[0]
-                                                                 and not path.startswith("/")):
+    if not _is_local(path):
         return path
     resolved = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
     if _case_insensitive(os.path.dirname(resolved)):
@@ -93,3 +99,41 @@ def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLi
                                       "OVERWRITE would delete it. Choose another output folder, or move the input "
                                       "out of it.", name)
 
+
+
+def _check_parent(path: str, name: str) -> None:
+    """Refuse ``path`` when its nearest existing parent is a file or a folder this user cannot write to."""
+    probe = os.path.dirname(os.path.abspath(path))
+    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputError(f"'{probe}' is a file, so '{path}' cannot be created inside it. Choose a path in a "
+                          "folder.", name)
+    try:  # a real probe: permission bits say nothing for root, read-only mounts or sysfs
+        handle, probe_file = tempfile.mkstemp(prefix=".satseg-probe-", dir=probe)
+    except OSError as exc:
+        raise OutputError(f"the folder '{probe}' is not writable ({exc.strerror}), so '{path}' cannot be written. "
+                          "Choose a folder you can write to.", name) from exc
+    os.close(handle)
+    os.remove(probe_file)
+
+
+def check_destinations(files: Mapping[str, PathsLike], folders: Optional[Mapping[str, PathsLike]] = None) -> None:
+    """Refuse outputs of the wrong kind or where nothing can be written, before any work starts.
+
+    Args:
+        files: parameter name -> output file path(s).
+        folders: parameter name -> output folder path(s).
+
+    Raises:
+        OutputError: naming the parameter: a file output that is a folder, a folder output that is a file,
+            or a path whose nearest existing parent is a file or not writable.
+    """
+    for kind, named in (("file", files), ("folder", folders or {})):
+        for name, paths in named.items():
+            for path in filter(_is_local, _as_list(paths)):
+                if kind == "file" and os.path.isdir(path):
+                    raise OutputError(f"'{path}' is a folder. Choose a file name.", name)
+                if kind == "folder" and os.path.lexists(path) and not os.path.isdir(path):
+                    raise OutputError(f"'{path}' is a file, not a folder. Choose a folder.", name)
+                _check_parent(path, name)

@@ -4,28 +4,51 @@ Subclasses set ``group_id`` and ``requirements``, define parameters, and impleme
 parses parameters, makes one engine call and returns the outputs. This base class checks the
 Python packages the algorithm needs, adapts the feedback, and turns engine errors into
 ``QgsProcessingException`` with the engine's message unchanged.
+
+Every run is one transaction (:mod:`~satseg_plugin.core.staging`): before any work, every number must be
+finite and every output path must be writable, of the right kind, and neither an input, another output, nor a
+folder OVERWRITE would clear that holds an input (checked from the parameter definitions); the algorithm's
+outputs, feature sinks included, are staged; they replace the previous outputs together only after
+:meth:`run_algorithm` returned without error or cancel.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorLayer,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.deps import require
-from ..core.errors import CanceledError, SatSegError
+from ..core.errors import CanceledError, OutputError, SatSegError
+from ..core.paths import check_destinations, check_outputs
+from ..core.staging import Transaction, use_transaction
 from .feedback import QgisFeedback
+from .layers import destination_path, layer_file, staged_sink
+
+#: Parameter types whose value names input files (layers are read through their source).
+_LAYER_INPUTS = (QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
+                 QgsProcessingParameterFeatureSource, QgsProcessingParameterMapLayer)
 
 __all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH", "PROVIDER_ID"]
 
@@ -48,8 +71,13 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
     """Base class of SatSeg's Processing algorithms."""
 
     DEVICE = "DEVICE"
+    #: The boolean parameter that lets a run replace an earlier output folder as a whole.
+    OVERWRITE = "OVERWRITE"
     #: One of :data:`GROUPS`' keys.
     group_id: str = "patching"
+    #: Whether a run that was canceled but returned normally commits its outputs (a trainer that keeps the best
+    #: model so far); otherwise the cancel discards them.
+    commits_when_canceled: bool = False
     #: Import names of the Python packages :meth:`run_algorithm` needs (checked before it starts).
     requirements: Tuple[str, ...] = ("numpy", "rasterio")
 
@@ -111,14 +139,75 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
 
         return DEVICE_CHOICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
 
+    def parameterAsSink(self, parameters: Dict[str, Any], name: str, context: QgsProcessingContext, *args):
+        """QGIS's ``parameterAsSink``, staged in the run's transaction (see :func:`.layers.staged_sink`)."""
+        return staged_sink(super().parameterAsSink, parameters, name, context, *args)
+
+    def input_files(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, List[str]]:
+        """Parameter name -> the files its layers or file values read (what no output may overwrite)."""
+        inputs: Dict[str, List[str]] = {}
+        for definition in self.parameterDefinitions():
+            name = definition.name()
+            if definition.isDestination() or parameters.get(name) in (None, "", []):
+                continue
+            if isinstance(definition, QgsProcessingParameterFile):
+                paths = [self.parameterAsFile(parameters, name, context)]
+            elif isinstance(definition, QgsProcessingParameterMultipleLayers):
+                if definition.layerType() == QgsProcessing.TypeFile:
+                    paths = self.parameterAsFileList(parameters, name, context)
+                else:
+                    paths = [layer_file(layer) for layer in self.parameterAsLayerList(parameters, name, context)]
+            elif isinstance(definition, _LAYER_INPUTS):
+                paths = [layer_file(self.parameterAsLayer(parameters, name, context))]
+            else:
+                continue
+            inputs[name] = [p for p in paths if p]
+        return inputs
+
+    def check_parameters(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> None:
+        """Refuse, before any work, numbers that are not finite and output paths that would lose data.
+
+        Raises:
+            QgsProcessingException: naming the parameter and what to change.
+        """
+        files: Dict[str, str] = {}
+        folders: Dict[str, str] = {}
+        for definition in self.parameterDefinitions():
+            name = definition.name()
+            if isinstance(definition, QgsProcessingParameterNumber) and parameters.get(name) not in (None, ""):
+                value = self.parameterAsDouble(parameters, name, context)
+                if not math.isfinite(value):
+                    raise QgsProcessingException(self.tr("{}: {} is not a finite number. Give a number such as "
+                                                         "{}.").format(name, value, definition.defaultValue() or 1))
+            elif definition.isDestination():
+                path = destination_path(parameters.get(name), context)
+                if path:
+                    is_folder = isinstance(definition, QgsProcessingParameterFolderDestination)
+                    (folders if is_folder else files)[name] = path
+        overwrite = self.parameterDefinition(self.OVERWRITE) is not None and \
+            self.parameterAsBoolean(parameters, self.OVERWRITE, context)
+        try:
+            check_destinations(files, folders)
+            check_outputs(self.input_files(parameters, context), {**files, **folders},
+                          cleared_folders=list(folders) if overwrite else ())
+        except OutputError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
     def processAlgorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> Dict[str, Any]:
-        """Check requirements, run :meth:`run_algorithm`, translate engine errors for the Processing log."""
+        """Check requirements and parameters, run :meth:`run_algorithm` in one transaction and commit it,
+        translate engine errors for the Processing log."""
         engine_feedback = QgisFeedback(feedback)
         try:
             for module in self.requirements:
                 require(module)
-            return plain_outputs(self.run_algorithm(parameters, context, engine_feedback))
+            self.check_parameters(parameters, context)
+            with Transaction() as run, use_transaction(run):
+                outputs = plain_outputs(self.run_algorithm(parameters, context, engine_feedback))
+                if feedback.isCanceled() and not self.commits_when_canceled:
+                    raise CanceledError()
+                run.commit()
+            return outputs
         except CanceledError as exc:
             raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.")) from exc
         except SatSegError as exc:

@@ -17,8 +17,10 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
+from ..core.progress import Feedback
+
 __all__ = ["raster_path", "raster_paths", "qgis_crs", "source_to_shapely", "source_to_labels", "write_polygons",
-           "write_features"]
+           "write_features", "layer_file", "destination_path", "staged_sink"]
 
 
 def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
@@ -38,6 +40,70 @@ def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
     if not os.path.exists(path) and ":" not in path:
         raise QgsProcessingException(f"{parameter}: raster file '{path}' does not exist.")
     return path
+
+
+def layer_file(layer) -> Optional[str]:
+    """The file a layer is read from (None for memory, database and web layers)."""
+    if layer is None:
+        return None
+    parts: Dict[str, Any] = QgsProviderRegistry.instance().decodeUri(layer.providerType(), layer.source())
+    path = parts.get("path") or layer.source().split("|")[0]
+    return path if path and os.path.exists(path) else None
+
+
+def destination_path(value: Any, context: QgsProcessingContext) -> Optional[str]:
+    """The file or folder a destination parameter's value names; None for temporary and memory outputs, which
+    Processing places itself."""
+    from qgis.core import QgsDataSourceUri, QgsProcessing, QgsProcessingOutputLayerDefinition, QgsProperty
+
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        value = value.valueAsString(context.expressionContext(), "")[0]
+    text = str(value or "")
+    if not text or text == QgsProcessing.TEMPORARY_OUTPUT or text.startswith("memory:"):
+        return None
+    if text.startswith("ogr:"):
+        return QgsDataSourceUri(text[4:]).database() or None
+    if ":" in text.split("|")[0] and not os.path.isabs(text):
+        return None  # another provider's uri (postgres:, ...): nothing SatSeg stages
+    return os.path.abspath(text.split("|")[0])
+
+
+def staged_sink(create_sink, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, *args):
+    """``create_sink(parameters, key, context, *args)`` (``parameterAsSink``), writing to a temporary file of
+    the current run's transaction (:mod:`~satseg_plugin.core.staging`) that it moves into place on commit.
+
+    A GeoPackage layer keeps the final file's name; the returned id, and the entry Processing loads on
+    completion, name the final file. Temporary and memory outputs, appends to existing layers, and calls
+    outside a run are created as asked.
+    """
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
+
+    from ..core.staging import VECTOR_COMPANIONS, current_transaction
+
+    value = parameters.get(key)
+    run, final = current_transaction(), destination_path(value, context)
+    extension = os.path.splitext(final or "")[1].lower()
+    appending = isinstance(value, QgsProcessingOutputLayerDefinition) and value.useRemapping()
+    if run is None or not extension or appending:
+        return create_sink(parameters, key, context, *args)
+    tmp = run.temporary_file(final, extension, key)
+    staged = QgsProcessingOutputLayerDefinition(value) if isinstance(value, QgsProcessingOutputLayerDefinition) \
+        else QgsProcessingOutputLayerDefinition(tmp)
+    staged.sink = QgsProperty.fromValue(tmp)
+    if extension in (".gpkg", ".sqlite"):  # the layer inside is named after the final file, not the temporary one
+        staged.createOptions = dict(staged.createOptions, layerName=os.path.splitext(os.path.basename(final))[0])
+    sink, dest_id = create_sink(dict(parameters, **{key: staged}), key, context, *args)
+    if sink is None:
+        return sink, dest_id
+    run.stage(final, tmp, companions=VECTOR_COMPANIONS.get(extension, ()))
+    final_id = dest_id.replace(tmp, final)
+    if context.willLoadLayerOnCompletion(dest_id):
+        layers = context.layersToLoadOnCompletion()
+        layers[final_id] = layers.pop(dest_id)
+        context.setLayersToLoadOnCompletion(layers)
+    return sink, final_id
 
 
 def shapely_features(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
@@ -77,26 +143,46 @@ def source_to_shapely(source: Optional[QgsProcessingFeatureSource], crs: QgsCoor
 
 def source_to_labels(source: QgsProcessingFeatureSource, crs: QgsCoordinateReferenceSystem,
                      context: QgsProcessingContext, parameter: str, class_field: str = "",
-                     default_class: str = "building"):
+                     default_class: str = "building", feedback: Optional[Feedback] = None):
     """Annotation polygons as ``(geometries, class indices, class names)`` in ``crs``.
 
     Without ``class_field`` every polygon is ``default_class``. With it, each distinct non-empty value is a
-    class (sorted, so the same values always give the same indices); features with an empty value are skipped.
+    class (sorted, so the same values always give the same indices); features with an empty (NULL or blank)
+    value are skipped, and ``feedback`` is told how many, since their area then
+    counts as background.
+
+    Raises:
+        QgsProcessingException: naming ``parameter`` for a missing layer, a point or line layer, a missing
+            field, or features that all have an empty class.
     """
+    from qgis.core import QgsWkbTypes
+
     if source is None:
         raise QgsProcessingException(f"{parameter}: choose a polygon layer of annotations.")
+    kind = QgsWkbTypes.geometryType(source.wkbType())
+    if kind != QgsWkbTypes.PolygonGeometry:
+        got = {QgsWkbTypes.PointGeometry: "a point", QgsWkbTypes.LineGeometry: "a line"}.get(kind, "a geometry-less")
+        raise QgsProcessingException(f"{parameter}: a polygon layer is needed, got {got} layer. Draw the "
+                                     "annotations as polygons (or buffer the points or lines first).")
     field_index = source.fields().lookupField(class_field) if class_field else -1
     if class_field and field_index < 0:
         raise QgsProcessingException(f"{parameter}: the layer has no field '{class_field}'.")
-    rows = []
+    rows, skipped = [], 0
     for feature, geom in shapely_features(source, crs, context):
         value = default_class
         if field_index >= 0:
             raw = feature.attribute(field_index)
             if raw is None or str(raw).strip() in ("", "NULL"):
+                skipped += 1
                 continue
             value = str(raw).strip()
         rows.append((geom, value))
+    if skipped and not rows:
+        raise QgsProcessingException(f"{parameter}: none of the {skipped} features has a value in the class field "
+                                     f"'{class_field}'. Fill it in, or choose the field that holds the classes.")
+    if skipped and feedback is not None:
+        feedback.warning(f"{parameter}: {skipped} feature(s) have no value in the class field '{class_field}' and "
+                         "were skipped; their area counts as background. Fill in their class to use them.")
     names = sorted({value for _g, value in rows})
     index = {name: i for i, name in enumerate(names, start=1)}
     return [g for g, _v in rows], [index[v] for _g, v in rows], names

@@ -34,7 +34,7 @@ from ...core.raster import (
     resolve_bands,
     window_footprint,
 )
-from ...core.staging import StagedDirectory
+from ...core.staging import StagedDirectory, Transaction, stages_outputs
 from ...core.version import __version__
 from .config import PatchConfig
 
@@ -175,8 +175,9 @@ class _PatchWriter:
             footprint=window_footprint(src.transform, win.x_off, win.y_off, win.width, win.height))
 
 
+@stages_outputs
 def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfig(),
-                  feedback: Optional[Feedback] = None) -> PatchResult:
+                  feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> PatchResult:
     """Cut ``source`` into georeferenced GeoTIFF patches in ``output_dir``.
 
     Memory stays bounded by ``workers`` x a few patches whatever the raster size: each patch is read
@@ -188,6 +189,8 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
             ``config.overwrite``).
         config: grid, filters and output options.
         feedback: progress, cancel and log.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The written patches (sorted by row, col) and counts of what was skipped.

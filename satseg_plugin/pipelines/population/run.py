@@ -22,7 +22,7 @@ from affine import Affine
 
 from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from ...core.staging import StagedDirectory
+from ...core.staging import StagedDirectory, Transaction, stages_outputs
 
 __all__ = ["FlowRun", "CommunityRun", "TrackRun", "pixel_area_m2", "run_optical_flow", "run_communities",
            "run_tracking", "flow_index_for_frame"]
@@ -117,9 +117,10 @@ def flow_index_for_frame(frame: int, frames: int) -> int:
     return min(frame, frames - 2)
 
 
+@stages_outputs
 def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[Any] = None, vector_step: int = 10,
                      min_magnitude: float = 0.0, overwrite: bool = False, band: int = 1,
-                     feedback: Optional[Feedback] = None) -> FlowRun:
+                     feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> FlowRun:
     """Horn–Schunck flow between every pair of consecutive frames, written as GeoTIFFs.
 
     Args:
@@ -131,11 +132,13 @@ def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[
         overwrite: replace an earlier SatSeg output folder.
         band: band read from every frame.
         feedback: progress, messages and cancel.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The flow files ``flow_<t>_<frame t>_<frame t+1>.tif`` and the sampled arrows.
     """
-    from .flow import FlowConfig, flow_series, flow_vectors, write_flow
+    from .flow import FlowConfig, FramePair, flow_series, flow_vectors, write_flow
     from .frames import load_frames
 
     feedback = feedback or NullFeedback()
@@ -152,7 +155,10 @@ def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[
             check_canceled(feedback)
             name = f"flow_{t}_{series.names[t]}_{series.names[t + 1]}.tif"
             nodata = series.nodata_mask(t, t + 1)
-            write_flow(staged.staged_path(name), flow, series, nodata_mask=nodata, parameter="OUTPUT_DIR")
+            pair = FramePair(t, t + 1, os.path.basename(frame_paths[t]), os.path.basename(frame_paths[t + 1]),
+                             series.names[t], series.names[t + 1])
+            write_flow(staged.staged_path(name), flow, series, nodata_mask=nodata, parameter="OUTPUT_DIR",
+                       pair=pair)
             paths.append(staged.final_path(name))
             u, v = np.where(nodata, np.nan, flow.u), np.where(nodata, np.nan, flow.v)
             vectors += [(t, vec) for vec in flow_vectors(u, v, series.transform, vector_step, min_magnitude)]
@@ -192,6 +198,36 @@ def _check_flow_count(frames: int, flows: int, parameter: str = "FLOWS") -> None
                          "frame pairs, in time order (the outputs of 'Optical flow between frames').", parameter)
 
 
+def _check_flow_pairs(flow_paths: Sequence[str], files: Optional[Sequence[str]], names: Sequence[Optional[str]],
+                      feedback: Feedback, parameter: str = "FLOWS") -> None:
+    """Refuse a flow that records other frames than the consecutive pair it is given for.
+
+    Flow ``t`` must go from frame ``t`` to frame ``t + 1``: compared by file name where the frames' files
+    are known (``files``), else by frame name (``names``, e.g. the segment rasters' FRAME_NAME tags; None
+    where unknown). Flows written before SatSeg recorded their frames are accepted with a warning.
+    """
+    from .flow import read_flow_pair
+
+    untagged = []
+    for t, path in enumerate(flow_paths):
+        pair = read_flow_pair(path, parameter)
+        if pair is None:
+            untagged.append(os.path.basename(path))
+            continue
+        if files is not None:
+            got, want = (pair.from_file, pair.to_file), (files[t], files[t + 1])
+        else:
+            got, want = (pair.from_name, pair.to_name), (names[t], names[t + 1])
+        if None not in want and got != want:
+            raise InputError(f"flow '{os.path.basename(path)}' was computed for {pair.describe()}, but it is given "
+                             f"as flow {t + 1}, between '{want[0]}' and '{want[1]}'. Give the flows in time order, "
+                             "one per consecutive pair of these frames.", parameter)
+    if untagged:
+        feedback.warning(f"{len(untagged)} flow raster(s) ({', '.join(untagged[:3])}) do not record the frames "
+                         "they were computed for (written by an older SatSeg), so their order cannot be checked; "
+                         "make sure they are given in time order.")
+
+
 def _check_same_grid(path: str, crs: Any, transform: Affine, shape: Tuple[int, int], parameter: str) -> None:
     """Refuse a raster that is not on the frames' grid (flows and segments are never resampled)."""
     from ...core.raster import open_raster, raster_env
@@ -213,9 +249,10 @@ def _require_grid(what: str, crs: Any, transform: Affine, shape: Tuple[int, int]
                          "match); use the outputs of one SatSeg run.", parameter)
 
 
+@stages_outputs
 def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_dir: str, config: Optional[Any] = None,
                     report_k: bool = False, overwrite: bool = False, band: int = 1,
-                    feedback: Optional[Feedback] = None) -> CommunityRun:
+                    feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> CommunityRun:
     """Communities per frame: window autoencoder codes, k-means, then DBSCAN on pixel positions per label.
 
     Frame ``t`` uses the flow of pair ``(t, t + 1)``; the last frame uses the pair before it.
@@ -229,6 +266,8 @@ def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_d
         overwrite: replace an earlier SatSeg output folder.
         band: band read from every frame.
         feedback: progress, messages and cancel.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
     """
     import rasterio
 
@@ -245,6 +284,7 @@ def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_d
     shape = (series.height, series.width)
     for path in flow_paths:
         _check_same_grid(path, series.crs, series.transform, shape, "FLOWS")
+    _check_flow_pairs(flow_paths, [os.path.basename(p) for p in frame_paths], series.names, feedback)
     flows = _read_flows(flow_paths, shape)
     area = pixel_area_m2(series.crs, series.transform, series.height, feedback)
     n = len(series)
@@ -308,7 +348,7 @@ def run_tracking(segment_paths: Sequence[str], flow_paths: Sequence[str], frame_
         raise InputError(f"{len(segment_paths)} segment raster(s) given; tracking needs at least two frames.",
                          "SEGMENTS")
     _check_flow_count(len(segment_paths), len(flow_paths))
-    segments, names = [], []
+    segments, names, frame_names = [], [], []
     crs = transform = None
     shape: Tuple[int, int] = (0, 0)
     with raster_env():
@@ -317,6 +357,7 @@ def run_tracking(segment_paths: Sequence[str], flow_paths: Sequence[str], frame_
                 if i == 0:
                     crs, transform, shape = src.crs, src.transform, (src.height, src.width)
                 data = src.read(1)
+                frame_names.append(src.tags().get("FRAME_NAME"))
             if i > 0:
                 _check_same_grid(path, crs, transform, shape, "SEGMENTS")
             if not np.issubdtype(data.dtype, np.integer):
@@ -326,6 +367,9 @@ def run_tracking(segment_paths: Sequence[str], flow_paths: Sequence[str], frame_
             names.append(os.path.splitext(os.path.basename(path))[0])
     for path in flow_paths:
         _check_same_grid(path, crs, transform, shape, "FLOWS")
+    # the frames' file names check the flows when there is one frame per segment raster (else refused below)
+    files = [os.path.basename(p) for p in frame_paths] if frame_paths and len(frame_paths) == len(segments) else None
+    _check_flow_pairs(flow_paths, files, frame_names, feedback)
     flows = _read_flows(flow_paths, shape)
     populations: List[Optional[np.ndarray]] = [None] * len(segments)
     if frame_paths:

@@ -10,6 +10,7 @@ no seams. Outputs are moved into place only when the whole raster is done.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -33,18 +34,17 @@ from ...core.raster import (
     overview_factors,
     raster_env,
 )
-from ...core.staging import StagedFile
+from ...core.staging import StagedFile, Transaction, stages_outputs
 from ...core.tiling import (
     ROW_BLOCK,
     BlockWriter,
     HannBlend,
     Output,
     TileReader,
-    check_overlap,
-    fit_tile,
     hann_grid,
     sweep,
 )
+from ...core.tiling.grid import device_tile_limit, plan_tiles
 from .config import InferenceConfig
 
 __all__ = ["InferenceConfig", "SegmentResult", "segment_raster", "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
@@ -81,6 +81,13 @@ class _Ensemble:
 
         if not paths:
             raise InputError("give at least one model file.", "MODELS")
+        if weights:
+            if len(weights) != len(paths):
+                raise InputError(f"{len(weights)} weights for {len(paths)} models; give one weight per model.",
+                                 "WEIGHTS")
+            if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+                raise InputError(f"weights must be finite, non-negative and not all zero, got "
+                                 f"{', '.join(str(w) for w in weights)}; e.g. 0.7,0.15,0.15.", "WEIGHTS")
         self.checkpoints = [load_checkpoint(p, kind="segmentation") for p in paths]
         first = self.checkpoints[0].metadata
         for path, ckpt in zip(paths[1:], self.checkpoints[1:]):
@@ -90,11 +97,6 @@ class _Ensemble:
                                  f"but '{os.path.basename(paths[0])}' uses bands {first.bands} and classes "
                                  f"{first.classes}; models of an ensemble must agree on both.", "MODELS")
         if weights:
-            if len(weights) != len(paths):
-                raise InputError(f"{len(weights)} weights for {len(paths)} models; give one weight per model.",
-                                 "WEIGHTS")
-            if any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise InputError("weights must be non-negative and not all zero.", "WEIGHTS")
             total = float(sum(weights))
             self.weights = [w / total for w in weights]
         else:
@@ -141,9 +143,11 @@ class _Ensemble:
         return total.cpu().numpy().astype(np.float32)
 
 
+@stages_outputs
 def segment_raster(source: str, model_paths: Sequence[str], probability_path: str, mask_path: str,
                    config: InferenceConfig = InferenceConfig(), device: str = "auto",
-                   feedback: Optional[Feedback] = None) -> SegmentResult:
+                   feedback: Optional[Feedback] = None,
+                   transaction: Optional[Transaction] = None) -> SegmentResult:
     """Predict a probability raster and a class mask with one model or a weighted ensemble.
 
     Args:
@@ -154,6 +158,8 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         config: tiling, ensemble and output settings.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         feedback: progress per tile row, cancel, log.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         Paths and a summary. Outputs have the input's CRS and grid (cropped to the extent's pixel window).
@@ -163,6 +169,7 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     feedback = feedback or NullFeedback()
     check_geotiff_name(probability_path, "OUTPUT_PROBABILITY")
     check_geotiff_name(mask_path, "OUTPUT_MASK")
+    config.validate()
     torch_device = resolve_device(device)
     feedback.info(f"Device: {describe_device(torch_device)}")
     ensemble = _Ensemble(model_paths, config.weights, torch_device, config.amp, feedback)
@@ -173,10 +180,12 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         check_model_fits(src, meta.bands, meta.pixel_size, feedback)
-        tile = fit_tile(config.tile_size, ensemble.multiple)
-        overlap = check_overlap(tile, config.overlap)
         region = bounds_region(src, config.bounds)
         x0, y0, width, height = region
+        limit = device_tile_limit(lambda raw: ensemble.predict(raw, config.tta), len(meta.bands),
+                                  ensemble.multiple, torch_device)
+        tile, overlap = plan_tiles(config.tile_size, config.overlap, ensemble.multiple, (width, height), limit,
+                                   feedback)
         grid = hann_grid(Window(*region), src.height, src.width, tile, overlap)
         feedback.info(f"Predicting {len(grid)} tiles of {tile} px (overlap {overlap} px) over "
                       f"{width} x {height} px; threshold {threshold:.3f}{', flip TTA' if config.tta else ''}.")
@@ -190,7 +199,7 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         staged_prob = StagedFile(probability_path, parameter="OUTPUT_PROBABILITY", suffix=".tif")
         staged_mask = StagedFile(mask_path, parameter="OUTPUT_MASK", suffix=".tif")
         reader = TileReader(src, meta.bands, np.asarray(meta.mean, np.float32), tile)
-        positive = [0]
+        positive, valid = [0], [False]
 
         def count_positive(_window: Window, strips: List[np.ndarray]) -> None:
             cls = strips[1]
@@ -212,15 +221,18 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                         cls = (probs[0] >= threshold).astype(np.uint8)
                     else:
                         cls = np.where(probs.max(0) >= threshold, probs.argmax(0) + 1, 0).astype(np.uint8)
+                    valid[0] = valid[0] or not block.empty.all()
                     probs[:, block.empty] = PROB_NODATA
                     cls[block.empty] = MASK_NODATA
                     writer.put(block.r0, block.c0, block.band, [probs, cls[None]])
                 writer.close()
+                if not valid[0]:
+                    feedback.warning("Every pixel of INPUT in the extent is nodata; the outputs are empty.")
                 factors = overview_factors(width, height)
                 if factors:
                     prob_dst.build_overviews(factors, Resampling.average)
                     mask_dst.build_overviews(factors, Resampling.nearest)
-            # both files are complete and closed: move them into place together
+            # both files are complete and closed: they move into place together with the run's outputs
             staged_prob.commit()
             staged_mask.commit()
     feedback.set_progress(100.0)

@@ -26,6 +26,7 @@ from ...core.normalization import band_statistics, normalize
 from ...core.plots import plot_training_curves
 from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
+from ...core.staging import Transaction, stages_outputs
 from .augment import AugmentConfig, augment_batch
 from .config import TrainConfig
 
@@ -177,9 +178,11 @@ def _dice_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Tuple[float, fl
     return float(dice.mean()), float(iou.mean())
 
 
+@stages_outputs
 def train_segmentation(source: str, labels: LabelSet, model_path: str, config: TrainConfig = TrainConfig(),
                        device: str = "auto", feedback: Optional[Feedback] = None,
-                       log_path: Optional[str] = None, plot_path: Optional[str] = None) -> TrainResult:
+                       log_path: Optional[str] = None, plot_path: Optional[str] = None,
+                       transaction: Optional[Transaction] = None) -> TrainResult:
     """Train a segmentation model and write it as a SatSeg model file.
 
     Args:
@@ -191,6 +194,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         feedback: progress per batch, cancel, log.
         log_path: CSV of per-epoch metrics (None: not written).
         plot_path: PNG of the loss / Dice curves (None: not written).
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The written paths and the best validation scores. A cancel after at least one epoch keeps the

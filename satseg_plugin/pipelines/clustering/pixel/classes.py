@@ -21,7 +21,7 @@ from ....core.errors import InputError
 from ....core.labels import LabelSet
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ....core.raster import check_geotiff_name, geotiff_profile, open_raster, overview_factors, pixel_window, raster_env
-from ....core.staging import StagedFile
+from ....core.staging import StagedFile, Transaction, readable_path, stages_outputs
 
 __all__ = ["ClusterDecision", "ClassMapResult", "parse_mapping", "count_annotations", "decide", "cluster_settings",
            "clusters_to_classes", "CLASS_NODATA", "UNASSIGNED"]
@@ -268,11 +268,13 @@ def _write_classes(cluster_path: str, output_path: str, lut: np.ndarray, class_n
     return result
 
 
+@stages_outputs
 def clusters_to_classes(cluster_path: str, output_path: str, mapping: Optional[Dict[int, str]] = None,
                         labels: Optional[LabelSet] = None, split_share: float = 0.3,
                         source: Optional[str] = None, model_path: Optional[str] = None,
                         cluster_output: Optional[str] = None, device: str = "auto",
-                        feedback: Optional[Feedback] = None) -> ClassMapResult:
+                        feedback: Optional[Feedback] = None,
+                        transaction: Optional[Transaction] = None) -> ClassMapResult:
     """Write a class raster (0 unassigned, 1..C classes, 255 nodata) from a cluster raster.
 
     Args:
@@ -287,6 +289,8 @@ def clusters_to_classes(cluster_path: str, output_path: str, mapping: Optional[D
             None: a file beside ``output_path``).
         device: torch device for the split step.
         feedback: progress, cancel, log.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
     """
     feedback = feedback or NullFeedback()
     if (mapping is None) == (labels is None):
@@ -359,7 +363,9 @@ def clusters_to_classes(cluster_path: str, output_path: str, mapping: Optional[D
         feedback.info(f"Cluster {d.cluster}: {d.decision}" + (f"; annotated px {d.annotated}" if d.annotated else ""))
     # every uint16 id gets an entry: ids no decision names stay unassigned
     lut = np.concatenate([lut, np.zeros(max(0, 65536 - len(lut)), np.uint8)])
-    pixel_counts = _write_classes(final_clusters, output_path, lut, class_names, SubFeedback(feedback, 80, 100))
+    # the split cluster raster is staged in this run, not yet in place: read the staged file
+    pixel_counts = _write_classes(readable_path(final_clusters), output_path, lut, class_names,
+                                  SubFeedback(feedback, 80, 100))
     feedback.set_progress(100.0)
     return ClassMapResult(os.path.abspath(output_path), class_names, decisions,
                           os.path.abspath(final_clusters) if final_clusters != cluster_path else None, pixel_counts)

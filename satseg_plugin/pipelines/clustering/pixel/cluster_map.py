@@ -37,7 +37,7 @@ from ....core.raster import (
     overview_factors,
     raster_env,
 )
-from ....core.staging import StagedFile
+from ....core.staging import StagedFile, Transaction, stages_outputs
 from ....core.tiling import (
     ROW_BLOCK,
     Block,
@@ -46,11 +46,10 @@ from ....core.tiling import (
     RampBlend,
     TileGrid,
     TileReader,
-    check_overlap,
-    fit_tile,
     ramp_grid,
     sweep,
 )
+from ....core.tiling.grid import device_tile_limit, plan_tiles
 from .config import ClusterMapConfig
 
 __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "cluster_grid", "feature_blocks",
@@ -143,10 +142,17 @@ def _palette(k: int) -> List[Tuple[int, int, int]]:
     return colours
 
 
-def cluster_grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfig) -> TileGrid:
-    """The tiles ``config`` asks for on ``src``: the raster-anchored ramp grid meeting the EXTENT."""
-    tile = fit_tile(config.tile_size, cm.multiple)
-    overlap = check_overlap(tile, config.overlap)
+def cluster_grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterMapConfig,
+                 feedback: Optional[Feedback] = None) -> TileGrid:
+    """The tiles ``config`` asks for on ``src``: the raster-anchored ramp grid meeting the EXTENT.
+
+    The tile is clamped to the raster (not the EXTENT: a pixel's features must not depend on the extent) and
+    to what the device holds; ``feedback`` is told when it is.
+    """
+    limit = device_tile_limit(lambda raw: cm.features(raw, config.amp), len(cm.metadata.bands), cm.multiple,
+                              cm.device)
+    tile, overlap = plan_tiles(config.tile_size, config.overlap, cm.multiple, (src.width, src.height), limit,
+                               feedback, "the raster")
     region = bounds_region(src, config.bounds)
     return ramp_grid(Window(*region), src.height, src.width, tile, overlap)
 
@@ -174,10 +180,12 @@ def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> Clus
     return ClusterModel(model_path, torch_device)
 
 
+@stages_outputs
 def cluster_raster(source: str, model_path: str, output_path: str, config: ClusterMapConfig = ClusterMapConfig(),
                    device: str = "auto", feedback: Optional[Feedback] = None,
                    splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None,
-                   keep_nodata_of: Optional[str] = None) -> ClusterMapResult:
+                   keep_nodata_of: Optional[str] = None,
+                   transaction: Optional[Transaction] = None) -> ClusterMapResult:
     """Write the cluster id (1..K, nodata 0) of every pixel as a uint16 GeoTIFF on the input's grid.
 
     Args:
@@ -192,11 +200,14 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
             two classes share).
         keep_nodata_of: a raster on the output's grid (an earlier cluster raster): its nodata pixels stay
             nodata here (so a re-clustering keeps an earlier run's MASK).
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The output path and per-cluster pixel counts (index i = cluster i + 1, new ids of splits included).
     """
     feedback = feedback or NullFeedback()
+    config.validate()
     check_geotiff_name(output_path, "OUTPUT")
     cm = open_cluster_model(model_path, device, feedback)
     k = cm.num_clusters
@@ -204,7 +215,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         check_model_fits(src, cm.metadata.bands, cm.metadata.pixel_size, feedback)
-        grid = cluster_grid(src, cm, config)
+        grid = cluster_grid(src, cm, config, feedback)
         x0, y0, width, height = (int(v) for v in grid.region.flatten())
         feedback.info(f"Clustering {len(grid)} tiles of {grid.tile} px (overlap {grid.overlap} px) over "
                       f"{width} x {height} px into {k} clusters.")
@@ -212,6 +223,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                                   CLUSTER_NODATA, level=1)
         profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
         counts = np.zeros(top + 1, np.int64)
+        valid = False
         staged = StagedFile(output_path, parameter="OUTPUT", suffix=".tif")
         previous = open_raster(keep_nodata_of, "INPUT") if keep_nodata_of else None
         if previous is not None and (previous.width, previous.height) != (width, height):
@@ -237,11 +249,14 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                 for block in feature_blocks(src, cm, grid, config, feedback):
                     ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
                     keep = ~block.empty
+                    valid = valid or bool(keep.any())
                     if keep.any():
                         ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), splits)
                     writer.put(block.r0, block.c0, block.band, [ids[None]])
                 writer.close()
                 check_canceled(feedback)
+                if not valid:
+                    feedback.warning("Every pixel of INPUT in the extent is nodata; the output is empty.")
                 factors = overview_factors(width, height)
                 if factors:
                     from rasterio.enums import Resampling

@@ -24,6 +24,7 @@ from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ....core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
 from ....core.scores import nmi
+from ....core.staging import Transaction, stages_outputs
 from .config import ClusterNetConfig
 
 __all__ = ["ClusterNetConfig", "ClusterTrainResult", "FeatureTransform", "train_clusternet", "IGNORE_INDEX"]
@@ -194,9 +195,10 @@ def _assign(features: np.ndarray, valid: np.ndarray, transform: FeatureTransform
     return labels
 
 
+@stages_outputs
 def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNetConfig = ClusterNetConfig(),
                      device: str = "auto", feedback: Optional[Feedback] = None,
-                     log_path: Optional[str] = None) -> ClusterTrainResult:
+                     log_path: Optional[str] = None, transaction: Optional[Transaction] = None) -> ClusterTrainResult:
     """Train a ClusterNet without labels and write it, with its final centroids, as a SatSeg model file.
 
     Args:
@@ -206,6 +208,8 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         feedback: progress per batch, cancel (checked at every batch, so at every round), log.
         log_path: CSV with one row per round (objective, cluster sizes, NMI with the previous round, loss).
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The written paths and per-round log. A cancel raises :class:`CanceledError` and writes nothing.

@@ -33,7 +33,7 @@ from ....core.kmeans import Whitening, kmeans, l2_normalize
 from ....core.plots import new_figure, save_figure
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled, track
 from ....core.scores import nmi, silhouette
-from ....core.staging import StagedDirectory, StagedFile, write_csv_rows
+from ....core.staging import StagedDirectory, StagedFile, Transaction, stages_outputs, write_csv_rows
 from .config import DeepClusterConfig
 from .data import load_patches
 from .train import augment_scenes
@@ -236,10 +236,12 @@ def _suggest(rows: List[Dict[str, Any]], group: str) -> Optional[int]:
     return -max(scored)[1] if scored else None
 
 
+@stages_outputs
 def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_groups: Optional[Sequence[str]],
                  model_path: str, features_path: str, config: DeepClusterConfig = DeepClusterConfig(),
                  device: str = "auto", feedback: Optional[Feedback] = None, table_path: Optional[str] = None,
-                 plot_path: Optional[str] = None, report_path: Optional[str] = None) -> DeepClusterResult:
+                 plot_path: Optional[str] = None, report_path: Optional[str] = None,
+                 transaction: Optional[Transaction] = None) -> DeepClusterResult:
     """Train one DeepCluster network per group from a scene model and score numbers of clusters.
 
     Cost per group and epoch: one forward pass over the group's patches, a k-means, one training pass;
@@ -264,6 +266,8 @@ def deep_cluster(patch_paths: Sequence[str], groups: Sequence[str], cluster_grou
         table_path: CSV ``group,k,silhouette,inertia``.
         plot_path: PNG of the silhouette against k, one line per group, each peak marked.
         report_path: HTML page with the plot and the table.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The :class:`DeepClusterResult`.

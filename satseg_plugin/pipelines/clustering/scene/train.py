@@ -38,6 +38,7 @@ from ....core.fit import (
     write_log,
 )
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
+from ....core.staging import Transaction, stages_outputs
 from .config import SceneTrainConfig
 from .data import load_patches
 
@@ -229,9 +230,11 @@ def _check_labels(labels: Any, n: int, names: List[str]) -> np.ndarray:
     return target
 
 
+@stages_outputs
 def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequence[str], model_path: str,
                    config: SceneTrainConfig = SceneTrainConfig(), device: str = "auto",
-                   feedback: Optional[Feedback] = None, log_path: Optional[str] = None) -> SceneTrainResult:
+                   feedback: Optional[Feedback] = None, log_path: Optional[str] = None,
+                   transaction: Optional[Transaction] = None) -> SceneTrainResult:
     """Train a scene classifier with a mean teacher and write the teacher as a SatSeg ``scene`` model.
 
     Every epoch visits each training patch (labelled or not) once, in seeded random batches. For a batch:
@@ -254,6 +257,8 @@ def pretrain_scene(patch_paths: Sequence[str], labels: Any, class_names: Sequenc
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         feedback: progress per batch and cancel (checked at every batch).
         log_path: CSV with one row per epoch.
+        transaction: stage the outputs into this run's transaction and leave the commit to its owner
+            (default: the current run's, else they are moved into place together when this returns).
 
     Returns:
         The :class:`SceneTrainResult`.

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ....core.staging import readable_path
 from ....pipelines.clustering.pixel.config import ClusterMapConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
@@ -115,7 +116,9 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
         if want_polygons:
             from ....core.vectorize import polygonize_mask
 
-            records = polygonize_mask(output, min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            # the run's own staged raster: another run may have replaced the file at ``output`` meanwhile
+            records = polygonize_mask(readable_path(output),
+                                      min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                       feedback=SubFeedback(feedback, 80, 100))
             outputs[self.OUTPUT_POLYGONS] = write_polygons(self, parameters, self.OUTPUT_POLYGONS, context, records,
                                                            crs, names, "cluster", "name")

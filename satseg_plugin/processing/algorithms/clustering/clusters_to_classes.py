@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ....core.staging import readable_path
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_labels, write_polygons
@@ -119,7 +120,8 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
         labels = None
         if source is not None:
             geoms, classes, names = source_to_labels(source, crs, context, self.ANNOTATIONS,
-                                                     self.parameterAsString(parameters, self.CLASS_FIELD, context))
+                                                     self.parameterAsString(parameters, self.CLASS_FIELD, context),
+                                                     feedback=feedback)
             if not names:
                 raise QgsProcessingException(f"{self.ANNOTATIONS}: no polygon has a value in the class field.")
             labels = LabelSet(geoms, classes, names)
@@ -138,7 +140,9 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
         for name, count in result.pixel_counts.items():
             feedback.info(f"{name}: {count} px")
         if parameters.get(self.OUTPUT_POLYGONS) is not None:
-            records = polygonize_mask(output, min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            # the run's own staged raster: another run may have replaced the file at ``output`` meanwhile
+            records = polygonize_mask(readable_path(output),
+                                      min_area=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                       feedback=SubFeedback(feedback, 85, 100))
             outputs[self.OUTPUT_POLYGONS] = write_polygons(self, parameters, self.OUTPUT_POLYGONS, context, records,
                                                            crs, result.class_names)

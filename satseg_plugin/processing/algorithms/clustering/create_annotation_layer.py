@@ -20,6 +20,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ....core.staging import StagedFile
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...parameters import DEFAULT_CLASSES, parse_classes
@@ -85,21 +86,21 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
         options.layerName = layer_name
-        tmp = path + ".satseg-tmp.gpkg"
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        writer = QgsVectorFileWriter.create(tmp, fields, QgsWkbTypes.MultiPolygon, crs, context.transformContext(),
-                                            options)
-        if writer.hasError():
-            raise QgsProcessingException(f"{self.OUTPUT}: cannot create '{path}': {writer.errorMessage()}")
-        del writer
-        layer = QgsVectorLayer(f"{tmp}|layername={layer_name}", layer_name, "ogr")
-        style_annotation_layer(layer, field, classes)
-        message = layer.saveStyleToDatabase("satseg annotation", "SatSeg annotation style", True, "")
-        if message:
-            feedback.warning(f"The style could not be stored in the GeoPackage ({message}); it is applied on load.")
-        del layer
-        os.replace(tmp, path)  # complete file, moved into place at the end
+        staged = StagedFile(path, parameter=self.OUTPUT, suffix=".gpkg")  # moves in with the run's commit
+        with staged as tmp:
+            writer = QgsVectorFileWriter.create(tmp, fields, QgsWkbTypes.MultiPolygon, crs,
+                                                context.transformContext(), options)
+            if writer.hasError():
+                raise QgsProcessingException(f"{self.OUTPUT}: cannot create '{path}': {writer.errorMessage()}")
+            del writer
+            layer = QgsVectorLayer(f"{tmp}|layername={layer_name}", layer_name, "ogr")
+            style_annotation_layer(layer, field, classes)
+            message = layer.saveStyleToDatabase("satseg annotation", "SatSeg annotation style", True, "")
+            if message:
+                feedback.warning(f"The style could not be stored in the GeoPackage ({message}); it is applied on "
+                                 "load.")
+            del layer
+            staged.commit()
         feedback.info(f"Annotation layer '{layer_name}' with classes {', '.join(classes)} in field '{field}'.")
         apply_annotation_style_on_load(context, path, field, classes, self.tr("Annotations"), value_map=True)
         return {self.OUTPUT: path}

@@ -92,7 +92,8 @@ class EvaluateClustersAlgorithm(SatSegAlgorithm):
         crs = layer.crs()
         geoms, classes, names = source_to_labels(self.parameterAsSource(parameters, self.REFERENCE, context), crs,
                                                  context, self.REFERENCE,
-                                                 self.parameterAsString(parameters, self.CLASS_FIELD, context))
+                                                 self.parameterAsString(parameters, self.CLASS_FIELD, context),
+                                                 feedback=feedback)
         aoi = source_to_shapely(self.parameterAsSource(parameters, self.AOI, context), crs, context, self.AOI)
         reference = LabelSet(geoms, classes, names or ["building"], aoi)
         scores = evaluate_clusters(raster_path(layer, self.INPUT), reference,

@@ -17,14 +17,12 @@ from qgis.core import (
     QgsVectorFileWriter,
 )
 
-from ....core.staging import StagedFile
+from ....core.staging import VECTOR_COMPANIONS, StagedFile
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 
 __all__ = ["ExportVectorAlgorithm", "FORMATS"]
 
-#: Files the Shapefile driver writes beside the .shp.
-SHAPEFILE_COMPANIONS = (".shx", ".dbf", ".prj", ".cpg", ".qpj")
 #: (label, OGR driver, extension)
 FORMATS = (("GeoPackage", "GPKG", ".gpkg"), ("GeoJSON", "GeoJSON", ".geojson"),
            ("ESRI Shapefile", "ESRI Shapefile", ".shp"))
@@ -85,7 +83,7 @@ class ExportVectorAlgorithm(SatSegAlgorithm):
             if long_names:
                 feedback.warning(self.tr("Shapefile field names are cut to 10 characters: {}.").format(
                     ", ".join(long_names)))
-        companions = SHAPEFILE_COMPANIONS if driver == "ESRI Shapefile" else ()
+        companions = VECTOR_COMPANIONS.get(extension, ())
         staged = StagedFile(output, parameter=self.OUTPUT, suffix=extension, companions=companions)
         with staged as tmp:  # a failed export leaves no half-written file
             error, message, _path, _layer = QgsVectorFileWriter.writeAsVectorFormatV3(

@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ....core.staging import readable_path
 from ....pipelines.segmentation.config import InferenceConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
@@ -140,7 +141,9 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         mask_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context)
         result = segment_raster(raster_path(layer, self.INPUT), models, prob_path, mask_path, config,
                                 self.device_spec(parameters, context), SubFeedback(feedback, 0, 85))
-        records = polygonize_mask(mask_path, prob_path, self.parameterAsDouble(parameters, self.MIN_AREA, context),
+        # the run's own staged rasters: another run may have replaced the files at these paths meanwhile
+        records = polygonize_mask(readable_path(mask_path), readable_path(prob_path),
+                                  self.parameterAsDouble(parameters, self.MIN_AREA, context),
                                   self.parameterAsDouble(parameters, self.SIMPLIFY, context),
                                   feedback=SubFeedback(feedback, 85, 100))
         dest_id = write_polygons(self, parameters, self.OUTPUT_POLYGONS, context, records, crs, result.classes,

@@ -65,6 +65,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
     EPOCHS_RUN = "EPOCHS_RUN"
 
     group_id = "segmentation"
+    commits_when_canceled = True  # the engine keeps the best model so far on cancel
     requirements = ("numpy", "rasterio", "shapely", "torch", "torchvision", "segmentation_models_pytorch",
                     "safetensors", "matplotlib")
 
@@ -161,7 +162,8 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         crs = layer.crs()
         geoms, classes, names = source_to_labels(self.parameterAsSource(parameters, self.LABELS, context), crs,
                                                  context, self.LABELS,
-                                                 self.parameterAsString(parameters, self.CLASS_FIELD, context))
+                                                 self.parameterAsString(parameters, self.CLASS_FIELD, context),
+                                                 feedback=feedback)
         aoi = source_to_shapely(self.parameterAsSource(parameters, self.AOI, context), crs, context, self.AOI)
         labels = LabelSet(geoms, classes, names or ["building"], aoi)
         num = self.parameterAsInt
