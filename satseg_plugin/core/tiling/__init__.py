@@ -19,8 +19,10 @@ from .grid import (
     TileGrid,
     check_overlap,
     core_spans,
+    device_tile_limit,
     fit_tile,
     hann_grid,
+    plan_tiles,
     ramp_grid,
     ramp_half,
     support,
@@ -31,6 +33,6 @@ from .sweep import Predict, TileBatches, sweep
 from .writing import ROW_BLOCK, BlockWriter, Output
 
 __all__ = ["Block", "HannBlend", "RampBlend", "hann_window", "ramp_weights", "DEFAULT_TILE", "Span", "TileGrid",
-           "check_overlap", "core_spans", "fit_tile", "hann_grid", "ramp_grid", "ramp_half", "support",
+           "check_overlap", "core_spans", "device_tile_limit", "fit_tile", "plan_tiles", "hann_grid", "ramp_grid", "ramp_half", "support",
            "tile_origins", "Tile", "TileReader", "nodata_flags", "Predict", "TileBatches", "sweep", "ROW_BLOCK",
            "BlockWriter", "Output"]

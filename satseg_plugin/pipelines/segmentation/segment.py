@@ -41,10 +41,11 @@ from ...core.tiling import (
     HannBlend,
     Output,
     TileReader,
+    device_tile_limit,
     hann_grid,
+    plan_tiles,
     sweep,
 )
-from ...core.tiling.grid import device_tile_limit, plan_tiles
 from .config import InferenceConfig
 
 __all__ = ["InferenceConfig", "SegmentResult", "segment_raster", "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
@@ -109,7 +110,8 @@ class _Ensemble:
             self.models.append(model)
         self.metadata = first
         self.binary = len(first.classes) == 1
-        self.multiple = max(input_multiple(c.metadata.architecture, c.metadata.encoder) for c in self.checkpoints)
+        self.multiple = max(input_multiple(c.metadata.architecture, c.metadata.encoder, **c.metadata.model_kwargs)
+                            for c in self.checkpoints)
         self.threshold = float(sum(w * c.metadata.threshold for w, c in zip(self.weights, self.checkpoints)))
         for path, w in zip(paths, self.weights):
             feedback.info(f"Model {os.path.basename(path)}: weight {w:.3f}")

@@ -389,7 +389,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                      "epochs_run": len(history)},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
                    "source": os.path.abspath(source), "satseg_version": __version__})
-    save_checkpoint(model_path, model_tensors(model), metadata)
+    save_checkpoint(model_path, model_tensors(model), metadata, parameter="OUTPUT_MODEL")
     written_log = write_log(log_path, history)
     written_plot = None
     if plot_path and history:

@@ -11,7 +11,7 @@ import pytest
 
 from satseg_plugin.core.errors import InputError, check_settings
 from satseg_plugin.core.progress import RecordingFeedback
-from satseg_plugin.core.tiling.grid import fit_tile, plan_tiles
+from satseg_plugin.core.tiling import fit_tile, plan_tiles
 from satseg_plugin.pipelines.clustering.pixel.config import ClusterMapConfig, ClusterNetConfig
 from satseg_plugin.pipelines.clustering.scene.config import DeepClusterConfig, SceneTrainConfig
 from satseg_plugin.pipelines.patching.config import PatchConfig

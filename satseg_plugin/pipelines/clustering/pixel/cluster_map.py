@@ -46,10 +46,11 @@ from ....core.tiling import (
     RampBlend,
     TileGrid,
     TileReader,
+    device_tile_limit,
+    plan_tiles,
     ramp_grid,
     sweep,
 )
-from ....core.tiling.grid import device_tile_limit, plan_tiles
 from .config import ClusterMapConfig
 
 __all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "cluster_grid", "feature_blocks",
@@ -99,7 +100,8 @@ class ClusterModel:
         from ....models.registry import input_multiple
 
         self.multiple = int(self.metadata.extra.get("input_multiple") or
-                            input_multiple(self.metadata.architecture, self.metadata.encoder))
+                            input_multiple(self.metadata.architecture, self.metadata.encoder,
+                                           **self.metadata.model_kwargs))
 
     @property
     def num_clusters(self) -> int:

@@ -333,7 +333,7 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
             data.close()
     extras = {"centroids": np.asarray(centroids, np.float32), **transform.tensors()}
     tensors = model_tensors(model.cpu(), {name: torch.from_numpy(a) for name, a in extras.items()})
-    save_checkpoint(model_path, tensors, metadata)
+    save_checkpoint(model_path, tensors, metadata, parameter="OUTPUT_MODEL")
     written_log = write_log(log_path, history)
     feedback.set_progress(100.0)
     feedback.info(f"Final k-means objective {objective:.4g}; model written to {model_path}.")

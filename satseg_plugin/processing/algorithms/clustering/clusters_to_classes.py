@@ -122,8 +122,6 @@ class ClustersToClassesAlgorithm(SatSegAlgorithm):
             geoms, classes, names = source_to_labels(source, crs, context, self.ANNOTATIONS,
                                                      self.parameterAsString(parameters, self.CLASS_FIELD, context),
                                                      feedback=feedback)
-            if not names:
-                raise QgsProcessingException(f"{self.ANNOTATIONS}: no polygon has a value in the class field.")
             labels = LabelSet(geoms, classes, names)
         raster = self.parameterAsRasterLayer(parameters, self.RASTER, context)
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
