@@ -1,9 +1,11 @@
-"""Shared test set-up: the repository root on sys.path and a factory of small real GeoTIFFs."""
+"""Shared test set-up: the repository root on sys.path, no network and an empty weights cache for every test
+(also for the qgis_process children, which inherit the environment), and a factory of small real GeoTIFFs."""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 import pytest
@@ -11,6 +13,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# Training defaults to ENCODER_WEIGHTS=auto, which would look for ImageNet weights in the user's cache or online:
+# tests start from random weights unless they say otherwise.
+os.environ["SATSEG_OFFLINE"] = "1"
+os.environ["SATSEG_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="satseg-test-weights-")
 
 
 def write_raster(path: str, data, transform=None, crs: Optional[str] = "EPSG:32633", nodata=None,

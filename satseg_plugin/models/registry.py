@@ -1,7 +1,8 @@
 """Segmentation architectures SatSeg builds, by name: a registry plus a factory over segmentation-models-pytorch.
 
-Every model is randomly initialised (``encoder_weights=None``): SatSeg never downloads pretrained weights,
-it loads them from its own model files (:mod:`.checkpoint`). Models take ``(N, C, H, W)`` float tensors of
+Every model is built randomly initialised (``encoder_weights=None``): smp and timm never download anything
+here. Pretrained encoder weights (ImageNet, a weights file, another SatSeg model's encoder) are loaded afterwards
+by :mod:`.pretrained`, through SatSeg's own cache and checks. Models take ``(N, C, H, W)`` float tensors of
 normalised bands and return ``(N, classes, H, W)`` logits; H and W must be multiples of
 :func:`input_multiple`.
 
@@ -247,7 +248,7 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
             for multiclass with a softmax).
         **kwargs: passed to ``smp.create_model``: only the names of :data:`MODEL_KWARGS` (``encoder_depth``,
             ``decoder_channels``, ``encoder_output_stride``) within their limits. ``encoder_weights`` other than
-            None is refused: SatSeg never downloads weights.
+            None is refused: pretrained weights are loaded by :func:`.pretrained.apply_encoder_weights`.
 
     Returns:
         A ``torch.nn.Module`` in training mode mapping ``(N, C, H, W)`` float inputs to ``(N, K, H, W)``
@@ -264,8 +265,8 @@ def build_model(architecture: str, encoder: str = "resnet34", in_channels: int =
     if isinstance(classes, bool) or not isinstance(classes, numbers.Integral) or classes < 1:
         raise InputError(f"classes must be a positive integer (the number of output channels), got {classes!r}.")
     if kwargs.pop("encoder_weights", None) is not None:
-        raise InputError("SatSeg builds models with random weights and never downloads pretrained ones; "
-                         "start from a SatSeg model file instead (INIT_WEIGHTS).")
+        raise InputError("build_model never downloads weights: it builds random ones; pretrained encoder weights "
+                         "are loaded afterwards (ENCODER_WEIGHTS, models.pretrained.apply_encoder_weights).")
     problem = model_kwargs_problem(kwargs)
     if problem:
         raise InputError(f"keyword argument {problem[0]} {problem[1]}.")

@@ -64,6 +64,8 @@ MAX_PATCH_SIZE = 16384
 MAX_WKT_CHARS = 64 * 1024
 MAX_METRICS_BYTES = 64 * 1024
 MAX_EXTRA_BYTES = 256 * 1024
+#: Most bytes of ``extra.init``, the origin of a model's initial weights (mode, file name, SHA-256, counts).
+MAX_INIT_BYTES = 4096
 #: Deepest nesting of lists and objects inside ``metrics`` and ``extra``.
 MAX_DEPTH = 16
 
@@ -174,6 +176,8 @@ EXTRA_ENTRIES: Dict[str, Field] = {
     "normalize": Field(False, "true or false", lambda v: isinstance(v, bool)),
     "whiten": Field(False, "true or false", lambda v: isinstance(v, bool)),
     "input_multiple": Field(False, "an integer from 1 to 256 (pixels)", _integer(1, 256)),
+    "init": Field(False, f"a JSON object of at most {MAX_INIT_BYTES} bytes (where the initial weights came from)",
+                  _notes(MAX_INIT_BYTES)),
 }
 
 

@@ -20,7 +20,7 @@ class TrainConfig:
 
     Attributes:
         architecture: ``unet``, ``pspnet`` or ``deeplabv3plus``.
-        encoder: any segmentation-models-pytorch encoder name (random initialisation).
+        encoder: any segmentation-models-pytorch encoder name.
         bands: 1-based band subset (None: all bands).
         patch_size: training crop size in pixels.
         batch_size: crops per batch (lowered automatically on CUDA out-of-memory).
@@ -37,7 +37,12 @@ class TrainConfig:
         threshold: probability threshold stored with the model (binary models). None: the threshold of
             :data:`THRESHOLD_GRID` with the best Dice on the validation blocks, at the best epoch (tuned on the
             held-out blocks inside the training area, never on data the user predicts later).
-        init_weights: optional SatSeg model file to start from (same architecture, encoder and bands).
+        encoder_weights: initial encoder weights when ``init_weights`` is not set: ``none`` (random),
+            ``imagenet`` (the encoder's published weights, cached, downloaded once), ``auto`` (``imagenet`` when
+            cached or reachable, else ``none``) or the path of a ``.safetensors``/``.pth`` encoder state dict.
+        init_weights: optional SatSeg model file to start from: a segmentation model (same architecture, encoder
+            and bands: every weight), or a ClusterNet / scene classifier with the same encoder and bands (the
+            encoder's weights).
         max_val_tiles: cap on validation tiles (evenly spread) so validation stays fast.
     """
 
@@ -59,6 +64,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
     threshold: Optional[float] = None
+    encoder_weights: str = "auto"
     init_weights: Optional[str] = None
     max_val_tiles: int = 64
 
@@ -79,6 +85,8 @@ class TrainConfig:
             ("PATIENCE", self.patience >= 1, "must be at least 1", self.patience),
             ("THRESHOLD", self.threshold is None or 0 < self.threshold < 1, "must lie strictly between 0 and 1",
              self.threshold),
+            ("ENCODER_WEIGHTS", isinstance(self.encoder_weights, str) and bool(self.encoder_weights.strip()),
+             "must be auto, none, imagenet or the path of a weights file", self.encoder_weights),
         ]
         check_settings(checks, prefix="")
 

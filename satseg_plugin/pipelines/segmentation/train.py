@@ -18,6 +18,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from ...core.cache import weights_dir
 from ...core.deps import require
 from ...core.errors import InputError
 from ...core.fit import BestModel, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
@@ -182,7 +183,7 @@ def _dice_iou(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> Tuple[float, fl
 def train_segmentation(source: str, labels: LabelSet, model_path: str, config: TrainConfig = TrainConfig(),
                        device: str = "auto", feedback: Optional[Feedback] = None,
                        log_path: Optional[str] = None, plot_path: Optional[str] = None,
-                       transaction: Optional[Transaction] = None) -> TrainResult:
+                       transaction: Optional[Transaction] = None, profile_dir: Optional[str] = None) -> TrainResult:
     """Train a segmentation model and write it as a SatSeg model file.
 
     Args:
@@ -196,6 +197,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         plot_path: PNG of the loss / Dice curves (None: not written).
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        profile_dir: the QGIS profile folder: ImageNet weights are cached in ``<profile_dir>/python/satseg_weights``
+            (default ``~/.cache/satseg/weights``; ``$SATSEG_WEIGHTS_DIR`` overrides both).
 
     Returns:
         The written paths and the best validation scores. A cancel after at least one epoch keeps the
@@ -204,8 +207,9 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     torch = require("torch")
     from ...core.device import describe_device, resolve_device
     from ...core.version import __version__
-    from ...models.checkpoint import ModelMetadata, load_checkpoint, model_tensors, save_checkpoint
+    from ...models.checkpoint import ModelMetadata, model_tensors, save_checkpoint
     from ...models.losses import FocalDiceLoss
+    from ...models.pretrained import apply_encoder_weights, init_from_model_file
     from ...models.registry import build_model, input_multiple
 
     feedback = feedback or NullFeedback()
@@ -278,14 +282,15 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         binary = labels.num_classes == 1
         out_classes = 1 if binary else labels.num_classes + 1
         model = build_model(config.architecture, config.encoder, in_channels=len(bands), classes=out_classes)
-        if config.init_weights:
-            init = load_checkpoint(config.init_weights, kind="segmentation")
-            try:
-                model.load_state_dict(init.model_state, strict=True)
-            except RuntimeError as exc:
-                raise InputError(f"'{config.init_weights}' does not fit a {config.architecture}/{config.encoder} "
-                                 f"model with {len(bands)} bands and {out_classes} outputs: {exc}", "INIT_WEIGHTS") from exc
-            feedback.info(f"Started from the weights in {config.init_weights}.")
+        if config.init_weights:  # a SatSeg model file: all weights, or another model's encoder
+            origin = init_from_model_file(model, config.init_weights, config.encoder, len(bands),
+                                          f"{config.architecture}/{config.encoder} model with {len(bands)} bands "
+                                          f"and {out_classes} outputs", feedback)
+            if config.encoder_weights.strip().lower() not in ("auto", "none"):
+                feedback.warning("ENCODER_WEIGHTS is ignored: the weights come from INIT_WEIGHTS.")
+        else:
+            origin = apply_encoder_weights(model, config.encoder_weights, config.encoder, weights_dir(profile_dir),
+                                           feedback)
         model.to(torch_device)
         loss_fn = FocalDiceLoss(gamma=2.0, mode="binary" if binary else "multiclass", ignore_index=IGNORE)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -388,7 +393,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             metrics={"val_dice": best_dice, "val_iou": best_iou, "best_epoch": best.epoch,
                      "epochs_run": len(history)},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
-                   "source": os.path.abspath(source), "satseg_version": __version__})
+                   "init": origin, "source": os.path.abspath(source), "satseg_version": __version__})
     save_checkpoint(model_path, model_tensors(model), metadata, parameter="OUTPUT_MODEL")
     written_log = write_log(log_path, history)
     written_plot = None

@@ -221,6 +221,9 @@ class TrainSegmentForm(WorkflowForm):
         self.architecture = _enum_combo(TRAIN, TRAIN.ARCHITECTURE, "satsegArchitecture")
         self.encoder = _combo(ENCODER_CHOICES, "satsegEncoder", editable=True)
         self.encoder.setCurrentText(algorithm_parameter(TRAIN, TRAIN.ENCODER).defaultValue())
+        self.encoder_weights = _enum_combo(TRAIN, TRAIN.ENCODER_WEIGHTS, "satsegEncoderWeights")
+        self.encoder_weights.setToolTip(self.tr("auto: ImageNet weights when cached or downloadable, else random. "
+                                                "A weights file can be chosen in the Processing toolbox."))
         self.epochs = _spin(TRAIN, TRAIN.EPOCHS, 1000, name="satsegEpochs")
         self.patch_size = _spin(TRAIN, TRAIN.PATCH_SIZE, 2048, 32, "satsegPatchSize")
         self.batch_size = _spin(TRAIN, TRAIN.BATCH_SIZE, 512, name="satsegBatchSize")
@@ -232,6 +235,7 @@ class TrainSegmentForm(WorkflowForm):
         for label, widget in ((self.tr("Raster"), self.raster), (self.tr("Annotations"), self.labels),
                               (self.tr("Class field"), self.class_field), (self.tr("Labels complete in"), self.aoi),
                               (self.tr("Architecture"), self.architecture), (self.tr("Encoder"), self.encoder),
+                              (self.tr("Encoder weights"), self.encoder_weights),
                               (self.tr("Epochs (max)"), self.epochs)):
             self.form.addRow(label, widget)
         for label, widget in ((self.tr("Patch size (px)"), self.patch_size), (self.tr("Batch size"), self.batch_size),
@@ -267,7 +271,8 @@ class TrainSegmentForm(WorkflowForm):
         train = {TRAIN.INPUT: raster.id(), TRAIN.LABELS: labels.id(),
                  TRAIN.CLASS_FIELD: self.class_field.currentField() or None,
                  TRAIN.AOI: aoi.id() if aoi is not None else None, TRAIN.ARCHITECTURE: self.architecture.currentIndex(),
-                 TRAIN.ENCODER: self.encoder.currentText().strip(), TRAIN.EPOCHS: self.epochs.value(),
+                 TRAIN.ENCODER: self.encoder.currentText().strip(),
+                 TRAIN.ENCODER_WEIGHTS: self.encoder_weights.currentIndex(), TRAIN.EPOCHS: self.epochs.value(),
                  TRAIN.PATCH_SIZE: self.patch_size.value(), TRAIN.BATCH_SIZE: self.batch_size.value(),
                  TRAIN.BATCHES_PER_EPOCH: self.batches_per_epoch.value(), TRAIN.DEVICE: self.device.currentIndex(),
                  TRAIN.OUTPUT_MODEL: os.path.join(folder, "model.satseg"),

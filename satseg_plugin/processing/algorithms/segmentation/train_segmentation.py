@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any, Dict
 
 from qgis.core import (
+    QgsApplication,
     QgsProcessing,
     QgsProcessingContext,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFile,
@@ -18,6 +20,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
+from ....models.pretrained import MODES, WEIGHT_SUFFIXES
 from ....models.registry import ARCHITECTURE_NAMES
 from ....pipelines.segmentation.config import TrainConfig
 from ...base import SatSegAlgorithm
@@ -41,6 +44,8 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
     AOI = "AOI"
     ARCHITECTURE = "ARCHITECTURE"
     ENCODER = "ENCODER"
+    ENCODER_WEIGHTS = "ENCODER_WEIGHTS"
+    ENCODER_WEIGHTS_FILE = "ENCODER_WEIGHTS_FILE"
     PATCH_SIZE = "PATCH_SIZE"
     BATCH_SIZE = "BATCH_SIZE"
     EPOCHS = "EPOCHS"
@@ -80,9 +85,22 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
 
     def shortHelpString(self) -> str:
         return self.tr(
-            "Trains a U-Net, PSPNet or DeepLabV3+ (any segmentation-models-pytorch encoder, random initial "
-            "weights) from a raster and polygons you drew (e.g. building footprints). With a class field, each "
-            "distinct value is a class; without, all polygons are one class.\n\n"
+            "Trains a U-Net, PSPNet or DeepLabV3+ (any segmentation-models-pytorch encoder) from a raster and "
+            "polygons you drew (e.g. building footprints). With a class field, each distinct value is a class; "
+            "without, all polygons are one class.\n\n"
+            "Encoder weights: with a few dozen polygons, start from pretrained weights. 'imagenet' uses the "
+            "encoder's published ImageNet weights, downloaded once into SatSeg's cache (<QGIS profile>/python/"
+            "satseg_weights, or the folder in the SATSEG_WEIGHTS_DIR environment variable) and read from there "
+            "offline afterwards; without network the error names the file to download, its address and the folder "
+            "to put it in. 'auto' (default) takes ImageNet weights when they are cached or can be downloaded, else "
+            "random ones (the log says which). 'none': random weights. A weights file (.safetensors, or .pth/.pt "
+            "holding only tensors) holds an encoder state dict of the same encoder and overrides the choice; "
+            "with qgis_process pass ENCODER_WEIGHTS_FILE=path. Rasters with other than 3 bands get the RGB kernel "
+            "of the first convolution repeated or cut.\n\n"
+            "Start from a SatSeg model file: a segmentation model (same architecture, encoder and bands) gives "
+            "every weight; a ClusterNet (satseg:trainclusternet, self-supervised on your raster) or a scene "
+            "classifier with the same encoder and bands gives the encoder's weights (then ENCODER_WEIGHTS is not "
+            "used).\n\n"
             "Area of complete labels: only there do unlabelled pixels count as background (default: the whole "
             "raster). Validation is held out spatially: whole blocks of the raster (twice the patch size) are "
             "kept for validation, so the score measures the model on ground it has not seen.\n\n"
@@ -108,6 +126,12 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         self.addParameter(architecture_parameter(self.ARCHITECTURE, self.tr("Architecture"),
                                                  default["architecture"]))
         self.addParameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
+        self.addParameter(QgsProcessingParameterEnum(self.ENCODER_WEIGHTS, self.tr("Encoder weights"),
+                                                     options=list(MODES),
+                                                     defaultValue=MODES.index(default["encoder_weights"])))
+        self.addParameter(QgsProcessingParameterFile(
+            self.ENCODER_WEIGHTS_FILE, self.tr("Encoder weights file (overrides the choice above)"),
+            optional=True, fileFilter=self.tr("Weights files") + f" ({' '.join('*' + s for s in WEIGHT_SUFFIXES)})"))
         self.addParameter(number(self.PATCH_SIZE, self.tr("Patch size (pixels)"), number.Integer,
                                  default["patch_size"], minValue=32))
         self.addParameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, default["batch_size"],
@@ -138,8 +162,9 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.THRESHOLD, self.tr("Probability threshold stored with the model "
                                                                    "(empty = best on the validation blocks)"),
                                            number.Double, optional=True, minValue=0.01, maxValue=0.99))
-        self.add_advanced_parameter(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr("Start from a SatSeg model file"),
-                                            extension="satseg", optional=True))
+        self.add_advanced_parameter(QgsProcessingParameterFile(
+            self.INIT_WEIGHTS, self.tr("Start from a SatSeg model file (segmentation, ClusterNet or scene model)"),
+            extension="satseg", optional=True))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
                                                                 self.tr("SatSeg model (*.satseg)")))
@@ -184,6 +209,8 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
             augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
             seed=num(parameters, self.SEED, context),
             threshold=self.optional_value(parameters, self.THRESHOLD, context, self.parameterAsDouble),
+            encoder_weights=(self.parameterAsFile(parameters, self.ENCODER_WEIGHTS_FILE, context)
+                             or MODES[self.parameterAsEnum(parameters, self.ENCODER_WEIGHTS, context)]),
             init_weights=self.parameterAsFile(parameters, self.INIT_WEIGHTS, context) or None,
         )
         model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
@@ -191,7 +218,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         plot_path = self.parameterAsFileOutput(parameters, self.OUTPUT_PLOT, context) or None
         result = train_segmentation(raster_path(layer, self.INPUT), labels, model_path, config,
                                     self.device_spec(parameters, context), feedback,
-                                    log_path, plot_path)
+                                    log_path, plot_path, profile_dir=QgsApplication.qgisSettingsDirPath())
         return {self.OUTPUT_MODEL: result.model_path, self.OUTPUT_LOG: result.log_path,
                 self.OUTPUT_PLOT: result.plot_path, self.BEST_DICE: result.best_dice, self.BEST_IOU: result.best_iou,
                 self.BEST_EPOCH: result.best_epoch, self.EPOCHS_RUN: result.epochs_run}
