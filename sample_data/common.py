@@ -360,14 +360,14 @@ def write_tif(path: str, scene: Scene) -> None:
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
 
 
-def write_polygon_gpkg(path: str, layer_name: str, epsg: int, fields: Sequence[Tuple[str, str]],
+def write_polygon_gpkg(path: str, layer_name: str, epsg: Union[int, str], fields: Sequence[Tuple[str, str]],
                         rows: Sequence[Tuple[int, Polygon, Sequence[Any]]]) -> None:
     """Write polygons to a fresh GeoPackage layer.
 
     Args:
         path: the GeoPackage (replaced when it exists).
         layer_name: the layer.
-        epsg: its CRS.
+        epsg: its CRS: an EPSG code, or a WKT string (assigned as it is, nothing is reprojected).
         fields: ``(name, kind)`` with kind ``int``, ``str`` or ``float``.
         rows: ``(fid, polygon, values in fields order)``.
     """
@@ -380,7 +380,10 @@ def write_polygon_gpkg(path: str, layer_name: str, epsg: int, fields: Sequence[T
             driver.DeleteDataSource(path)
         ds = driver.CreateDataSource(path)
         srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
+        if isinstance(epsg, str):
+            srs.ImportFromWkt(epsg)
+        else:
+            srs.ImportFromEPSG(epsg)
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         layer = ds.CreateLayer(layer_name, srs, ogr.wkbPolygon, options=["FID=fid", "GEOMETRY_NAME=geom"])
         for name, kind in fields:

