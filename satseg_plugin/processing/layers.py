@@ -197,33 +197,19 @@ def write_polygons(algorithm, parameters: Dict[str, Any], key: str, context: Qgs
     out of range), ``area_m2`` and, if asked, ``mean_prob``. Returns the sink's id (None when the optional
     output was skipped).
     """
-    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes
-    from qgis.PyQt.QtCore import QVariant
-
-    fields = QgsFields()
-    fields.append(QgsField(value_field, QVariant.Int))
-    fields.append(QgsField(name_field, QVariant.String))
-    fields.append(QgsField("area_m2", QVariant.Double))
+    fields = [(value_field, "int"), (name_field, "str"), ("area_m2", "float")]
     if with_mean_prob:
-        fields.append(QgsField("mean_prob", QVariant.Double))
-    sink, dest_id = algorithm.parameterAsSink(parameters, key, context, fields, QgsWkbTypes.Polygon, crs)
-    if sink is None:
-        if parameters.get(key) is None:
-            return None
-        raise QgsProcessingException(algorithm.invalidSinkError(parameters, key))
-    for rec in records:
-        feature = QgsFeature(fields)
-        geom = QgsGeometry()
-        geom.fromWkb(rec.geometry.wkb)
-        feature.setGeometry(geom)
-        name = class_names[rec.class_id - 1] if 0 < rec.class_id <= len(class_names) else str(rec.class_id)
-        values = [rec.class_id, name, round(rec.area_m2, 3)]
-        if with_mean_prob:
-            values.append(rec.mean_prob)
-        feature.setAttributes(values)
-        sink.addFeature(feature, QgsFeatureSink.FastInsert)
-    del sink
-    return dest_id
+        fields.append(("mean_prob", "float"))
+
+    def rows():
+        for rec in records:
+            name = class_names[rec.class_id - 1] if 0 < rec.class_id <= len(class_names) else str(rec.class_id)
+            values = [rec.class_id, name, round(rec.area_m2, 3)]
+            if with_mean_prob:
+                values.append(rec.mean_prob)
+            yield rec.geometry, values
+
+    return write_features(algorithm, parameters, key, context, fields, "Polygon", crs, rows())
 
 
 #: Python types -> QVariant type names of :func:`write_features` field specs.
@@ -269,7 +255,7 @@ def write_features(algorithm, parameters: Dict[str, Any], key: str, context: Qgs
             if geometry_type == "MultiPolygon":
                 geom.convertToMultiType()
             feature.setGeometry(geom)
-        feature.setAttributes([None if v is None else v for v in values])
+        feature.setAttributes(list(values))
         sink.addFeature(feature, QgsFeatureSink.FastInsert)
     del sink
     return dest_id
