@@ -14,19 +14,22 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
 
-__all__ = ["same_file_key", "check_outputs", "check_destinations"]
+__all__ = ["nearest_existing", "same_file_key", "check_outputs", "check_destinations"]
 
 PathsLike = Union[str, Sequence[str], None]
 
 
+def nearest_existing(path: str) -> str:
+    """``path`` (made absolute) or its nearest parent that exists: where a new file under it would land."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    return probe
+
+
 def _case_insensitive(folder: str) -> bool:
     """Whether the file system holding ``folder`` (or its nearest existing parent) ignores case."""
-    probe = os.path.abspath(folder)
-    while probe and not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
+    probe = nearest_existing(folder)
     swapped = probe.swapcase()
     return swapped != probe and os.path.exists(swapped) and os.path.samefile(probe, swapped)
 
@@ -103,9 +106,7 @@ def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLi
 
 def _check_parent(path: str, name: str) -> None:
     """Refuse ``path`` when its nearest existing parent is a file or a folder this user cannot write to."""
-    probe = os.path.dirname(os.path.abspath(path))
-    while probe and not os.path.exists(probe) and os.path.dirname(probe) != probe:
-        probe = os.path.dirname(probe)
+    probe = nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(probe):
         raise OutputError(f"'{probe}' is a file, so '{path}' cannot be created inside it. Choose a path in a "
                           "folder.", name)
