@@ -112,7 +112,8 @@ class Precision:
         self.scaler.update()
 
 
-def choose_precision(device: "torch.device", amp: bool = True, feedback: Optional[Feedback] = None) -> Precision:
+def choose_precision(device: "torch.device", amp: bool = True, feedback: Optional[Feedback] = None,
+                     training: bool = True) -> Precision:
     """The precision of training on ``device``.
 
     On CUDA with ``amp``: bfloat16 autocast on GPUs with bfloat16 units (compute capability 8.0, Ampere, and
@@ -124,6 +125,7 @@ def choose_precision(device: "torch.device", amp: bool = True, feedback: Optiona
         device: the training device.
         amp: allow mixed precision.
         feedback: where mixed precision is announced (``Mixed precision: bfloat16 autocast.``).
+        training: float16 gets a ``GradScaler`` (inference needs none).
     """
     torch = require("torch")
     if not amp or device.type != "cuda":
@@ -131,7 +133,7 @@ def choose_precision(device: "torch.device", amp: bool = True, feedback: Optiona
     if torch.cuda.get_device_capability(device) >= (8, 0):
         chosen = Precision("cuda", torch.bfloat16)
     else:
-        chosen = Precision("cuda", torch.float16, torch.amp.GradScaler("cuda"))
+        chosen = Precision("cuda", torch.float16, torch.amp.GradScaler("cuda") if training else None)
     if feedback is not None:
         feedback.info(f"Mixed precision: {chosen.name}.")
     return chosen

@@ -103,7 +103,7 @@ class _Ensemble:
         else:
             self.weights = [1.0 / len(paths)] * len(paths)
         self.device, self.torch = device, torch
-        self.precision = choose_precision(device, amp)
+        self.precision = choose_precision(device, amp, training=False)
         self.models = []
         for ckpt in self.checkpoints:
             model = build_from_checkpoint(ckpt).to(device).eval()

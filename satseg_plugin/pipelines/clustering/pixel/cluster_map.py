@@ -90,6 +90,8 @@ class ClusterModel:
             raise CheckpointError(f"'{os.path.basename(path)}' holds no cluster centroids; train it again with "
                                   "SatSeg.", path)
         self.torch, self.device, self.path = torch, device, path
+        #: float32 and mixed precision (bf16 or fp16, as training chooses), picked per call by ``amp``
+        self.precision = {amp: choose_precision(device, amp, training=False) for amp in (False, True)}
         self.metadata = ckpt.metadata
         self.model = clusternet_from_checkpoint(ckpt).to(device).eval()
         extras = {k: v.numpy() for k, v in ckpt.extras.items()}
@@ -113,7 +115,7 @@ class ClusterModel:
         torch = self.torch
         x = (raw - self.mean[None, :, None, None]) / self.std[None, :, None, None]
         x = torch.from_numpy(np.nan_to_num(x).astype(np.float32)).to(self.device)
-        with torch.no_grad(), choose_precision(self.device, amp).autocast():
+        with torch.no_grad(), self.precision[amp].autocast():
             return self.model.features(x).float().cpu().numpy()
 
     def assign(self, features: np.ndarray,
