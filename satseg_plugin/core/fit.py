@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
@@ -37,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = ["seed_everything", "split_batches", "Precision", "choose_precision", "OomBackoff", "BestModel",
-           "EpochRun", "run_epochs", "write_log", "ema_model", "lookahead"]
+           "EpochRun", "run_epochs", "FittedSchedule", "write_log", "ema_model", "lookahead"]
 
 T = TypeVar("T")
 
@@ -258,7 +259,7 @@ class EpochRun:
 
 def run_epochs(epochs: int, epoch: Callable[[int], None], feedback: Feedback, best: Optional[BestModel] = None,
                patience: Optional[int] = None, metric: str = "validation score",
-               keep_best_on_cancel: bool = False) -> EpochRun:
+               keep_best_on_cancel: bool = False, stop: Optional[Callable[[int], Optional[str]]] = None) -> EpochRun:
     """Call ``epoch(1) .. epoch(epochs)``, stopping early or on cancel.
 
     Args:
@@ -270,6 +271,8 @@ def run_epochs(epochs: int, epoch: Callable[[int], None], feedback: Feedback, be
         metric: what ``best`` scores, for the messages (``"validation Dice"``).
         keep_best_on_cancel: on cancel after weights were kept, return (``canceled``) instead of raising, so
             the caller saves the best model so far.
+        stop: called with the epoch number after each epoch; a returned message ends the run early (it is logged
+            and ``stopped_early`` is set), e.g. a schedule that ran out of time or a smoothed patience rule.
 
     Raises:
         CanceledError: on cancel, unless the best weights are kept.
@@ -280,6 +283,11 @@ def run_epochs(epochs: int, epoch: Callable[[int], None], feedback: Feedback, be
         for number in range(1, epochs + 1):
             epoch(number)
             run.epochs_run = number
+            reason = stop(number) if stop is not None else None
+            if reason:
+                feedback.info(reason)
+                run.stopped_early = True
+                break
             if best is None or patience is None:
                 continue
             since_best = 0 if best.epoch == number else since_best + 1
@@ -295,6 +303,71 @@ def run_epochs(epochs: int, epoch: Callable[[int], None], feedback: Feedback, be
         feedback.warning(f"Canceled during epoch {run.epochs_run + 1}: keeping the best model so far "
                          f"(epoch {best.epoch}, {metric}{score}).")
     return run
+
+
+class FittedSchedule:
+    """The learning-rate factor per optimiser step: warm-up then cosine decay, or steps; fitted to a time limit.
+
+    torch's ``CosineAnnealingLR`` and ``OneCycleLR`` fix the schedule's length up front. With a wall-time limit the
+    length is only known once the first epochs have been timed, so this is a ``LambdaLR`` over a length that
+    :meth:`fit_time` may shorten (never lengthen: the learning rate never climbs back), and the run ends with the
+    learning rate annealed instead of being cut in the middle of the schedule.
+
+    Args:
+        optimizer: the optimiser whose learning rates are scaled.
+        total_steps: the schedule's length in optimiser steps.
+        kind: ``cosine`` (linear warm-up over ``warmup`` of the steps, then cosine to zero) or ``step`` (times
+            ``gamma`` every ``step_every`` steps).
+        warmup: share of the steps spent warming up (``cosine``).
+        step_every, gamma: the ``step`` schedule.
+        max_seconds: wall-time limit of the run (0: none).
+    """
+
+    def __init__(self, optimizer: Any, total_steps: int, kind: str = "cosine", warmup: float = 0.05,
+                 step_every: int = 1, gamma: float = 0.1, max_seconds: float = 0.0) -> None:
+        lr_scheduler = require("torch.optim.lr_scheduler")
+        self.total = max(1, int(total_steps))
+        self.kind, self.gamma, self.step_every = kind, gamma, max(1, int(step_every))
+        self.warmup = max(1, int(round(warmup * self.total))) if kind == "cosine" else 0
+        self.max_seconds = float(max_seconds)
+        self.steps = 0
+        self.scheduler = lr_scheduler.LambdaLR(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        """The learning-rate factor at optimiser step ``step`` (0-based)."""
+        if self.kind == "step":
+            return self.gamma ** (step // self.step_every)
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def step(self) -> None:
+        """Advance by one optimiser step."""
+        self.steps += 1
+        self.scheduler.step()
+
+    @property
+    def finished(self) -> bool:
+        """Every step of the schedule has been taken."""
+        return self.steps >= self.total
+
+    def fit_time(self, elapsed: float) -> Optional[int]:
+        """Shorten the schedule so that it ends within the time limit, at the pace of the steps so far.
+
+        Args:
+            elapsed: seconds since the first step, everything included (validation too).
+
+        Returns:
+            The new length when it was shortened, else None.
+        """
+        if not self.max_seconds or not self.steps:
+            return None
+        fits = int(self.max_seconds / (elapsed / self.steps))
+        if fits >= self.total:
+            return None
+        self.total = max(self.steps, fits)
+        return self.total
 
 
 def write_log(path: Optional[str], rows: Sequence[Mapping[str, Any]], parameter: str = "OUTPUT_LOG") -> Optional[str]:

@@ -18,6 +18,7 @@ from .errors import InputError
 from .progress import Feedback
 
 __all__ = [
+    "crs_units",
     "check_geotiff_name",
     "overview_factors",
     "bounds_region",
@@ -201,6 +202,14 @@ def pixel_window(transform: Affine, bounds: Tuple[float, float, float, float], w
     c0, r0 = max(0, math.floor(c0 + eps)), max(0, math.floor(r0 + eps))
     c1, r1 = min(width, math.ceil(c1 - eps)), min(height, math.ceil(r1 - eps))
     return (c0, r0, c1 - c0, r1 - r0) if c1 > c0 and r1 > r0 else None
+
+
+def crs_units(crs: Any) -> str:
+    """The units of a raster's map coordinates, as model files record them: the projected CRS's linear unit
+    (``"unknown"`` when it names none), ``"degrees"`` for a geographic CRS, ``"pixels"`` without a CRS."""
+    if not crs:
+        return "pixels"
+    return (crs.linear_units or "unknown") if crs.is_projected else "degrees"
 
 
 def check_geotiff_name(path: str, parameter: str) -> None:

@@ -1,5 +1,6 @@
 """Initial encoder weights of a segmentation model: published ImageNet weights, a weights file, or the encoder
-of another SatSeg model (a ClusterNet trained on the user's own raster, or a scene classifier).
+of another SatSeg model (a ClusterNet or an encoder pretrained without labels on the user's own raster, or a
+scene classifier).
 
 ImageNet weights are found where smp and timm find them: smp's encoder table gives a Hugging Face repository and
 revision for the encoder's ``"imagenet"`` entry, timm's pretrained config a Hugging Face id (``tu-`` encoders).
@@ -30,7 +31,8 @@ from .registry import TIMM_PREFIX, resolve_encoder
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["PARAMETER", "FILE_PARAMETER", "MODES", "WEIGHT_SUFFIXES", "WeightsSource", "imagenet_source",
+__all__ = ["PARAMETER", "FILE_PARAMETER", "MODES", "WEIGHT_SUFFIXES", "ENCODER_SOURCES", "WeightsSource",
+           "imagenet_source",
            "read_weights_file", "load_encoder_state", "apply_encoder_weights", "init_from_model_file"]
 
 #: The Processing parameter of the mode, and of a weights file.
@@ -253,14 +255,23 @@ def apply_encoder_weights(model: "torch.nn.Module", choice: str, encoder: str, f
     return _from_file(model, path, "imagenet", feedback, PARAMETER, ignore_unexpected=source.from_timm)
 
 
+#: The kinds of model file whose encoder INIT_WEIGHTS takes: kind -> (how messages name it, the prefix of the
+#: encoder's tensors in the file).
+ENCODER_SOURCES: Dict[str, Tuple[str, str]] = {
+    "clusternet": ("a ClusterNet", "backbone.encoder."),
+    "encoder": ("an encoder pretrained without labels (satseg:pretrainencoder)", ""),
+}
+
+
 def _encoder_state_of(ckpt: Any, encoder: str, in_channels: int, label: str) -> Tuple[str, Dict[str, Any]]:
-    """The encoder tensors of a ClusterNet or scene checkpoint, checked to fit ``encoder`` and the bands."""
+    """The encoder tensors of a ClusterNet, pretrained encoder or scene checkpoint, checked to fit ``encoder``
+    and the bands."""
     meta = ckpt.metadata
-    if meta.kind == "clusternet":
+    if meta.kind in ENCODER_SOURCES:
+        name, prefix = ENCODER_SOURCES[meta.kind]
         if resolve_encoder(meta.encoder) != resolve_encoder(encoder):
-            raise InputError(f"'{label}' is a ClusterNet with encoder {meta.encoder}, but this model uses {encoder}: "
+            raise InputError(f"'{label}' is {name} with encoder {meta.encoder}, but this model uses {encoder}: "
                              f"set ENCODER to {meta.encoder} to start from it.", "INIT_WEIGHTS")
-        prefix = "backbone.encoder."
         state = {k[len(prefix):]: v for k, v in ckpt.model_state.items() if k.startswith(prefix)}
     else:
         if resolve_encoder(encoder) != "resnet18":
@@ -276,7 +287,7 @@ def _encoder_state_of(ckpt: Any, encoder: str, in_channels: int, label: str) -> 
 def init_from_model_file(model: "torch.nn.Module", path: str, encoder: str, in_channels: int, what: str,
                          feedback: Optional[Feedback] = None) -> Origin:
     """Start from a SatSeg model file (INIT_WEIGHTS): all weights of a segmentation model, or the encoder of a
-    ClusterNet or scene classifier.
+    ClusterNet, of a pretrained encoder (``satseg:pretrainencoder``) or of a scene classifier.
 
     Args:
         model: the freshly built segmentation model.
@@ -308,11 +319,13 @@ def init_from_model_file(model: "torch.nn.Module", path: str, encoder: str, in_c
             raise InputError(f"'{path}' does not fit a {what}: {summary}", "INIT_WEIGHTS") from exc
         feedback.info(f"Started from the weights in {path}.")
         return {"init": "segmentation", **origin, "tensors": len(ckpt.model_state)}
-    if kind not in ("clusternet", "scene"):
+    if kind not in (*ENCODER_SOURCES, "scene"):
         raise InputError(f"'{label}' is a {kind} model; INIT_WEIGHTS takes a segmentation model, a ClusterNet "
-                         "(satseg:trainclusternet) or a scene classifier.", "INIT_WEIGHTS")
+                         "(satseg:trainclusternet), a pretrained encoder (satseg:pretrainencoder) or a scene "
+                         "classifier.", "INIT_WEIGHTS")
     kind, state = _encoder_state_of(ckpt, encoder, in_channels, label)
-    count, _ = load_encoder_state(model, state, label, "INIT_WEIGHTS", feedback, ignore_unexpected=True)
+    # a pretrained encoder file holds exactly the encoder: every tensor must fit
+    count, _ = load_encoder_state(model, state, label, "INIT_WEIGHTS", feedback, ignore_unexpected=kind != "encoder")
     feedback.info(f"Encoder initialised from the {kind} model {path}: {count} tensors taken, the decoder starts "
                   "random.")
     return {"init": kind, **origin, "tensors": count}

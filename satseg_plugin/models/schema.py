@@ -44,8 +44,9 @@ __all__ = [
     "check_entries",
 ]
 
-#: What a model file holds: a segmentation network, a ClusterNet-style clustering model, a scene model.
-KINDS: Tuple[str, ...] = ("segmentation", "clusternet", "scene")
+#: What a model file holds: a segmentation network, a ClusterNet-style clustering model, a scene model, or the
+#: encoder of a segmentation network pretrained without labels (``satseg:pretrainencoder``; it has no classes).
+KINDS: Tuple[str, ...] = ("segmentation", "clusternet", "scene", "encoder")
 
 #: Version of the file layout this SatSeg writes and the newest it reads.
 FORMAT_VERSION = 1
@@ -145,8 +146,8 @@ FIELDS: Dict[str, Field] = {
     "architecture": Field(True, _NAME, _name(128)),
     "encoder": Field(True, _NAME, _name(128)),
     "in_channels": Field(True, f"an integer from 1 to {MAX_BANDS} (input bands)", _integer(1, MAX_BANDS)),
-    "classes": Field(True, f"a list of 1 to {MAX_CLASSES} class names of at most {MAX_NAME_CHARS} characters",
-                     _list(_text(MAX_NAME_CHARS, 0), 1, MAX_CLASSES)),
+    "classes": Field(True, f"a list of 1 to {MAX_CLASSES} class names of at most {MAX_NAME_CHARS} characters "
+                     "(empty for an encoder)", _list(_text(MAX_NAME_CHARS, 0), 0, MAX_CLASSES)),
     "bands": Field(True, "a list of 1-based band indices (integers from 1 to 65535)",
                    _list(_integer(1, 65535), 1, MAX_BANDS)),
     "mean": Field(True, "a list of finite numbers, one per band", _list(_real(), 1, MAX_BANDS)),
@@ -210,6 +211,8 @@ def check_metadata(data: Any) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise HeaderError("satseg", f"must be a JSON object, got {type(data).__name__}")
     _check_fields(data, FIELDS)
+    if not data["classes"] and data["kind"] != "encoder":
+        raise HeaderError("classes", f"must be {FIELDS['classes'].requirement}, got []")
     n = data["in_channels"]
     for key in ("bands", "mean", "std"):
         if len(data[key]) != n:

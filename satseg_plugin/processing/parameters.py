@@ -9,14 +9,21 @@ tables (architectures and encoders from :mod:`~satseg_plugin.models.registry`, d
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
-from qgis.core import QgsProcessingException, QgsProcessingParameterEnum, QgsProcessingParameterString
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterString,
+)
 
+from ..models.pretrained import FILE_PARAMETER, MODES, PARAMETER, WEIGHT_SUFFIXES
 from ..models.registry import ARCHITECTURE_NAMES, ENCODER_CHOICES, TIMM_PREFIX, architecture_labels
 
 __all__ = ["DEFAULT_CLASSES", "parse_classes", "COMMUNITY_FIELDS", "config_defaults", "architecture_parameter",
-           "encoder_parameter"]
+           "encoder_parameter", "encoder_weights_parameters", "encoder_weights_value"]
 
 #: Scene classes offered when the user names none (createannotationlayer, labelpatches).
 DEFAULT_CLASSES = "urban,rural,uninhabited"
@@ -79,3 +86,23 @@ def encoder_parameter(key: str, label: str, default: str) -> QgsProcessingParame
     param.setHelp(f"e.g. {', '.join(ENCODER_CHOICES)}; any segmentation-models-pytorch encoder, or any timm model "
                   f"as {TIMM_PREFIX}<timm name>.")
     return param
+
+
+def encoder_weights_parameters(label: str, default: str) -> Tuple[QgsProcessingParameterEnum, QgsProcessingParameterFile]:
+    """``ENCODER_WEIGHTS`` (auto | none | imagenet) and ``ENCODER_WEIGHTS_FILE`` (a weights file that overrides it).
+
+    Args:
+        label: the translated label of the choice (the file's label adds "file ... overrides the choice above").
+        default: the config's ``encoder_weights`` default (one of :data:`~satseg_plugin.models.pretrained.MODES`).
+    """
+    choice = QgsProcessingParameterEnum(PARAMETER, label, options=list(MODES), defaultValue=MODES.index(default))
+    weights_file = QgsProcessingParameterFile(
+        FILE_PARAMETER, f"{label} file (overrides the choice above)", optional=True,
+        fileFilter=f"Weights files ({' '.join('*' + s for s in WEIGHT_SUFFIXES)})")
+    return choice, weights_file
+
+
+def encoder_weights_value(algorithm: Any, parameters: Dict[str, Any], context: QgsProcessingContext) -> str:
+    """The engine's ``encoder_weights``: the file when one is given, else the chosen mode."""
+    return (algorithm.parameterAsFile(parameters, FILE_PARAMETER, context)
+            or MODES[algorithm.parameterAsEnum(parameters, PARAMETER, context)])

@@ -25,6 +25,7 @@ from .algorithms.population.track_communities import TrackCommunitiesAlgorithm
 from .algorithms.segmentation.evaluate_segmentation import EvaluateSegmentationAlgorithm
 from .algorithms.segmentation.export_rle import ExportRleAlgorithm
 from .algorithms.segmentation.import_rle import ImportRleAlgorithm
+from .algorithms.segmentation.pretrain_encoder import PretrainEncoderAlgorithm
 from .algorithms.segmentation.segment_raster import SegmentRasterAlgorithm
 from .algorithms.segmentation.train_segmentation import TrainSegmentationAlgorithm
 from .base import ICON_PATH
@@ -32,7 +33,7 @@ from .base import ICON_PATH
 __all__ = ["SatSegProvider", "ALGORITHMS"]
 
 #: Every algorithm class the provider offers.
-ALGORITHMS = (PatchRasterAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlgorithm,
+ALGORITHMS = (PatchRasterAlgorithm, PretrainEncoderAlgorithm, TrainSegmentationAlgorithm, SegmentRasterAlgorithm,
               ExportRleAlgorithm, ImportRleAlgorithm, EvaluateSegmentationAlgorithm,
               TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm,
               CreateAnnotationLayerAlgorithm, LabelPatchesAlgorithm, PretrainSceneAlgorithm, DeepClusterAlgorithm,

@@ -479,11 +479,15 @@ def test_train_form_builds_the_train_then_segment_chain(dock, tmp_path):
     form.encoder.setCurrentText("resnet18")
     form.epochs.setValue(2)
     form.batches_per_epoch.setValue(3)
+    assert form.steps(str(tmp_path))[0].parameters({})["INIT_WEIGHTS"] is None  # no start file: none passed
+    form.init_weights.setFilePath(str(tmp_path / "encoder.satseg"))
+    form.max_minutes.setValue(3)
     steps = form.steps(str(tmp_path))
     assert [s.algorithm_id for s in steps] == ["satseg:trainsegmentation", "satseg:segmentraster"]
     train = steps[0].parameters({})
     assert (train["INPUT"], train["LABELS"], train["CLASS_FIELD"]) == (raster.id(), layer.id(), "class")
     assert (train["ENCODER"], train["EPOCHS"], train["BATCHES_PER_EPOCH"]) == ("resnet18", 2, 3)
+    assert (train["INIT_WEIGHTS"], train["MAX_MINUTES"]) == (str(tmp_path / "encoder.satseg"), 3)
     segment = steps[1].parameters({"satseg:trainsegmentation": {"OUTPUT_MODEL": "/m.satseg"}})
     assert segment["MODELS"] == ["/m.satseg"] and segment["INPUT"] == raster.id()
     assert segment["OUTPUT_PROBABILITY"].destinationProject is QgsProject.instance()
@@ -505,6 +509,7 @@ def test_run_forms_offer_the_algorithms_choices_and_defaults(dock):
     panel = dock.run_panel
     train, cluster, track = panel.train_form, panel.cluster_form, panel.track_form
     spins = [(train.epochs, Train, Train.EPOCHS), (train.patch_size, Train, Train.PATCH_SIZE),
+             (train.max_minutes, Train, Train.MAX_MINUTES),
              (train.batch_size, Train, Train.BATCH_SIZE), (train.batches_per_epoch, Train, Train.BATCHES_PER_EPOCH),
              (train.min_area, Segment, Segment.MIN_AREA), (cluster.clusters, Net, Net.NUM_CLUSTERS),
              (cluster.rounds, Net, Net.ROUNDS), (cluster.steps_per_round, Net, Net.STEPS_PER_ROUND),
@@ -521,7 +526,7 @@ def test_run_forms_offer_the_algorithms_choices_and_defaults(dock):
         assert box.currentIndex() == definition(algorithm, key).defaultValue(), key
     assert [train.encoder.itemText(i) for i in range(train.encoder.count())] == list(ENCODER_CHOICES)
     assert train.encoder.currentText() == definition(Train, Train.ENCODER).defaultValue() == "resnet34"
-    assert train.epochs.value() == 100 and train.architecture.currentText() == "U-Net"
+    assert train.epochs.value() == 60 and train.architecture.currentText() == "U-Net"
 
 
 def test_track_form_is_disabled_when_an_algorithm_is_missing(dock):

@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
@@ -21,17 +21,30 @@ from rasterio.windows import Window
 from ...core.cache import weights_dir
 from ...core.deps import require
 from ...core.errors import InputError
-from ...core.fit import BestModel, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
+from ...core.fit import BestModel, FittedSchedule, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.labels import IGNORE, LabelSet
 from ...core.normalization import band_statistics, normalize
 from ...core.plots import plot_training_curves
 from ...core.progress import Feedback, NullFeedback, check_canceled
-from ...core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands, window_footprint
+from ...core.raster import (
+    check_georeferencing,
+    crs_units,
+    nodata_pixels,
+    open_raster,
+    raster_env,
+    resolve_bands,
+    window_footprint,
+)
 from ...core.staging import Transaction, stages_outputs
 from .augment import AugmentConfig, augment_batch
 from .config import TrainConfig
+from .report import BlockScore, ValidationReport, build_report, score_block
 
-__all__ = ["TrainConfig", "TrainResult", "Block", "split_blocks", "train_segmentation"]
+__all__ = ["TrainConfig", "TrainResult", "Block", "MIN_LABELLED_BLOCKS", "split_blocks", "train_segmentation"]
+
+#: Automatic blocks (``block_size`` 0) are twice the patch size unless labelled objects then lie in fewer blocks
+#: than this: then they are one patch, so a small labelled area still gives several validation blocks.
+MIN_LABELLED_BLOCKS = 6
 
 
 @dataclass
@@ -47,6 +60,7 @@ class TrainResult:
     epochs_run: int
     canceled: bool
     history: List[Dict[str, float]] = field(default_factory=list)
+    report: Optional[ValidationReport] = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +94,7 @@ def split_blocks(positive: Sequence[bool], val_fraction: float, rng: np.random.G
     if len(candidates) < 2:
         raise InputError(f"labelled objects lie in {len(candidates)} block(s) of {block} px; at least two are "
                          "needed to hold one out for validation. Label objects in more places, or lower "
-                         "PATCH_SIZE (blocks are twice the patch size).", "LABELS")
+                         "PATCH_SIZE (blocks are one or two patches wide).", "LABELS")
     n_val = min(max(1, int(round(val_fraction * total))), len(candidates) - 1)
     val = sorted(int(i) for i in rng.choice(candidates, size=n_val, replace=False))
     train = [i for i in range(total) if i not in set(val)]
@@ -168,6 +182,39 @@ def _point_in(geometry, block_poly, rng: np.random.Generator, tries: int = 50):
     return p.x, p.y
 
 
+def _block_tiles(block: Block, size: int) -> List[Tuple[int, int]]:
+    """Top-left corners of ``size`` tiles covering ``block`` (the last row and column flush with its edge)."""
+    return [(block.x_off + x, block.y_off + y)
+            for y in sorted({*range(0, block.height - size + 1, size), block.height - size})
+            for x in sorted({*range(0, block.width - size + 1, size), block.width - size})]
+
+
+def _validation_report(reader: _CropReader, blocks: Sequence[Block], size: int, transform: Affine,
+                       predict: Callable[[np.ndarray], np.ndarray], batch_size: int, train_objects: int,
+                       pretrained: bool, units: str, feedback: Feedback, max_blocks: int = 32) -> ValidationReport:
+    """Predict each validation block whole (its tiles assembled) and score it like the evaluation tool does.
+
+    At most ``max_blocks`` blocks (evenly spread) are predicted, so the report costs about one validation pass.
+    """
+    if len(blocks) > max_blocks:
+        blocks = [blocks[int(i)] for i in np.linspace(0, len(blocks) - 1, max_blocks)]
+    scored: List[BlockScore] = []
+    for block in blocks:
+        check_canceled(feedback)
+        pred = np.zeros((block.height, block.width), np.uint8)
+        truth = np.full((block.height, block.width), IGNORE, np.uint8)
+        tiles = _block_tiles(block, size)
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start:start + batch_size]
+            crops = [reader.read(x, y, size) for x, y in chunk]
+            for (x, y), p, (_, t) in zip(chunk, predict(np.stack([c[0] for c in crops])), crops):
+                rows, cols = slice(y - block.y_off, y - block.y_off + size), slice(x - block.x_off, x - block.x_off + size)
+                pred[rows, cols], truth[rows, cols] = p, t
+        centre = transform * (block.x_off + block.width / 2, block.y_off + block.height / 2)
+        scored.append(score_block(pred, truth, (float(centre[0]), float(centre[1]))))
+    return build_report(scored, train_objects, pretrained, units)
+
+
 #: Thresholds tried on the validation blocks when the threshold is tuned.
 THRESHOLD_GRID = np.round(np.arange(0.2, 0.81, 0.05), 2)
 
@@ -229,18 +276,26 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         if size % multiple:
             raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "
                              f"{multiple} px; {size} is not. Use {size // multiple * multiple or multiple}.", "PATCH_SIZE")
-        block_px = max(config.block_size or 2 * size, size)
-        blocks = _make_blocks(src.width, src.height, block_px)
-        if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
-            pixel = abs(src.transform.determinant)
-            blocks = [b for b in blocks if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
-        hits = _positive_blocks(blocks, src.transform, labels)
+        for block_px in ([max(config.block_size, size)] if config.block_size else [2 * size, size]):
+            blocks = _make_blocks(src.width, src.height, block_px)
+            if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
+                pixel = abs(src.transform.determinant)
+                blocks = [b for b in blocks
+                          if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
+            hits = _positive_blocks(blocks, src.transform, labels)
+            if sum(map(bool, hits)) >= MIN_LABELLED_BLOCKS:
+                break
         if not any(hits):
             if labels.aoi is not None:
                 raise InputError("no label polygon lies inside the area where labels are complete (on the raster). "
                                  "Draw the AOI around labelled objects, or leave AOI empty.", "AOI")
             raise InputError("no label polygon overlaps the raster. Check that the labels cover the raster and "
                              "that their CRS is right.", "LABELS")
+        labelled = len({g for h in hits for g in h})
+        if labelled < 2:
+            raise InputError(f"only {labelled} labelled object lies on the raster (inside the AOI); at least two are "
+                             "needed, one of them held out for validation. Label more objects, in more places.",
+                             "LABELS")
         train_idx, val_idx = split_blocks([bool(h) for h in hits], config.val_fraction, rng, block_px)
         feedback.info(f"Spatial split: {len(train_idx)} training and {len(val_idx)} validation blocks of "
                       f"~{block_px} px.")
@@ -250,9 +305,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         reader = _CropReader(src, bands, labels, mean, std)
 
         # validation tiles: a fixed grid over the validation blocks
-        val_tiles = [(b.x_off + x, b.y_off + y) for i in val_idx for b in [blocks[i]]
-                     for y in sorted({*range(0, b.height - size + 1, size), b.height - size})
-                     for x in sorted({*range(0, b.width - size + 1, size), b.width - size})]
+        val_tiles = [xy for i in val_idx for xy in _block_tiles(blocks[i], size)]
         if len(val_tiles) > config.max_val_tiles:
             val_tiles = [val_tiles[int(i)] for i in np.linspace(0, len(val_tiles) - 1, config.max_val_tiles)]
         val_data = [reader.read(x, y, size) for x, y in val_tiles]
@@ -262,15 +315,21 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                              "LABELS")
         train_blocks = [blocks[i] for i in train_idx]
         train_area = np.array([b.width * b.height for b in train_blocks], float)
-        positives = [(j, g) for j, i in enumerate(train_idx) for g in hits[i]]
+        positives: Dict[int, List[Tuple[int, int]]] = {}  # class -> (training block, geometry) pairs
+        for j, i in enumerate(train_idx):
+            for g in hits[i]:
+                positives.setdefault(labels.classes[g], []).append((j, g))
         if not positives:
             raise InputError("no labelled object lies in the training blocks. Label objects in more places.",
                              "LABELS")
+        train_objects = len({g for pairs in positives.values() for _, g in pairs})
+        classes_seen = sorted(positives)
         inverse = ~src.transform
 
         def sample_crop() -> Tuple[np.ndarray, np.ndarray]:
-            if rng.random() < config.positive_prob:
-                j, g = positives[int(rng.integers(len(positives)))]
+            if rng.random() < config.positive_prob:  # a class drawn evenly, then one of its objects
+                pairs = positives[classes_seen[int(rng.integers(len(classes_seen)))]]
+                j, g = pairs[int(rng.integers(len(pairs)))]
                 point = _point_in(labels.geometries[g], _block_polygon(train_blocks[j], src.transform), rng)
                 if point is not None:
                     x, y = _sample_origin(train_blocks[j], size, rng, inverse * point)
@@ -293,15 +352,18 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                                            feedback)
         model.to(torch_device)
         loss_fn = FocalDiceLoss(gamma=2.0, mode="binary" if binary else "multiclass", ignore_index=IGNORE)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         backoff = OomBackoff(config.batch_size, feedback, "crop", "Lower PATCH_SIZE, choose a smaller ENCODER, "
                              "or use DEVICE=cpu.")
         total_area = float(train_area.sum())
-        batches = config.batches_per_epoch or max(4, math.ceil(2 * total_area / (size * size) / config.batch_size))
+        batches = config.batches_per_epoch or min(50, max(20, math.ceil(total_area / (size * size) / config.batch_size)))
+        schedule = FittedSchedule(optimizer, config.epochs * batches, config.schedule, step_every=config.step_size
+                                  * batches, gamma=config.gamma, max_seconds=60.0 * config.max_minutes)
         precision = choose_precision(torch_device, feedback=feedback)
-        feedback.info(f"Training {config.architecture}/{config.encoder} on {len(bands)} band(s): {batches} batches "
-                      f"of {config.batch_size} x {size} px per epoch, up to {config.epochs} epochs.")
+        feedback.info(f"Training {config.architecture}/{config.encoder} on {len(bands)} band(s) from {train_objects} "
+                      f"labelled objects: {batches} batches of {config.batch_size} x {size} px per epoch, up to "
+                      f"{config.epochs} epochs ({schedule.total} steps, {config.schedule} learning rate"
+                      f"{f', at most {config.max_minutes:g} minutes' if config.max_minutes else ''}).")
 
         def to_target(lab: "torch.Tensor") -> "torch.Tensor":
             return lab.float()[:, None] if binary else lab.long()
@@ -320,6 +382,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                 images, labs = augment_batch(images, labs, generator, AugmentConfig())
             loss, _ = forward(images, labs)
             precision.step(loss, optimizer)
+            schedule.step()
             return loss.detach()
 
         k = 1 if binary else labels.num_classes
@@ -327,17 +390,20 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             if binary else np.array([0.0])
         history: List[Dict[str, float]] = []
         best = BestModel()
-        steps = config.epochs * batches
+        smoothed: List[float] = []
+        run_started = time.time()
 
         def epoch_step(epoch: int) -> None:
             started = time.time()
             model.train()
             losses = []  # on the device: read back once per epoch, not once per batch
-            for b in range(batches):
+            lr = optimizer.param_groups[0]["lr"]
+            for _ in range(batches):
+                if schedule.finished:
+                    break
                 check_canceled(feedback)
                 losses.append(backoff.run(train_step))
-                feedback.set_progress(100.0 * ((epoch - 1) * batches + b + 1) / steps)
-            scheduler.step()
+                feedback.set_progress(95.0 * schedule.steps / schedule.total)
             model.eval()
             val_losses = []
             tp, fp, fn = (np.zeros((len(thresholds), k)) for _ in range(3))
@@ -366,32 +432,60 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             scores = [_dice_iou(tp[i], fp[i], fn[i]) for i in range(len(thresholds))]
             pick = int(np.argmax([d for d, _ in scores]))
             (dice, iou), threshold = scores[pick], float(thresholds[pick])
-            row = {"epoch": epoch, "train_loss": float(torch.stack(losses).double().mean()),
+            smoothed.append(dice if not smoothed else config.smoothing * dice + (1 - config.smoothing) * smoothed[-1])
+            row = {"epoch": epoch, "steps": schedule.steps, "train_loss": float(torch.stack(losses).double().mean()),
                    "val_loss": float(torch.stack(val_losses).double().mean()),
-                   "val_dice": dice, "val_iou": iou, "val_threshold": threshold,
-                   "lr": optimizer.param_groups[0]["lr"],
-                   "seconds": round(time.time() - started, 2)}
+                   "val_dice": dice, "val_dice_smoothed": smoothed[-1], "val_iou": iou, "val_threshold": threshold,
+                   "lr": lr, "seconds": round(time.time() - started, 2)}
             history.append(row)
-            feedback.info(f"Epoch {epoch}: train loss {row['train_loss']:.4f}, validation loss "
-                          f"{row['val_loss']:.4f}, Dice {dice:.4f}, IoU {iou:.4f}"
-                          f"{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
-            best.offer(dice, model, epoch, iou=iou, threshold=threshold)
+            feedback.info(f"Epoch {epoch} (step {schedule.steps}/{schedule.total}): train loss {row['train_loss']:.4f},"
+                          f" validation loss {row['val_loss']:.4f}, Dice {dice:.4f} (smoothed {smoothed[-1]:.4f}), IoU "
+                          f"{iou:.4f}{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
+            best.offer(smoothed[-1], model, epoch, dice=dice, iou=iou, threshold=threshold)
 
-        outcome = run_epochs(config.epochs, epoch_step, feedback, best, config.patience, "validation Dice",
-                             keep_best_on_cancel=True)
+        def stop(epoch: int) -> Optional[str]:
+            """End of the schedule, the time limit, or no better smoothed Dice for ``patience`` epochs."""
+            shortened = schedule.fit_time(time.time() - run_started)
+            if shortened:
+                feedback.info(f"Time limit {config.max_minutes:g} min: the schedule now ends after {shortened} steps.")
+            if schedule.finished:
+                return f"Schedule finished after {schedule.steps} steps."
+            if config.max_minutes and time.time() - run_started > 60.0 * config.max_minutes:
+                return f"Time limit of {config.max_minutes:g} minutes reached."
+            if schedule.steps >= config.min_schedule * schedule.total and epoch - best.epoch >= config.patience:
+                return f"Early stop: no better smoothed validation Dice for {config.patience} epochs."
+            return None
+
+        outcome = run_epochs(config.epochs, epoch_step, feedback, best, None, "smoothed validation Dice",
+                             keep_best_on_cancel=True, stop=stop)
 
         best.restore(model)
-        best_dice, best_iou = float(best.score), float(best.info["iou"])
-        crs_units = (src.crs.linear_units if src.crs and src.crs.is_projected else
-                     ("degrees" if src.crs else "pixels"))
+        best_dice, best_iou = float(best.info["dice"]), float(best.info["iou"])
+        threshold = best.info["threshold"] if binary else (0.5 if config.threshold is None else config.threshold)
+        feedback.set_progress(96.0)
+        units = crs_units(src.crs)
+
+        def predict(images: np.ndarray) -> np.ndarray:
+            """Class ids (0 background) of normalised crops, with the kept model and threshold."""
+            with torch.no_grad(), precision.autocast():
+                logits = model(torch.from_numpy(images).to(torch_device)).float()
+            if binary:
+                return (torch.sigmoid(logits[:, 0]) > threshold).cpu().numpy().astype(np.uint8)
+            return logits.argmax(1).cpu().numpy().astype(np.uint8)
+
+        report = None
+        if not outcome.canceled:
+            report = _validation_report(reader, [blocks[i] for i in val_idx], size, src.transform,
+                                        predict, backoff.batch_size, train_objects, origin.get("init") != "none",
+                                        units, feedback)
         metadata = ModelMetadata(
             kind="segmentation", architecture=config.architecture, encoder=config.encoder, in_channels=len(bands),
             classes=list(labels.class_names), bands=list(bands), mean=[float(v) for v in mean],
             std=[float(v) for v in std], patch_size=size, pixel_size=(abs(src.res[0]), abs(src.res[1])),
-            crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=crs_units,
-            threshold=best.info["threshold"] if binary else (0.5 if config.threshold is None else config.threshold),
+            crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=units,
+            threshold=threshold,
             metrics={"val_dice": best_dice, "val_iou": best_iou, "best_epoch": best.epoch,
-                     "epochs_run": len(history)},
+                     "epochs_run": len(history), "steps": schedule.steps, **(report.metrics() if report else {})},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
                    "init": origin, "source": os.path.abspath(source), "satseg_version": __version__})
     save_checkpoint(model_path, model_tensors(model), metadata, parameter="OUTPUT_MODEL")
@@ -404,5 +498,9 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     feedback.set_progress(100.0)
     feedback.info(f"Best validation Dice {best_dice:.4f} (IoU {best_iou:.4f}) at epoch {best.epoch}; "
                   f"model written to {model_path}.")
+    if report is not None:
+        feedback.info(report.summary())
+        for warning in report.warnings:
+            feedback.warning(warning)
     return TrainResult(os.path.abspath(model_path), written_log, written_plot, best.epoch, best_dice, best_iou,
-                       len(history), outcome.canceled, history)
+                       len(history), outcome.canceled, history, report)

@@ -18,7 +18,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsMapLayerComboBox
+from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -224,6 +224,17 @@ class TrainSegmentForm(WorkflowForm):
         self.encoder_weights = _enum_combo(TRAIN, TRAIN.ENCODER_WEIGHTS, "satsegEncoderWeights")
         self.encoder_weights.setToolTip(self.tr("auto: ImageNet weights when cached or downloadable, else random. "
                                                 "A weights file can be chosen in the Processing toolbox."))
+        self.init_weights = QgsFileWidget()
+        self.init_weights.setObjectName("satsegInitWeights")
+        self.init_weights.setFilter(self.tr("SatSeg model (*.satseg)"))
+        self.init_weights.setToolTip(self.tr("Optional: a SatSeg model file to start from: a segmentation model "
+                                             "(every weight), or a ClusterNet, scene classifier or pretrained "
+                                             "encoder (satseg:pretrainencoder) with the same encoder (its "
+                                             "encoder). Overrides the encoder weights."))
+        self.max_minutes = _spin(TRAIN, TRAIN.MAX_MINUTES, 100000, name="satsegMaxMinutes")
+        self.max_minutes.setSpecialValueText(self.tr("no limit"))
+        self.max_minutes.setToolTip(self.tr("Training ends within this time, its learning-rate schedule fitted to "
+                                            "it."))
         self.epochs = _spin(TRAIN, TRAIN.EPOCHS, 1000, name="satsegEpochs")
         self.patch_size = _spin(TRAIN, TRAIN.PATCH_SIZE, 2048, 32, "satsegPatchSize")
         self.batch_size = _spin(TRAIN, TRAIN.BATCH_SIZE, 512, name="satsegBatchSize")
@@ -236,7 +247,8 @@ class TrainSegmentForm(WorkflowForm):
                               (self.tr("Class field"), self.class_field), (self.tr("Labels complete in"), self.aoi),
                               (self.tr("Architecture"), self.architecture), (self.tr("Encoder"), self.encoder),
                               (self.tr("Encoder weights"), self.encoder_weights),
-                              (self.tr("Epochs (max)"), self.epochs)):
+                              (self.tr("Start from model"), self.init_weights),
+                              (self.tr("Time limit (min)"), self.max_minutes), (self.tr("Epochs (max)"), self.epochs)):
             self.form.addRow(label, widget)
         for label, widget in ((self.tr("Patch size (px)"), self.patch_size), (self.tr("Batch size"), self.batch_size),
                               (self.tr("Batches per epoch"), self.batches_per_epoch),
@@ -272,7 +284,9 @@ class TrainSegmentForm(WorkflowForm):
                  TRAIN.CLASS_FIELD: self.class_field.currentField() or None,
                  TRAIN.AOI: aoi.id() if aoi is not None else None, TRAIN.ARCHITECTURE: self.architecture.currentIndex(),
                  TRAIN.ENCODER: self.encoder.currentText().strip(),
-                 TRAIN.ENCODER_WEIGHTS: self.encoder_weights.currentIndex(), TRAIN.EPOCHS: self.epochs.value(),
+                 TRAIN.ENCODER_WEIGHTS: self.encoder_weights.currentIndex(),
+                 TRAIN.INIT_WEIGHTS: self.init_weights.filePath().strip() or None,
+                 TRAIN.MAX_MINUTES: self.max_minutes.value(), TRAIN.EPOCHS: self.epochs.value(),
                  TRAIN.PATCH_SIZE: self.patch_size.value(), TRAIN.BATCH_SIZE: self.batch_size.value(),
                  TRAIN.BATCHES_PER_EPOCH: self.batches_per_epoch.value(), TRAIN.DEVICE: self.device.currentIndex(),
                  TRAIN.OUTPUT_MODEL: os.path.join(folder, "model.satseg"),

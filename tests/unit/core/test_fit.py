@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from satseg_plugin.core.errors import CanceledError, DeviceError
 from satseg_plugin.core.fit import (
     BestModel,
+    FittedSchedule,
     OomBackoff,
     Precision,
     choose_precision,
@@ -179,6 +180,59 @@ def test_early_stop_after_patience_epochs_without_a_better_score():
     for number, score in enumerate([(0.8, -1.0), (0.8, -1.0), (0.7, 0.0)], start=1):
         later.offer(score, model, number)
     assert later.epoch == 2
+
+
+def test_stop_rule_ends_the_run_with_its_message():
+    fb, seen = RecordingFeedback(), []
+    run = run_epochs(10, seen.append, fb, stop=lambda epoch: "schedule done" if epoch == 3 else None)
+    assert seen == [1, 2, 3] and run.epochs_run == 3 and run.stopped_early
+    assert "schedule done" in fb.infos
+
+
+def _optimizer(lr=1.0):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_cosine_schedule_warms_up_peaks_and_anneals_to_zero():
+    opt = _optimizer()
+    schedule = FittedSchedule(opt, 100, "cosine", warmup=0.1)
+    lrs = []
+    while not schedule.finished:
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert len(lrs) == 100 and schedule.steps == 100
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)  # linear warm-up over 10 steps
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # then never rises
+    assert lrs[-1] < 0.001 and opt.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_step_schedule_multiplies_by_gamma_every_step_every():
+    opt = _optimizer()
+    schedule = FittedSchedule(opt, 30, "step", step_every=10, gamma=0.5)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert lrs[0] == lrs[9] == 1.0 and lrs[10] == lrs[19] == 0.5 and lrs[29] == 0.25
+
+
+def test_time_limit_shortens_the_schedule_never_lengthens_it():
+    opt = _optimizer()
+    schedule = FittedSchedule(opt, 1000, "cosine", max_seconds=60.0)
+    for _ in range(10):
+        opt.step()
+        schedule.step()
+    assert schedule.fit_time(elapsed=100.0) == 10  # 10 s a step: 6 steps fit, 10 are done: it ends now
+    assert schedule.finished
+    schedule = FittedSchedule(_optimizer(), 1000, "cosine", max_seconds=60.0)
+    for _ in range(10):
+        schedule.step()
+    assert schedule.fit_time(elapsed=2.0) == 300  # 0.2 s a step: 300 steps fit in 60 s
+    assert schedule.fit_time(elapsed=1.0) is None  # faster later: the schedule is not lengthened again
+    assert schedule.total == 300
+    assert FittedSchedule(_optimizer(), 50, max_seconds=0.0).fit_time(1e9) is None  # no limit
 
 
 def test_ema_teacher_warms_up_then_uses_the_decay():

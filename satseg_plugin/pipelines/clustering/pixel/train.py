@@ -22,7 +22,7 @@ from ....core.errors import InputError
 from ....core.fit import OomBackoff, choose_precision, seed_everything, write_log
 from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from ....core.raster import check_georeferencing, nodata_pixels, open_raster, raster_env, resolve_bands
+from ....core.raster import check_georeferencing, crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
 from ....core.scores import nmi
 from ....core.staging import Transaction, stages_outputs
 from .config import ClusterNetConfig
@@ -317,12 +317,11 @@ def train_clusternet(sources: Sequence[str], model_path: str, config: ClusterNet
             transform, centroids, objective, sizes = _cluster(feats, valid, config, rng, config.seed)
             del feats
             crs = data.crs
-            crs_units = crs.linear_units if crs and crs.is_projected else ("degrees" if crs else "pixels")
             metadata = ModelMetadata(
                 kind="clusternet", architecture=config.architecture, encoder=config.encoder,
                 in_channels=len(data.bands), classes=[f"cluster {i}" for i in range(1, k + 1)], bands=list(data.bands),
                 mean=[float(v) for v in data.mean], std=[float(v) for v in data.std], patch_size=size,
-                pixel_size=data.res, crs_wkt=crs.to_wkt() if crs else None, crs_units=crs_units,
+                pixel_size=data.res, crs_wkt=crs.to_wkt() if crs else None, crs_units=crs_units(crs),
                 metrics={"objective": objective, "rounds": len(history),
                          "final_nmi_previous": history[-1]["nmi_previous"] if history else None},
                 extra={"feature_dim": config.feature_dim, "band_share": config.band_share,

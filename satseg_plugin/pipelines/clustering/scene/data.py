@@ -19,7 +19,7 @@ from rasterio.enums import MaskFlags
 from ....core.deps import require
 from ....core.errors import InputError
 from ....core.progress import Feedback, NullFeedback, track
-from ....core.raster import nodata_pixels, open_raster, raster_env, resolve_bands
+from ....core.raster import crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
 
 __all__ = ["MAX_STACK_BYTES", "PatchStack", "load_patches", "soft_labels"]
 
@@ -137,10 +137,7 @@ def load_patches(paths: Sequence[str], bands: Optional[Sequence[int]] = None,
             height, width, band_count = first.height, first.width, first.count
             crs = first.crs
             crs_wkt = crs.to_wkt() if crs else None
-            if crs is None:
-                crs_units = "pixels"
-            else:
-                crs_units = (crs.linear_units or "unknown") if crs.is_projected else "degrees"
+            units = crs_units(crs)
             pixel_size = (abs(float(first.res[0])), abs(float(first.res[1])))
         n, channels = len(files), len(chosen)
         needed = n * channels * height * width * 4
@@ -181,7 +178,7 @@ def load_patches(paths: Sequence[str], bands: Optional[Sequence[int]] = None,
                          "the nodata value of the source raster).", "PATCH_INDEX")
     std = np.maximum(np.sqrt(m2 / count), 1e-6)
     return PatchStack(data=data, valid=valid, mean=mean, std=std, bands=tuple(chosen), paths=files,
-                      crs_wkt=crs_wkt, crs_units=crs_units, pixel_size=pixel_size)
+                      crs_wkt=crs_wkt, crs_units=units, pixel_size=pixel_size)
 
 
 def soft_labels(footprints: Sequence[Any], geometries: Sequence[Any], classes: Sequence[int],

@@ -59,6 +59,32 @@ def test_training_writes_model_log_and_plot(trained, scene):
     best = rows[trained.best_epoch - 1]
     assert meta.threshold == pytest.approx(float(best["val_threshold"])) and meta.threshold in THRESHOLD_GRID
     assert float(best["val_dice"]) == pytest.approx(meta.metrics["val_dice"])
+    # the learning rate warmed up then decayed over the 4 steps of the schedule; the log shows the smoothed Dice
+    assert float(rows[0]["lr"]) == pytest.approx(1e-3) and float(rows[1]["lr"]) < 1e-3
+    assert [int(r["steps"]) for r in rows] == [2, 4] and "val_dice_smoothed" in rows[0]
+
+
+def test_training_reports_held_out_scores_in_the_log_result_and_model(trained, scene):
+    """After training, the kept model segments the validation blocks whole; the numbers reach every output."""
+    report = trained.report
+    assert report is not None and report.blocks >= 1 and report.val_objects >= 1
+    assert report.train_objects + report.val_objects >= 2 and 0 <= report.object_f1 <= 1 and 0 <= report.dice <= 1
+    meta = load_checkpoint(trained.model_path, kind="segmentation").metadata
+    assert meta.metrics["val_object_f1"] == report.object_f1 and meta.metrics["val_objects"] == report.val_objects
+    assert meta.metrics["train_objects"] == report.train_objects and meta.metrics["steps"] == 4
+    # the 256 px scene holds 7 buildings: the few-labels warning is raised, naming what to do
+    assert report.train_objects < 30 and any("draw more polygons" in w for w in report.warnings)
+
+
+def test_time_limit_ends_training_with_the_schedule_fitted_to_it(scene, tmp_path):
+    src, labels = scene
+    fb = RecordingFeedback()
+    result = train_segmentation(src, labels, str(tmp_path / "m.satseg"),
+                                TrainConfig(**dict(FAST, epochs=50, max_minutes=0.001)), "cpu", fb)
+    assert result.epochs_run == 1 and os.path.exists(result.model_path)
+    assert any(m.startswith("Time limit 0.001 min: the schedule now ends after 2 steps") for m in fb.infos)
+    assert any(m.startswith("Schedule finished after 2 steps") for m in fb.infos)
+    assert any("held-out blocks" in m.lower() for m in fb.infos)
 
 
 def test_threshold_tuning_picks_the_best_validation_dice(scene, tmp_path):
@@ -109,7 +135,7 @@ def test_training_input_errors(scene, tmp_path):
     with pytest.raises(InputError, match="LABELS: no label polygon overlaps"):
         train_segmentation(src, far, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
     one = LabelSet([labels.geometries[0]], [1])
-    with pytest.raises(InputError, match="LABELS: labelled objects lie in 1 block"):
+    with pytest.raises(InputError, match="LABELS: only 1 labelled object lies"):
         train_segmentation(src, one, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
     with pytest.raises(InputError, match="PATCH_SIZE: .*multiple of 32"):
         train_segmentation(src, labels, str(tmp_path / "m.satseg"), TrainConfig(**dict(FAST, patch_size=50)), "cpu")
@@ -161,8 +187,9 @@ def test_column_bands_give_the_same_outputs_as_one_sweep(trained, make_raster, t
                                                         216, 82)
             read[path] = r.read(1)
     p1, p2 = read[whole.probability_path], read[banded.probability_path]
-    # the model itself rounds differently when tiles are batched differently (~1e-7); the blend is the same
-    np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-6)
+    # the model itself rounds differently when tiles are batched differently (float32: ~1e-7 to ~2e-6 depending on
+    # the trained weights); the blend is the same
+    np.testing.assert_allclose(p2, p1, rtol=0, atol=5e-6)
     np.testing.assert_array_equal(p2 == PROB_NODATA, p1 == PROB_NODATA)
     decided = np.abs(p1 - whole.threshold) > 1e-5
     np.testing.assert_array_equal(read[banded.mask_path][decided], read[whole.mask_path][decided])
@@ -320,7 +347,7 @@ def test_aoi_limits_training_blocks(scene, tmp_path):
     aoi = box(*b).difference(box(b.left, midy, midx, b.top))
     fb = RecordingFeedback()
     train_segmentation(src, LabelSet(labels.geometries, labels.classes, aoi=aoi), str(tmp_path / "m.satseg"),
-                       TrainConfig(**dict(FAST, epochs=1)), "cpu", fb)
+                       TrainConfig(**dict(FAST, epochs=1, block_size=128)), "cpu", fb)
     split = [m for m in fb.infos if m.startswith("Spatial split")][0]
     n_train, n_val = map(int, re.search(r"(\d+) training and (\d+) validation", split).groups())
     assert (n_train + n_val, n_val) == (3, 1)
