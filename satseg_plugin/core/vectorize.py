@@ -18,11 +18,12 @@ import rasterio
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
-from .errors import InputError
+from .deps import require
+from .errors import InputError, OutputError
 from .progress import Feedback, NullFeedback, track
 from .raster import open_raster, raster_env
 
-__all__ = ["PolygonRecord", "polygonize_mask", "area_factor"]
+__all__ = ["PolygonRecord", "polygonize_mask", "area_factor", "sieve_file", "sieve_array"]
 
 
 @dataclass
@@ -44,6 +45,51 @@ def area_factor(crs) -> float:
                          "on it. Reproject it to a projected CRS (e.g. UTM) first.", "INPUT")
     factor = crs.linear_units_factor[1] if crs.is_projected else 1.0
     return float(factor) ** 2
+
+
+def sieve_file(path: str, min_pixels: int, connectivity: int = 4) -> None:
+    """Remove the regions of fewer than ``min_pixels`` pixels from band 1 of a class raster, in place.
+
+    Each small region takes the value of its largest neighbour: isolated specks vanish and small holes inside
+    objects fill. Nodata pixels are left alone and never merged into.
+
+    GDAL's sieve filter reads and writes the band row by row (its memory grows with the number of regions, not
+    with the raster); rasterio's ``features.sieve`` returns a whole array, so GDAL's own binding is used here.
+
+    Args:
+        path: a GeoTIFF opened for update (e.g. the staged mask, before its overviews are built).
+        min_pixels: the smallest region kept (0 or 1: nothing changes).
+        connectivity: 4 or 8.
+    """
+    if min_pixels <= 1:
+        return
+    gdal = require("osgeo.gdal")
+    dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_UPDATE)
+    if dataset is None:
+        raise OutputError(f"cannot open '{path}' to remove small objects: {gdal.GetLastErrorMsg()}")
+    band = dataset.GetRasterBand(1)
+    if gdal.SieveFilter(band, band.GetMaskBand(), band, int(min_pixels), connectivity) != 0:
+        raise OutputError(f"removing small objects from '{path}' failed: {gdal.GetLastErrorMsg()}")
+    dataset.FlushCache()
+    del band, dataset  # closes the file
+
+
+def sieve_array(classes: np.ndarray, min_pixels: int, valid: Optional[np.ndarray] = None,
+                connectivity: int = 4) -> np.ndarray:
+    """:func:`sieve_file` for a class array held in memory (the same GDAL algorithm, through rasterio).
+
+    Args:
+        classes: ``(H, W)`` uint8 class ids.
+        min_pixels: the smallest region kept (0 or 1: a copy of ``classes``).
+        valid: pixels that take part (others are left alone and never merged into); None: all.
+        connectivity: 4 or 8.
+    """
+    if min_pixels <= 1:
+        return classes.copy()
+    from rasterio.features import sieve
+
+    mask = None if valid is None else valid.astype(np.uint8)
+    return sieve(classes.astype(np.uint8), int(min_pixels), mask=mask, connectivity=connectivity)
 
 
 def polygonize_mask(mask_path: str, probability_path: Optional[str] = None, min_area: float = 0.0,

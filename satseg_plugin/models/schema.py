@@ -179,6 +179,8 @@ EXTRA_ENTRIES: Dict[str, Field] = {
     "input_multiple": Field(False, "an integer from 1 to 256 (pixels)", _integer(1, 256)),
     "init": Field(False, f"a JSON object of at most {MAX_INIT_BYTES} bytes (where the initial weights came from)",
                   _notes(MAX_INIT_BYTES)),
+    "min_object_pixels": Field(False, "an integer from 0 to 1000000 (smallest object kept in a mask, in pixels)",
+                               _integer(0, 1_000_000)),
 }
 
 

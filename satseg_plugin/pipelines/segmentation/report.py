@@ -98,10 +98,11 @@ class ValidationReport:
     warnings: List[str] = field(default_factory=list)
 
     def metrics(self) -> Dict[str, Any]:
-        """The numbers for the model file's ``metrics`` (prefixed ``val_``)."""
+        """The numbers for the model file's ``metrics``: the scores prefixed ``heldout_`` (they are measured on
+        whole validation blocks after small objects are removed, so they differ from the per-epoch ``val_dice``)."""
         values = asdict(self)
         values.pop("warnings")
-        return {("val_" + k if not k.startswith(("val_", "train_")) else k): v for k, v in values.items()}
+        return {(k if k.endswith("_objects") else "heldout_" + k): v for k, v in values.items()}
 
     def summary(self) -> str:
         """One line for the log."""

@@ -46,6 +46,7 @@ from ...core.tiling import (
     plan_tiles,
     sweep,
 )
+from ...core.vectorize import sieve_file
 from .config import InferenceConfig
 
 __all__ = ["InferenceConfig", "SegmentResult", "segment_raster", "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
@@ -113,6 +114,8 @@ class _Ensemble:
         self.multiple = max(input_multiple(c.metadata.architecture, c.metadata.encoder, **c.metadata.model_kwargs)
                             for c in self.checkpoints)
         self.threshold = float(sum(w * c.metadata.threshold for w, c in zip(self.weights, self.checkpoints)))
+        #: the smallest object the models keep (models written before it was stored: every pixel)
+        self.min_object_pixels = min(int(c.metadata.extra.get("min_object_pixels", 0)) for c in self.checkpoints)
         for path, w in zip(paths, self.weights):
             feedback.info(f"Model {os.path.basename(path)}: weight {w:.3f}")
 
@@ -146,6 +149,13 @@ class _Ensemble:
 
 
 @stages_outputs
+def _count_positive(mask_path: str) -> int:
+    """Foreground pixels of a written mask, read block by block."""
+    with rasterio.open(mask_path) as mask:
+        return sum(int(((cls > 0) & (cls != MASK_NODATA)).sum())
+                   for cls in (mask.read(1, window=w) for _, w in mask.block_windows(1)))
+
+
 def segment_raster(source: str, model_paths: Sequence[str], probability_path: str, mask_path: str,
                    config: InferenceConfig = InferenceConfig(), device: str = "auto",
                    feedback: Optional[Feedback] = None,
@@ -177,6 +187,7 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     ensemble = _Ensemble(model_paths, config.weights, torch_device, config.amp, feedback)
     meta = ensemble.metadata
     threshold = ensemble.threshold if config.threshold is None else float(config.threshold)
+    min_object = ensemble.min_object_pixels if config.min_object_pixels is None else int(config.min_object_pixels)
     if not 0 < threshold < 1:
         raise InputError(f"must lie strictly between 0 and 1, got {threshold}.", "THRESHOLD")
     with raster_env(), open_raster(source) as src:
@@ -230,10 +241,16 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                 writer.close()
                 if not valid[0]:
                     feedback.warning("Every pixel of INPUT in the extent is nodata; the outputs are empty.")
-                factors = overview_factors(width, height)
-                if factors:
-                    prob_dst.build_overviews(factors, Resampling.average)
-                    mask_dst.build_overviews(factors, Resampling.nearest)
+            if min_object > 1:  # on the closed file, before its overviews
+                sieve_file(mask_tmp, min_object)
+                positive[0] = _count_positive(mask_tmp)
+                feedback.info(f"Removed objects under {min_object} pixels from the mask (and filled holes that "
+                              "small).")
+            factors = overview_factors(width, height)
+            if factors:
+                for path, resampling in ((prob_tmp, Resampling.average), (mask_tmp, Resampling.nearest)):
+                    with rasterio.open(path, "r+") as dst:
+                        dst.build_overviews(factors, resampling)
             # both files are complete and closed: they move into place together with the run's outputs
             staged_prob.commit()
             staged_mask.commit()

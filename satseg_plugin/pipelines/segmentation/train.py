@@ -36,6 +36,7 @@ from ...core.raster import (
     window_footprint,
 )
 from ...core.staging import Transaction, stages_outputs
+from ...core.vectorize import sieve_array
 from .augment import AugmentConfig, augment_batch
 from .config import TrainConfig
 from .report import BlockScore, ValidationReport, build_report, score_block
@@ -45,6 +46,10 @@ __all__ = ["TrainConfig", "TrainResult", "Block", "MIN_LABELLED_BLOCKS", "split_
 #: Automatic blocks (``block_size`` 0) are twice the patch size unless labelled objects then lie in fewer blocks
 #: than this: then they are one patch, so a small labelled area still gives several validation blocks.
 MIN_LABELLED_BLOCKS = 6
+#: The smallest object a model's masks keep (``extra["min_object_pixels"]``, applied by segmentation and by the
+#: report after training) is this share of the area of the smallest labelled objects (their 5th percentile):
+#: specks far smaller than anything drawn are noise, and small holes inside objects fill.
+MIN_OBJECT_SHARE, MIN_OBJECT_PERCENTILE = 0.25, 5
 
 
 @dataclass
@@ -190,9 +195,11 @@ def _block_tiles(block: Block, size: int) -> List[Tuple[int, int]]:
 
 
 def _validation_report(reader: _CropReader, blocks: Sequence[Block], size: int, transform: Affine,
-                       predict: Callable[[np.ndarray], np.ndarray], batch_size: int, train_objects: int,
-                       pretrained: bool, units: str, feedback: Feedback, max_blocks: int = 32) -> ValidationReport:
-    """Predict each validation block whole (its tiles assembled) and score it like the evaluation tool does.
+                       predict: Callable[[np.ndarray], np.ndarray], batch_size: int, min_object: int,
+                       train_objects: int, pretrained: bool, units: str, feedback: Feedback,
+                       max_blocks: int = 32) -> ValidationReport:
+    """Predict each validation block whole (its tiles assembled, objects under ``min_object`` pixels removed as
+    segmentation removes them) and score it like the evaluation tool does.
 
     At most ``max_blocks`` blocks (evenly spread) are predicted, so the report costs about one validation pass.
     """
@@ -211,7 +218,7 @@ def _validation_report(reader: _CropReader, blocks: Sequence[Block], size: int, 
                 rows, cols = slice(y - block.y_off, y - block.y_off + size), slice(x - block.x_off, x - block.x_off + size)
                 pred[rows, cols], truth[rows, cols] = p, t
         centre = transform * (block.x_off + block.width / 2, block.y_off + block.height / 2)
-        scored.append(score_block(pred, truth, (float(centre[0]), float(centre[1]))))
+        scored.append(score_block(sieve_array(pred, min_object), truth, (float(centre[0]), float(centre[1]))))
     return build_report(scored, train_objects, pretrained, units)
 
 
@@ -322,7 +329,11 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         if not positives:
             raise InputError("no labelled object lies in the training blocks. Label objects in more places.",
                              "LABELS")
-        train_objects = len({g for pairs in positives.values() for _, g in pairs})
+        train_geoms = sorted({g for pairs in positives.values() for _, g in pairs})
+        train_objects = len(train_geoms)
+        pixel_area = abs(src.transform.determinant)
+        min_object = int(MIN_OBJECT_SHARE * np.percentile([labels.geometries[g].area / pixel_area for g in train_geoms],
+                                                          MIN_OBJECT_PERCENTILE))
         classes_seen = sorted(positives)
         inverse = ~src.transform
 
@@ -476,8 +487,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         report = None
         if not outcome.canceled:
             report = _validation_report(reader, [blocks[i] for i in val_idx], size, src.transform,
-                                        predict, backoff.batch_size, train_objects, origin.get("init") != "none",
-                                        units, feedback)
+                                        predict, backoff.batch_size, min_object, train_objects,
+                                        origin.get("init") != "none", units, feedback)
         metadata = ModelMetadata(
             kind="segmentation", architecture=config.architecture, encoder=config.encoder, in_channels=len(bands),
             classes=list(labels.class_names), bands=list(bands), mean=[float(v) for v in mean],
@@ -487,6 +498,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             metrics={"val_dice": best_dice, "val_iou": best_iou, "best_epoch": best.epoch,
                      "epochs_run": len(history), "steps": schedule.steps, **(report.metrics() if report else {})},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
+                   "min_object_pixels": min_object,
                    "init": origin, "source": os.path.abspath(source), "satseg_version": __version__})
     save_checkpoint(model_path, model_tensors(model), metadata, parameter="OUTPUT_MODEL")
     written_log = write_log(log_path, history)

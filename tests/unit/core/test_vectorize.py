@@ -6,7 +6,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from satseg_plugin.core.errors import InputError
-from satseg_plugin.core.vectorize import polygonize_mask
+from satseg_plugin.core.vectorize import polygonize_mask, sieve_array, sieve_file
 
 T = Affine(0.5, 0, 500000.0, 0, -0.5, 5000000.0)
 
@@ -68,3 +68,30 @@ def test_classes_and_geographic_crs(make_raster):
     geo = make_raster(mask, name="geo.tif", crs="EPSG:4326", transform=Affine(0.001, 0, 10, 0, -0.001, 50))
     with pytest.raises(InputError, match="geographic CRS"):
         polygonize_mask(geo)
+
+
+def test_sieve_removes_specks_fills_small_holes_and_leaves_nodata_alone(make_raster):
+    import rasterio
+
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 10:30] = 1  # an object of 400 px ...
+    mask[18:20, 18:20] = 0  # ... with a 4 px hole
+    mask[40, 40] = mask[50:52, 60:62] = 1  # specks of 1 and 4 px
+    mask[5, 70] = 2  # a one-pixel speck of another class
+    mask[45:60, 0:15] = 255  # nodata (declared): never merged into, never changed
+    mask[50, 5] = 1  # a speck inside nodata stays: nodata is not a neighbour it can take
+    path = make_raster(mask[None], nodata=255)
+    sieve_file(path, 10)
+    with rasterio.open(path) as src:
+        out = src.read(1)
+    expected = np.zeros_like(mask)
+    expected[10:30, 10:30] = 1
+    expected[45:60, 0:15] = 255
+    expected[50, 5] = 1
+    np.testing.assert_array_equal(out, expected)
+    # the in-memory version gives the same, and 0 or 1 changes nothing
+    np.testing.assert_array_equal(sieve_array(mask, 10, valid=mask != 255), expected)
+    np.testing.assert_array_equal(sieve_array(mask, 1), mask)
+    sieve_file(path, 0)
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(1), expected)

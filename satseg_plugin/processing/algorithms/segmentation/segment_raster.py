@@ -49,6 +49,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
     EXTENT = "EXTENT"
     MASK = "MASK"
     MIN_AREA = "MIN_AREA"
+    MIN_OBJECT_PIXELS = "MIN_OBJECT_PIXELS"
     SIMPLIFY = "SIMPLIFY"
     OUTPUT_PROBABILITY = "OUTPUT_PROBABILITY"
     OUTPUT_MASK = "OUTPUT_MASK"
@@ -79,7 +80,11 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
             "(0/1, or the class index; nodata 255) and polygons (holes kept; smaller than the minimum area "
             "dropped; optionally simplified) with area_m2 and mean_prob. All keep the input's CRS and grid "
             "(cropped to the extent when one is given); nodata input pixels stay nodata.\n\n"
-            "The threshold defaults to the models' own. Flip TTA averages 4 flipped predictions (4x slower).")
+            "The threshold defaults to the models' own. Flip TTA averages 4 flipped predictions (4x slower).\n\n"
+            "Small objects: regions of the mask smaller than the given number of pixels take the value of their "
+            "largest neighbour, so isolated specks vanish and small holes inside objects fill (GDAL's sieve "
+            "filter). Empty: the model's own value, a quarter of the area of the smallest objects it was trained "
+            "on; 0 keeps every pixel as predicted.")
 
     def initAlgorithm(self, config=None):
         number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
@@ -99,6 +104,9 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only inside these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(number(self.MIN_OBJECT_PIXELS, self.tr("Remove mask objects smaller than (pixels; empty = "
+                                                                 "the model's, 0 = keep all)"),
+                                 number.Integer, optional=True, minValue=0))
         self.addParameter(number(self.MIN_AREA, self.tr("Minimum polygon area (m²)"), number.Double, 0.0,
                                  minValue=0.0))
         self.addParameter(number(self.SIMPLIFY, self.tr("Simplify tolerance (map units, 0 = none)"), number.Double,
@@ -136,6 +144,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
             weights=weights, threshold=self.optional_value(parameters, self.THRESHOLD, context, self.parameterAsDouble),
             tta=self.parameterAsBoolean(parameters, self.TTA, context), bounds=bounds,
+            min_object_pixels=self.optional_value(parameters, self.MIN_OBJECT_PIXELS, context, self.parameterAsInt),
             mask=source_to_shapely(self.parameterAsSource(parameters, self.MASK, context), crs, context, self.MASK))
         prob_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
         mask_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context)

@@ -36,7 +36,7 @@ def test_report_sums_blocks_and_stays_quiet_for_a_good_model():
     report = build_report(blocks, train_objects=80, pretrained=True, units="metre")
     assert report.dice == 1.0 and report.object_f1 == 1.0 and report.val_objects == 15 and report.blocks == 3
     assert report.warnings == []
-    assert report.metrics()["val_object_f1"] == 1.0 and report.metrics()["train_objects"] == 80
+    assert report.metrics()["heldout_object_f1"] == 1.0 and report.metrics()["train_objects"] == 80
     assert "15 reference objects" in report.summary()
 
 

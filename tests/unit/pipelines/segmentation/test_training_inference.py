@@ -70,7 +70,7 @@ def test_training_reports_held_out_scores_in_the_log_result_and_model(trained, s
     assert report is not None and report.blocks >= 1 and report.val_objects >= 1
     assert report.train_objects + report.val_objects >= 2 and 0 <= report.object_f1 <= 1 and 0 <= report.dice <= 1
     meta = load_checkpoint(trained.model_path, kind="segmentation").metadata
-    assert meta.metrics["val_object_f1"] == report.object_f1 and meta.metrics["val_objects"] == report.val_objects
+    assert meta.metrics["heldout_object_f1"] == report.object_f1 and meta.metrics["val_objects"] == report.val_objects
     assert meta.metrics["train_objects"] == report.train_objects and meta.metrics["steps"] == 4
     # the 256 px scene holds 7 buildings: the few-labels warning is raised, naming what to do
     assert report.train_objects < 30 and any("draw more polygons" in w for w in report.warnings)
@@ -148,7 +148,7 @@ def test_training_input_errors(scene, tmp_path):
 def test_segmentation_outputs_keep_the_grid(trained, scene, tmp_path):
     src = scene[0]
     result = segment_raster(src, [trained.model_path], str(tmp_path / "p.tif"), str(tmp_path / "m.tif"),
-                            InferenceConfig(tile_size=96, overlap=32), "cpu")
+                            InferenceConfig(tile_size=96, overlap=32, min_object_pixels=0), "cpu")
     with rasterio.open(src) as s, rasterio.open(result.probability_path) as p, rasterio.open(result.mask_path) as m:
         for out in (p, m):
             assert (out.transform, out.crs, out.width, out.height) == (s.transform, s.crs, s.width, s.height)
@@ -158,6 +158,26 @@ def test_segmentation_outputs_keep_the_grid(trained, scene, tmp_path):
         np.testing.assert_array_equal(mask, (prob >= result.threshold).astype("uint8"))
         assert p.descriptions == ("building probability",)
     assert sorted(os.listdir(tmp_path)) == ["m.tif", "p.tif"]
+
+
+def test_mask_drops_objects_smaller_than_the_models_minimum(trained, scene, tmp_path):
+    """The model stores a minimum object size from its labels; the mask is the sieved threshold of the probability."""
+    from satseg_plugin.core.vectorize import sieve_array
+
+    minimum = load_checkpoint(trained.model_path, kind="segmentation").metadata.extra["min_object_pixels"]
+    labels = scene[1]
+    smallest = min(g.area for g in labels.geometries) / 0.25  # 0.5 m pixels
+    assert 1 < minimum <= 0.25 * smallest + 1
+    fb = RecordingFeedback()
+    result = segment_raster(scene[0], [trained.model_path], str(tmp_path / "p.tif"), str(tmp_path / "m.tif"),
+                            InferenceConfig(tile_size=96, overlap=32), "cpu", fb)
+    with rasterio.open(result.probability_path) as p, rasterio.open(result.mask_path) as m:
+        raw = (p.read(1) >= result.threshold).astype("uint8")
+        mask = m.read(1)
+        assert m.overviews(1) or m.width < 512  # overviews (when the raster is large enough) are built after
+    np.testing.assert_array_equal(mask, sieve_array(raw, minimum))
+    assert result.positive_pixels == int((mask == 1).sum())
+    assert any(f"objects under {minimum} pixels" in m for m in fb.infos)
 
 
 @pytest.mark.parametrize("band", [64, 100])
