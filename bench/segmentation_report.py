@@ -91,14 +91,13 @@ def profile_rows(stats_path: str, total: float) -> List[Tuple[str, float]]:
 
 
 def accumulator_mib(width: int, tile: int, bands: int = 1) -> float:
-    """Width-dependent memory of ``_Blender`` (from its code) for one column band of ``min(width, BAND_COLUMNS)``
-    columns: ``(tile + 256)`` rows of float32 ``acc`` per band, float32 ``wsum`` and bool ``invalid``, plus
-    ``flush``'s temporaries for up to ``tile`` finished rows (float32 probabilities, uint8 classes, two bool
-    masks, the float32 ``maximum(wsum)`` divisor)."""
+    """Width-dependent memory of the tiled sweep (``core.tiling``, from its code) for one column band of
+    ``min(width, BAND_COLUMNS)`` columns: ``HannBlend``'s accumulators for a tile of rows (float32 sums per band,
+    float32 weights, a bool nodata mask: ``4 bands + 5`` bytes a pixel) and ``BlockWriter``'s row buffers of
+    ``tile + 256`` rows (float32 probabilities per band and uint8 classes: ``4 bands + 1`` bytes a pixel)."""
     width = min(width, BAND_COLUMNS)
-    rows = tile + 256
-    persistent = rows * width * (4 * bands + 4 + 1)
-    temporaries = tile * width * (4 * bands + 4 + 1 + 2)
+    persistent = tile * width * (4 * bands + 5)
+    temporaries = (tile + 256) * width * (4 * bands + 1)
     return (persistent + temporaries) / 2**20
 
 
@@ -333,10 +332,10 @@ def section(f: Findings) -> str:
         "",
         *([f"Skipped: {', '.join(f.skipped)}."] if f.skipped else []),
         "",
-        "The width part is what `_Blender` keeps per column of one column band (at most "
-        f"`BAND_COLUMNS` = {BAND_COLUMNS} px; wider rasters are swept band by band): `(tile + 256)` rows of "
-        "float32 accumulators, float32 weight sums and a bool nodata mask, plus the temporaries of `flush` for up "
-        "to a tile of finished rows. The import floor is a child that only imports torch ({torch.__version__}), "
+        "The width part is what the tiled sweep (`core.tiling`) keeps per column of one column band (at most "
+        f"`BAND_COLUMNS` = {BAND_COLUMNS} px; wider rasters are swept band by band): `HannBlend`'s float32 "
+        "accumulators, weight sums and nodata mask for a tile of rows, and `BlockWriter`'s `(tile + 256)` rows of "
+        f"output buffers. The import floor is a child that only imports torch ({torch.__version__}), "
         f"segmentation-models-pytorch, rasterio and SatSeg: {floor.maxrss_mib:.0f} MiB. Above it: the model, its "
         "activations for one batch of tiles, the tiles, the accumulators and GDAL's block cache (capped at "
         f"256 MB by `raster_env`; its sampled peak was {cache_cap:.1f} MiB at most, so it plays no part here).",
