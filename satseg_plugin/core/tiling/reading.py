@@ -13,7 +13,7 @@ import rasterio
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from ..raster import nodata_pixels
+from ..raster import nodata_pixels, raster_env
 
 __all__ = ["Tile", "TileReader", "nodata_flags"]
 
@@ -68,8 +68,8 @@ class TileReader:
     as ``fill`` (the band means the model was normalised with, i.e. zero after normalisation, the most
     neutral input a network knows).
 
-    Reading one tile touches nothing but ``src`` and this object's constants, so tiles can later be read
-    ahead on worker threads (one dataset handle per thread) while the model runs.
+    Reading one tile touches nothing but ``src`` and this object's constants, so tiles are read ahead on
+    reader threads (:class:`~.readahead.TileQueue`), each through its own copy (:meth:`reopen`).
 
     Args:
         src: the open raster.
@@ -81,6 +81,24 @@ class TileReader:
     def __init__(self, src: rasterio.DatasetReader, bands: Sequence[int], fill: np.ndarray, tile: int) -> None:
         self.src, self.bands, self.tile = src, list(bands), tile
         self.fill = np.asarray(fill, np.float32).reshape(-1, 1)
+        self._owns_src = False
+
+    def reopen(self) -> "TileReader":
+        """This reader on a new handle of the same raster, for one thread (a rasterio dataset is not thread-safe).
+
+        The handle is opened with SatSeg's GDAL settings (:func:`~..raster.raster_env`) in the calling
+        thread; the copy's :meth:`close` closes it.
+        """
+        with raster_env():
+            src = rasterio.open(self.src.name)
+        copy = TileReader(src, self.bands, self.fill[:, 0], self.tile)
+        copy._owns_src = True
+        return copy
+
+    def close(self) -> None:
+        """Close the handle :meth:`reopen` opened (a reader given an open dataset leaves it open)."""
+        if self._owns_src:
+            self.src.close()
 
     def read(self, window: Window) -> Tile:
         """The tile whose top-left raster pixel is ``window``'s offset (its size is the reader's tile)."""

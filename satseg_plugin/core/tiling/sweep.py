@@ -5,9 +5,10 @@ column bands (:meth:`~.grid.TileGrid.column_bands`), each swept top to bottom; a
 whose output counts for it, so a tile column straddling a band border is computed twice (about
 ``tile / band_columns`` extra work) and every pixel gets the same blend as in a single sweep.
 
-Producer / consumer seam: :func:`tile_outputs` reads the tiles of one batch (``TileReader.read``, one call
-per tile, independent of each other) and then runs the model on them; the blender consumes the outputs.
-Reading ahead on a thread pool, or blending on the GPU, replaces one side without touching the other.
+Producer / consumer seam: a :class:`~.readahead.TileQueue` reads the tiles in the sweep's order, a few
+batches ahead on reader threads (:mod:`.concurrency` says how many); :meth:`TileBatches.tile_outputs` takes
+them a batch at a time and runs the model on them in the caller's thread; the blender consumes the outputs.
+Blending on the GPU would replace the consumer side without touching the reading.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 from ..fit import OomBackoff
 from ..progress import Feedback, check_canceled
 from .blending import Block
+from .concurrency import DEFAULT_THREADS, SweepThreads
 from .grid import Span, TileGrid
+from .readahead import TileQueue
 from .reading import TileReader
 
 __all__ = ["Predict", "TileBatches", "sweep"]
@@ -46,53 +49,62 @@ class TileBatches:
         """The batch size now."""
         return self.backoff.batch_size
 
-    def tile_outputs(self, grid: TileGrid, reader: TileReader, predict: Predict, row: Span, cols: List[Span]
+    def tile_outputs(self, tiles: TileQueue, predict: Predict, cols: List[Span]
                      ) -> Iterator[Tuple[Span, np.ndarray, np.ndarray]]:
-        """``(col, output (D, T, T), empty (T, T))`` of the tiles ``cols`` of tile row ``row``, left to right."""
+        """``(col, output (D, T, T), empty (T, T))`` of the tiles ``cols`` of one tile row, left to right.
+
+        ``tiles`` gives the row's tiles next, in the order of ``cols``; a batch is popped once the model ran it.
+        """
         start = 0
         while start < len(cols):
             check_canceled(self.feedback)
 
             def step(size: int, start: int = start):
                 chunk = cols[start:start + size]
-                tiles = [reader.read(grid.window(row, col)) for col in chunk]
-                return chunk, tiles, predict(np.stack([t.raw for t in tiles]))
+                batch = tiles.peek(len(chunk))
+                return chunk, batch, predict(np.stack([t.raw for t in batch]))
 
-            chunk, tiles, outputs = self.backoff.run(step)
-            yield from zip(chunk, outputs, [t.empty for t in tiles])
+            chunk, batch, outputs = self.backoff.run(step)
+            tiles.pop(len(chunk))  # the next reads start while this batch is blended
+            yield from zip(chunk, outputs, [t.empty for t in batch])
             start += len(chunk)
 
 
 def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback: Feedback, batch_size: int,
-          band_columns: int) -> Iterator[Block]:
+          band_columns: int, threads: SweepThreads = DEFAULT_THREADS) -> Iterator[Block]:
     """Finished, blended blocks of the grid's region, band by band, each band top to bottom.
 
     Args:
         grid: where the tiles lie (:func:`~.grid.hann_grid` or :func:`~.grid.ramp_grid`).
-        reader: reads a tile as model input, nodata flagged and filled.
-        predict: the model step (see :data:`Predict`).
+        reader: reads a tile as model input, nodata flagged and filled (read on ``threads.readers`` threads,
+            each through its own :meth:`~.reading.TileReader.reopen` copy).
+        predict: the model step (see :data:`Predict`), run in the caller's thread.
         blend: a blend strategy (:class:`~.blending.HannBlend` or :class:`~.blending.RampBlend`) suiting the grid.
         feedback: cancel is checked per tile row and per batch; progress (0..95 %) is set per tile row.
         batch_size: tiles per model step (halved on CUDA out-of-memory).
         band_columns: widest column band.
+        threads: reader threads and how many batches they read ahead (:mod:`.concurrency`); the blocks do
+            not depend on them.
 
     Yields:
         :class:`~.blending.Block` s; when a block of a band starts at row ``r0``, every row of that band above
         ``r0`` has been given. Block values may be views into buffers reused later: use them before the
-        next block.
+        next block. The reader threads stop when the sweep ends, raises, or is closed early (close the
+        generator, e.g. with :func:`contextlib.closing`, when not iterating it to the end).
     """
     batches = TileBatches(batch_size, feedback)
-    bands = grid.column_bands(band_columns)
-    steps = len(bands) * len(grid.rows)
-    for band_index, band in enumerate(bands):
-        cols = grid.cols_meeting(band)
-        blender = blend.band(grid, band)
-        for row_index, row in enumerate(grid.rows):
+    plan = [(band, grid.cols_meeting(band)) for band in grid.column_bands(band_columns)]
+    steps = len(plan) * len(grid.rows)
+    windows = (grid.window(row, col) for _, cols in plan for row in grid.rows for col in cols)
+    with TileQueue(reader, windows, threads.readers, threads.depth(batch_size)) as tiles:
+        for band_index, (band, cols) in enumerate(plan):
+            blender = blend.band(grid, band)
+            for row_index, row in enumerate(grid.rows):
+                check_canceled(feedback)
+                yield from blender.start_row(row)
+                for col, output, empty in batches.tile_outputs(tiles, predict, cols):
+                    yield from blender.add(row, col, output, empty)
+                yield from blender.end_row(row)
+                feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / steps)
             check_canceled(feedback)
-            yield from blender.start_row(row)
-            for col, output, empty in batches.tile_outputs(grid, reader, predict, row, cols):
-                yield from blender.add(row, col, output, empty)
-            yield from blender.end_row(row)
-            feedback.set_progress(95.0 * (band_index * len(grid.rows) + row_index + 1) / steps)
-        check_canceled(feedback)
-        yield from blender.finish()
+            yield from blender.finish()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import closing
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -45,6 +46,7 @@ from ...core.tiling import (
     hann_grid,
     plan_tiles,
     sweep,
+    threads_for,
 )
 from ...core.vectorize import sieve_file
 from .config import InferenceConfig
@@ -205,9 +207,11 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         window_transform = src.window_transform(Window(x0, y0, width, height))
         k = ensemble.out_bands
         # level 1: the float probabilities encode ~5x faster for a few percent more bytes (see bench/RESULTS.md)
-        prob_profile = geotiff_profile(width, height, k, "float32", src.crs, window_transform, PROB_NODATA, level=1)
+        prob_profile = geotiff_profile(width, height, k, "float32", src.crs, window_transform, PROB_NODATA, level=1,
+                                       compress_threads=True)
         prob_profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK, interleave="band")
-        mask_profile = geotiff_profile(width, height, 1, "uint8", src.crs, window_transform, MASK_NODATA, level=1)
+        mask_profile = geotiff_profile(width, height, 1, "uint8", src.crs, window_transform, MASK_NODATA, level=1,
+                                       compress_threads=True)
         mask_profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
         staged_prob = StagedFile(probability_path, parameter="OUTPUT_PROBABILITY", suffix=".tif")
         staged_mask = StagedFile(mask_path, parameter="OUTPUT_MASK", suffix=".tif")
@@ -224,21 +228,24 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
                 for i, name in enumerate(meta.classes, start=1):
                     prob_dst.set_band_description(i, f"{name} probability")
                 mask_dst.set_band_description(1, "class" if k > 1 else f"{meta.classes[0]} mask")
+                threads = threads_for(torch_device)
                 writer = BlockWriter([Output(prob_dst, k, "float32", PROB_NODATA), Output(mask_dst, 1, "uint8",
                                                                                           MASK_NODATA)],
-                                     grid.region, tile, src.window_transform, config.mask, count_positive)
-                for block in sweep(grid, reader, lambda raw: ensemble.predict(raw, config.tta), HannBlend(tile),
-                                   feedback, config.batch_size, BAND_COLUMNS):
-                    probs = block.values
-                    if k == 1:
-                        cls = (probs[0] >= threshold).astype(np.uint8)
-                    else:
-                        cls = np.where(probs.max(0) >= threshold, probs.argmax(0) + 1, 0).astype(np.uint8)
-                    valid[0] = valid[0] or not block.empty.all()
-                    probs[:, block.empty] = PROB_NODATA
-                    cls[block.empty] = MASK_NODATA
-                    writer.put(block.r0, block.c0, block.band, [probs, cls[None]])
-                writer.close()
+                                     grid.region, tile, src.window_transform, config.mask, count_positive, threads)
+                blocks = sweep(grid, reader, lambda raw: ensemble.predict(raw, config.tta), HannBlend(tile),
+                               feedback, config.batch_size, BAND_COLUMNS, threads)
+                # rows are written on the writer thread: the counts are complete when the writer is closed
+                with writer, closing(blocks):
+                    for block in blocks:
+                        probs = block.values
+                        if k == 1:
+                            cls = (probs[0] >= threshold).astype(np.uint8)
+                        else:
+                            cls = np.where(probs.max(0) >= threshold, probs.argmax(0) + 1, 0).astype(np.uint8)
+                        valid[0] = valid[0] or not block.empty.all()
+                        probs[:, block.empty] = PROB_NODATA
+                        cls[block.empty] = MASK_NODATA
+                        writer.put(block.r0, block.c0, block.band, [probs, cls[None]])
                 if not valid[0]:
                     feedback.warning("Every pixel of INPUT in the extent is nodata; the outputs are empty.")
             if min_object > 1:  # on the closed file, before its overviews

@@ -50,6 +50,7 @@ from ....core.tiling import (
     plan_tiles,
     ramp_grid,
     sweep,
+    threads_for,
 )
 from .config import ClusterMapConfig
 
@@ -172,7 +173,7 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: TileGrid
     """
     reader = TileReader(src, cm.metadata.bands, cm.mean, grid.tile)
     return sweep(grid, reader, lambda raw: cm.features(raw, config.amp), RampBlend(), feedback, config.batch_size,
-                 band_columns or CLUSTER_BAND_COLUMNS)
+                 band_columns or CLUSTER_BAND_COLUMNS, threads_for(cm.device))
 
 
 def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> ClusterModel:
@@ -224,7 +225,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         feedback.info(f"Clustering {len(grid)} tiles of {grid.tile} px (overlap {grid.overlap} px) over "
                       f"{width} x {height} px into {k} clusters.")
         profile = geotiff_profile(width, height, 1, "uint16", src.crs, src.window_transform(grid.region),
-                                  CLUSTER_NODATA, level=1)
+                                  CLUSTER_NODATA, level=1, compress_threads=True)
         profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
         counts = np.zeros(top + 1, np.int64)
         valid = False
@@ -249,15 +250,17 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
                     model_path))
                 dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*c, 255) for i, c in enumerate(_palette(top))}})
                 writer = BlockWriter([Output(dst, 1, "uint16", CLUSTER_NODATA)], grid.region, grid.tile,
-                                     src.window_transform, config.mask, finish_strip)
-                for block in feature_blocks(src, cm, grid, config, feedback):
-                    ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
-                    keep = ~block.empty
-                    valid = valid or bool(keep.any())
-                    if keep.any():
-                        ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), splits)
-                    writer.put(block.r0, block.c0, block.band, [ids[None]])
-                writer.close()
+                                     src.window_transform, config.mask, finish_strip, threads_for(cm.device))
+                blocks = feature_blocks(src, cm, grid, config, feedback)
+                # strips are finished and counted on the writer thread: counts are complete once it is closed
+                with writer, contextlib.closing(blocks):
+                    for block in blocks:
+                        ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
+                        keep = ~block.empty
+                        valid = valid or bool(keep.any())
+                        if keep.any():
+                            ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), splits)
+                        writer.put(block.r0, block.c0, block.band, [ids[None]])
                 check_canceled(feedback)
                 if not valid:
                     feedback.warning("Every pixel of INPUT in the extent is nodata; the output is empty.")
