@@ -28,7 +28,7 @@ from rasterio.windows import Window
 from ...core.cache import weights_dir
 from ...core.deps import require
 from ...core.errors import InputError
-from ...core.fit import BestModel, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
+from ...core.fit import BestModel, FittedSchedule, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.normalization import band_statistics, normalize
 from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import check_georeferencing, crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
@@ -194,15 +194,6 @@ def nt_xent(first: "torch.Tensor", second: "torch.Tensor", temperature: float) -
     return loss, (similarity.argmax(1) == partner).float().mean()
 
 
-def _schedule(optimizer: "torch.optim.Optimizer", steps: int) -> "torch.optim.lr_scheduler.LRScheduler":
-    """Linear warm-up over the first 5% of ``steps``, then a cosine down to zero (stepped per batch)."""
-    sched = require("torch.optim.lr_scheduler")
-    warm = max(1, round(0.05 * steps))
-    return sched.SequentialLR(optimizer, [sched.LinearLR(optimizer, start_factor=0.1, total_iters=warm),
-                                          sched.CosineAnnealingLR(optimizer, T_max=max(1, steps - warm))],
-                              milestones=[warm])
-
-
 @stages_outputs
 def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = PretrainConfig(), device: str = "auto",
                      feedback: Optional[Feedback] = None, log_path: Optional[str] = None,
@@ -260,7 +251,7 @@ def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = Pret
         net = torch.nn.ModuleDict({"encoder": encoder, "head": head}).to(torch_device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
         steps = config.epochs * config.batches_per_epoch
-        scheduler = _schedule(optimizer, steps)
+        scheduler = FittedSchedule(optimizer, steps, "cosine")  # warm-up over 5 % of the steps, then cosine
         backoff = OomBackoff(config.batch_size, feedback, "crop", "Lower BATCH_SIZE or VIEW_SIZE, choose a smaller "
                              "ENCODER, or use DEVICE=cpu.", minimum=2)
         precision = choose_precision(torch_device, feedback=feedback)
