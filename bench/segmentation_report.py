@@ -64,8 +64,8 @@ def seam_stats(prob_path: str, tile: int, overlap: int) -> Dict[str, float]:
 #: starting with two spaces are part of the row above; the rasterio rows are segmentation_runs.py's wrappers.
 PROFILE_PARTS: List[Tuple[str, str, str]] = [
     ("whole `segment_raster` call", "segmentation/segment.py", "segment_raster"),
-    ("model load (`_Ensemble.__init__`)", "segmentation/segment.py", "__init__"),
-    ("`_Ensemble.predict` (normalise, stack, forward, sigmoid, to numpy)", "segmentation/segment.py", "predict"),
+    ("model load (`Ensemble.__init__`)", "segmentation/ensemble.py", "__init__"),
+    ("`Ensemble.predict` (normalise, stack, forward, sigmoid, to numpy)", "segmentation/ensemble.py", "predict"),
     ("  of which the model forward (`Module.__call__`)", "torch/nn/modules/module.py", "_wrapped_call_impl"),
     ("reading tiles (rasterio `read`)", "segmentation_runs.py", "rasterio_read"),
     ("blending (Hann band `add`: weight, accumulate, divide finished rows)", "core/tiling/blending.py", "add"),

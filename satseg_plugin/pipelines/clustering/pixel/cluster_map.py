@@ -100,6 +100,8 @@ class ClusterModel:
         self.transform = FeatureTransform.from_tensors(extras, bool(self.metadata.extra.get("normalize", True)))
         self.mean = np.asarray(self.metadata.mean, np.float32)
         self.std = np.asarray(self.metadata.std, np.float32)
+        self._mean, self._std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                                 for v in (self.mean, self.std))
         from ....models.registry import input_multiple
 
         self.multiple = int(self.metadata.extra.get("input_multiple") or
@@ -114,8 +116,10 @@ class ClusterModel:
     def features(self, raw: np.ndarray, amp: bool = False) -> np.ndarray:
         """Raw tiles ``(N, C, H, W)`` (band units) -> features ``(N, D, H, W)`` float32."""
         torch = self.torch
-        x = (raw - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        x = torch.from_numpy(np.nan_to_num(x).astype(np.float32)).to(self.device)
+        # normalised on the device, as segmentation's Ensemble does (float32 either way; torch.nan_to_num has
+        # numpy's defaults, so the CPU result is bit-identical to the former host pass)
+        x = torch.nan_to_num((torch.from_numpy(np.ascontiguousarray(raw, np.float32)).to(self.device)
+                              - self._mean) / self._std)
         with torch.no_grad(), self.precision[amp].autocast():
             return self.model.features(x).float().cpu().numpy()
 

@@ -292,9 +292,9 @@ def test_cancel_mid_inference_leaves_previous_outputs(trained, scene, tmp_path):
 
 def test_cuda_out_of_memory_retries_with_smaller_batches(trained, scene, tmp_path, monkeypatch):
     """The OOM path, simulated on the CPU: batches above 2 tiles 'run out of memory'."""
-    from satseg_plugin.pipelines.segmentation import segment as inference
+    from satseg_plugin.pipelines.segmentation.ensemble import Ensemble
 
-    real = inference._Ensemble.predict
+    real = Ensemble.predict
     sizes = []
 
     def flaky(self, raw, tta):
@@ -303,14 +303,14 @@ def test_cuda_out_of_memory_retries_with_smaller_batches(trained, scene, tmp_pat
             raise torch.cuda.OutOfMemoryError("simulated")
         return real(self, raw, tta)
 
-    monkeypatch.setattr(inference._Ensemble, "predict", flaky)
+    monkeypatch.setattr(Ensemble, "predict", flaky)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     fb = RecordingFeedback()
     segment_raster(scene[0], [trained.model_path], str(tmp_path / "p.tif"), str(tmp_path / "m.tif"),
                    InferenceConfig(tile_size=64, overlap=0, batch_size=8), "cpu", fb)
     assert sizes[:3] == [4, 4, 2] and max(sizes[3:]) <= 2  # 8 -> 4 (a row has 4 tiles) -> 2
     assert any("out of memory" in w for w in fb.warnings)
-    monkeypatch.setattr(inference._Ensemble, "predict", lambda self, raw, tta: (_ for _ in ()).throw(
+    monkeypatch.setattr(Ensemble, "predict", lambda self, raw, tta: (_ for _ in ()).throw(
         torch.cuda.OutOfMemoryError("simulated")))
     with pytest.raises(Exception, match="one tile per batch"):
         segment_raster(scene[0], [trained.model_path], str(tmp_path / "p2.tif"), str(tmp_path / "m2.tif"),
