@@ -1,0 +1,140 @@
+"""The model-running tools that are not trainers, on a CUDA GPU: ``segment_raster``, ``cluster_raster``,
+``horn_schunck`` (optical flow) and ``pretrain_encoder``, each on tiny data (seconds), compared with the same run
+on the CPU.
+
+The trainers are in ``tests/unit/core/test_fit_gpu.py``. Skipped without CUDA; ``SATSEG_GPU_TESTS_ON_CPU=1``
+runs them on the CPU instead (the dry run before a GPU run: then both sides are the CPU and must agree exactly).
+
+Tolerances on the GPU: cuDNN convolutions run in TF32 by default on Ampere and later (about 1e-3 relative), and
+mixed precision in bfloat16 (about 1e-2), so outputs are compared within those and masks / cluster ids by the
+share of pixels that agree; the sweep itself is checked bit-exact on the CPU by the tiling goldens.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("segmentation_models_pytorch")
+pytest.importorskip("faiss")
+
+from sample_data.common import write_tif
+from sample_data.scene import render_scene
+from satseg_plugin.core.labels import LabelSet
+from satseg_plugin.core.progress import RecordingFeedback
+from satseg_plugin.core.tiling import GPU_THREADS, threads_for
+from satseg_plugin.models.checkpoint import load_checkpoint
+from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster
+from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig, train_clusternet
+from satseg_plugin.pipelines.population.flow import FlowConfig, horn_schunck
+from satseg_plugin.pipelines.segmentation.config import PretrainConfig
+from satseg_plugin.pipelines.segmentation.pretrain import pretrain_encoder
+from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
+from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
+from tests.unit.pipelines.population.test_flow import blob
+
+ON_CPU = os.environ.get("SATSEG_GPU_TESTS_ON_CPU") == "1"
+DEVICE = "cpu" if ON_CPU else "cuda"
+CUDA = DEVICE == "cuda"
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(),
+                       reason="needs a CUDA GPU (SATSEG_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
+
+def read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.transform, src.crs
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    """A generated 256 px scene (a 3 x 3 grid of 96 px tiles with overlap 16) and its buildings."""
+    rendered = render_scene(256, seed=3)
+    path = str(tmp_path_factory.mktemp("scene") / "scene.tif")
+    write_tif(path, rendered)
+    return path, LabelSet([b.polygon for b in rendered.buildings], [1] * len(rendered.buildings))
+
+
+@pytest.fixture(scope="module")
+def segmentation_model(scene, tmp_path_factory):
+    config = TrainConfig(encoder="resnet18", patch_size=64, batch_size=4, epochs=2, batches_per_epoch=3,
+                         max_val_tiles=8, encoder_weights="none")
+    out = tmp_path_factory.mktemp("seg")
+    return train_segmentation(scene[0], scene[1], str(out / "m.satseg"), config, "cpu").model_path
+
+
+@pytest.fixture(scope="module")
+def cluster_model(scene, tmp_path_factory):
+    config = ClusterNetConfig(encoder="resnet18", feature_dim=8, num_clusters=4, rounds=1, steps_per_round=2,
+                              batch_size=2, patch_size=64, crops_per_round=4, sample_pixels=5000,
+                              kmeans_iterations=5)
+    out = tmp_path_factory.mktemp("cn")
+    return train_clusternet([scene[0]], str(out / "cn.satseg"), config, "cpu").model_path
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "mixed"])
+def test_segment_raster_on_the_device_matches_the_cpu(scene, segmentation_model, tmp_path, amp):
+    runs = {}
+    for device in ("cpu", DEVICE):
+        out = tmp_path / device
+        out.mkdir(exist_ok=True)
+        feedback = RecordingFeedback()
+        config = InferenceConfig(tile_size=96, overlap=16, batch_size=4, amp=amp, min_object_pixels=0)
+        result = segment_raster(scene[0], [segmentation_model], str(out / "p.tif"), str(out / "m.tif"), config,
+                                device, feedback)
+        assert result.tiles == 9
+        runs[device] = read(result.probability_path), read(result.mask_path)
+    (cpu_prob, transform, crs), (cpu_mask, _, _) = runs["cpu"]
+    (dev_prob, dev_transform, dev_crs), (dev_mask, _, _) = runs[DEVICE]
+    assert dev_transform == transform and dev_crs == crs and dev_prob.shape == cpu_prob.shape
+    if not CUDA:
+        assert np.array_equal(dev_prob, cpu_prob) and np.array_equal(dev_mask, cpu_mask)
+        return
+    np.testing.assert_allclose(dev_prob, cpu_prob, atol=3e-2 if amp else 3e-3)
+    assert (dev_mask == cpu_mask).mean() >= (0.98 if amp else 0.995)
+
+
+def test_a_cuda_sweep_reads_ahead_on_threads():
+    """On a GPU the host reads and writes on threads around the model (issue 16); on the CPU it does not."""
+    assert threads_for(torch.device("cuda")) == GPU_THREADS and GPU_THREADS.readers > 0
+    assert threads_for(torch.device("cpu")).readers == 0
+
+
+def test_cluster_raster_on_the_device_matches_the_cpu(scene, cluster_model, tmp_path):
+    ids = {}
+    for device in ("cpu", DEVICE):
+        path = str(tmp_path / f"{device}.tif")
+        result = cluster_raster(scene[0], cluster_model, path, ClusterMapConfig(tile_size=96, overlap=16,
+                                                                                batch_size=4, amp=False), device)
+        assert result.num_clusters == 4
+        ids[device] = read(path)
+    cpu_ids, transform, crs = ids["cpu"]
+    dev_ids, dev_transform, dev_crs = ids[DEVICE]
+    assert dev_transform == transform and dev_crs == crs and dev_ids.dtype == np.uint16
+    agree = (dev_ids == cpu_ids).mean()
+    assert agree == 1.0 if not CUDA else agree >= 0.99
+
+
+def test_optical_flow_on_the_device_matches_the_cpu():
+    f1, f2 = blob(), blob(1.5, -1.0)
+    flows = {device: horn_schunck(f1, f2, FlowConfig(device=device, pyramid_levels=2)) for device in ("cpu", DEVICE)}
+    cpu, dev = flows["cpu"], flows[DEVICE]
+    assert dev.converged and dev.u.dtype == np.float32
+    np.testing.assert_allclose(dev.u, cpu.u, atol=0 if not CUDA else 1e-3)
+    np.testing.assert_allclose(dev.v, cpu.v, atol=0 if not CUDA else 1e-3)
+
+
+def test_encoder_pretraining_on_the_device(scene, tmp_path):
+    feedback = RecordingFeedback()
+    config = PretrainConfig(encoder="resnet18", patch_size=64, view_size=32, batch_size=8, epochs=2,
+                            batches_per_epoch=2, encoder_weights="none")
+    result = pretrain_encoder(scene[0], str(tmp_path / "enc.satseg"), config, DEVICE, feedback)
+    assert not result.canceled and result.steps == 4 and np.isfinite(result.final_loss)
+    assert load_checkpoint(result.model_path, kind="encoder").metadata.encoder == "resnet18"
+    assert any(m.startswith("Mixed precision: ") for m in feedback.infos) == CUDA
