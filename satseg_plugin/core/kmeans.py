@@ -4,6 +4,7 @@ Built on faiss (``faiss-cpu``; a GPU build is used automatically when ``faiss.ge
 
 - :func:`kmeans`: seeded, reproducible k-means; returns centroids, assignments and the objective.
 - :func:`nearest_centroid`: batched exact nearest-centroid search, so memory stays bounded.
+- :func:`nearest_centroid_tensor`: the same rule on torch tensors, on the device they are on.
 - :class:`Whitening`: PCA whitening (with optional dimension reduction) fitted in float64.
 - :func:`l2_normalize`, :func:`nmi`: small helpers of the DeepCluster loop.
 - :func:`silhouette`: the exact mean silhouette score in O(chunk^2 + n d) memory instead of O(n^2).
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
 
 import numpy as np
 
 from .deps import require
 from .errors import InputError
 from .progress import Feedback, NullFeedback, SubFeedback, check_canceled
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "DEFAULT_POINTS_PER_CENTROID",
@@ -33,6 +37,7 @@ __all__ = [
     "kmeans",
     "l2_normalize",
     "nearest_centroid",
+    "nearest_centroid_tensor",
     "as_matrix",
 ]
 
@@ -185,6 +190,31 @@ def nearest_centroid(x: Any, centroids: Any, batch: int = 65536,
         raise InputError(f"batch must be at least 1, got {batch}")
     labels, distances = _assign(data, centres, int(batch), feedback or NullFeedback())
     return labels, distances.astype(np.float32)
+
+
+def nearest_centroid_tensor(x: "torch.Tensor", centroids: "torch.Tensor") -> "torch.Tensor":
+    """Index of the nearest centroid (squared L2) of every row of ``x``, on ``x``'s device.
+
+    Hand-written because faiss-cpu cannot search tensors on a GPU, and on the CPU one ``addmm`` + ``argmax``
+    over a block of pixels is about 4x faster than faiss's search plus the copies around it (for the
+    cluster map's few centroids: ``k`` ~ 20, ``d`` ~ 35). ``|x - c|^2 = |x|^2 - 2 (x.c - |c|^2 / 2)`` and
+    ``|x|^2`` is the same for every centroid, so the nearest centroid maximises ``x.c - |c|^2 / 2``; both are
+    first moved by the centroids' mean (distances do not change), so the products stay small and float32 does
+    not cancel far from the origin. Ties within float32 rounding may resolve differently from faiss's.
+
+    Args:
+        x: ``(n, d)`` float32 tensor.
+        centroids: ``(k, d)`` float32 tensor on the same device.
+
+    Returns:
+        ``(n,)`` int64 tensor on ``x``'s device.
+    """
+    if x.ndim != 2 or centroids.ndim != 2 or x.shape[1] != centroids.shape[1]:
+        raise InputError(f"samples {tuple(x.shape)} and centroids {tuple(centroids.shape)} must be (n, d) and (k, d)")
+    centre = centroids.mean(dim=0)
+    centred = centroids - centre
+    half_norms = 0.5 * (centred * centred).sum(dim=1)
+    return ((x - centre) @ centred.T).sub_(half_norms).argmax(dim=1)
 
 
 def kmeans(x: Any, k: int, niter: int = 20, seed: int = 0, nredo: int = 5,

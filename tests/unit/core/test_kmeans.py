@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from satseg_plugin.core.errors import CanceledError, InputError
-from satseg_plugin.core.kmeans import KMeansResult, Whitening, kmeans, l2_normalize, nearest_centroid
+from satseg_plugin.core.kmeans import (
+    KMeansResult,
+    Whitening,
+    kmeans,
+    l2_normalize,
+    nearest_centroid,
+    nearest_centroid_tensor,
+)
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.core.scores import nmi, silhouette
 
@@ -151,6 +158,24 @@ def test_nearest_centroid_is_exact_far_from_the_origin():
     labels, distances = nearest_centroid(x, centroids)
     assert distances[:5].tolist() == [0.0] * 5 and labels[:5].tolist() == list(range(5))
     np.testing.assert_allclose(distances, brute_force(x, centroids)[np.arange(300), labels], rtol=1e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_nearest_centroid_tensor_matches_the_faiss_search(offset):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    x = (offset + rng.normal(size=(5000, 6))).astype(np.float32)
+    centroids = (offset + rng.normal(size=(17, 6))).astype(np.float32)
+    labels = nearest_centroid_tensor(torch.from_numpy(x), torch.from_numpy(centroids))
+    assert labels.dtype == torch.int64 and labels.shape == (5000,)
+    squared = brute_force(x, centroids)
+    expected = squared.argmin(axis=1)
+    differ = labels.numpy() != expected  # any disagreement must be a float32 tie
+    assert differ.mean() < 1e-3
+    np.testing.assert_allclose(squared[differ, labels.numpy()[differ]], squared[differ, expected[differ]],
+                               rtol=1e-4)
+    with pytest.raises(InputError):
+        nearest_centroid_tensor(torch.from_numpy(x), torch.from_numpy(centroids[:, :3]))
 
 
 def test_nearest_centroid_checks_shapes_and_cancels():

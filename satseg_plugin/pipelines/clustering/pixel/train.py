@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
@@ -26,6 +26,9 @@ from ....core.raster import check_georeferencing, crs_units, nodata_pixels, open
 from ....core.scores import nmi
 from ....core.staging import Transaction, stages_outputs
 from .config import ClusterNetConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["ClusterNetConfig", "ClusterTrainResult", "FeatureTransform", "train_clusternet", "IGNORE_INDEX"]
 
@@ -49,6 +52,17 @@ class FeatureTransform:
         """``(n, D)`` features -> ``(n, d)`` float32 k-means inputs."""
         out = self.whitening.apply(features) if self.whitening is not None else np.asarray(features, np.float32)
         return l2_normalize(out) if self.normalize else np.ascontiguousarray(out, np.float32)
+
+    def apply_tensor(self, features: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`apply` on a float32 ``(n, D)`` tensor, on its device (same arithmetic: whitening, then L2
+        with the same ``eps``)."""
+        torch = require("torch")
+        out = features
+        if self.whitening is not None:
+            mean, matrix = (torch.as_tensor(v, dtype=torch.float32, device=features.device)
+                            for v in (self.whitening.mean, self.whitening.matrix))
+            out = (out - mean) @ matrix.T
+        return torch.nn.functional.normalize(out, dim=1, eps=1e-12) if self.normalize else out
 
     def tensors(self) -> Dict[str, np.ndarray]:
         """The arrays stored in the model file (``extra.*``)."""
