@@ -13,17 +13,20 @@ is given, every row of the band above ``r0`` has been given).
   for D = 32..64 feature channels; the ramp carries only the ``D x 2 half x band`` rows where tile rows
   meet, and removes the seams that taking each pixel from one tile leaves in deep features.
 
-Both are pure numpy on the host; a later GPU blend only has to keep these semantics.
+Both run in numpy on the host. :class:`HannBlend` can also keep its accumulators on the model's GPU
+(``HannBlend(tile, device)``): the tiles' outputs then never leave the device, and only finished rows are
+copied back (issue 16: on an H200 the host's blending was a third of ``segment_raster``'s time).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 from rasterio.windows import Window
 
+from ..deps import require
 from .grid import Span, TileGrid
 
 __all__ = ["Block", "hann_window", "ramp_weights", "HannBlend", "RampBlend"]
@@ -63,24 +66,75 @@ def ramp_weights(half: int) -> np.ndarray:
     return (np.arange(2 * half, dtype=np.float32) + 0.5) / max(2 * half, 1)
 
 
-class _HannBand:
-    """Weighted accumulators of one column band for the rows of one tile, emitted when a tile row starts."""
+class _NumpyArrays:
+    """The array operations a Hann band needs, on the host (numpy)."""
 
-    def __init__(self, weight: np.ndarray, grid: TileGrid, band: Tuple[int, int]) -> None:
-        self.weight, self.band = weight, band
+    def zeros(self, shape: Tuple[int, ...], dtype: str) -> np.ndarray:
+        return np.zeros(shape, dtype)
+
+    def flags(self, empty: np.ndarray) -> np.ndarray:
+        return empty
+
+    def host(self, array: np.ndarray) -> np.ndarray:
+        return array
+
+    def at_least(self, array: np.ndarray, low: float) -> np.ndarray:
+        return np.maximum(array, low)
+
+    def shift_up(self, buf: np.ndarray, rows: int) -> None:
+        """Move rows ``rows..`` of axis 1 to the top and zero the rest (numpy copies overlaps safely)."""
+        keep = buf.shape[1] - rows
+        buf[:, :keep] = buf[:, rows:]
+        buf[:, keep:] = 0
+
+
+class _TorchArrays:
+    """The same operations on torch tensors on ``device`` (tile outputs arrive there; rows leave finished)."""
+
+    def __init__(self, device: Any) -> None:
+        self.torch = require("torch")
+        self.device = device
+
+    def zeros(self, shape: Tuple[int, ...], dtype: str) -> "Any":
+        return self.torch.zeros(shape, dtype=getattr(self.torch, dtype), device=self.device)
+
+    def flags(self, empty: np.ndarray) -> "Any":
+        return self.torch.from_numpy(np.ascontiguousarray(empty)).to(self.device, non_blocking=True)
+
+    def host(self, tensor: "Any") -> np.ndarray:
+        return tensor.cpu().numpy()
+
+    def at_least(self, tensor: "Any", low: float) -> "Any":
+        return tensor.clamp_min(low)
+
+    def shift_up(self, buf: "Any", rows: int) -> None:
+        keep = buf.shape[1] - rows
+        buf[:, :keep] = buf[:, rows:].clone()  # torch leaves overlapping in-place copies undefined
+        buf[:, keep:] = 0
+
+
+class _HannBand:
+    """Weighted accumulators of one column band for the rows of one tile, emitted when a tile row starts.
+
+    The accumulators live where ``arrays`` keeps them (host or GPU); tile outputs must be there too, and
+    emitted blocks are always numpy.
+    """
+
+    def __init__(self, weight: Any, grid: TileGrid, band: Tuple[int, int], arrays: Any) -> None:
+        self.weight, self.band, self.arrays = weight, band, arrays
         self.c0, self.width = band[0], band[1] - band[0]
         self.y0, self.y1 = int(grid.region.row_off), int(grid.region.row_off + grid.region.height)
         self.rows = grid.tile
         self.base = self.y0  # raster row of buffer row 0; moves down as rows are emitted
-        self.acc: Optional[np.ndarray] = None
-        self.wsum = np.zeros((self.rows, self.width), np.float32)
-        self.invalid = np.zeros((self.rows, self.width), bool)
+        self.acc: Any = None
+        self.wsum = arrays.zeros((self.rows, self.width), "float32")
+        self.invalid = arrays.zeros((self.rows, self.width), "bool")
 
     def start_row(self, row: Span) -> List[Block]:
         """Rows above the tile row are final."""
         return self._emit(row.origin)
 
-    def add(self, row: Span, col: Span, values: np.ndarray, empty: np.ndarray) -> List[Block]:
+    def add(self, row: Span, col: Span, values: Any, empty: np.ndarray) -> List[Block]:
         """Add a tile's outputs ``(D, T, T)`` at raster ``col.origin, row.origin``."""
         x, y = col.origin, row.origin
         r0, r1 = max(y, self.base), min(y + self.rows, self.y1)
@@ -88,12 +142,12 @@ class _HannBand:
         if r1 <= r0 or c1 <= c0:
             return []
         if self.acc is None:
-            self.acc = np.zeros((values.shape[0], self.rows, self.width), np.float32)
+            self.acc = self.arrays.zeros((values.shape[0], self.rows, self.width), "float32")
         w = self.weight[r0 - y:r1 - y, c0 - x:c1 - x]
         rows, cols = slice(r0 - self.base, r1 - self.base), slice(c0 - self.c0, c1 - self.c0)
         self.acc[:, rows, cols] += values[:, r0 - y:r1 - y, c0 - x:c1 - x] * w
         self.wsum[rows, cols] += w
-        self.invalid[rows, cols] |= empty[r0 - y:r1 - y, c0 - x:c1 - x]
+        self.invalid[rows, cols] |= self.arrays.flags(empty[r0 - y:r1 - y, c0 - x:c1 - x])
         return []
 
     def end_row(self, row: Span) -> List[Block]:
@@ -106,26 +160,39 @@ class _HannBand:
         rows = min(upto, self.y1) - self.base
         if rows <= 0 or self.acc is None:
             return []
-        values = self.acc[:, :rows] / np.maximum(self.wsum[:rows], 1e-12)
-        empty = self.invalid[:rows] | (self.wsum[:rows] == 0)
+        arrays = self.arrays
+        values = arrays.host(self.acc[:, :rows] / arrays.at_least(self.wsum[:rows], 1e-12))
+        empty = arrays.host(self.invalid[:rows] | (self.wsum[:rows] == 0))
         block = Block(self.base, self.base + rows, self.c0, self.c0 + self.width, values, empty, self.band)
-        keep = self.rows - rows
-        for buf in (self.acc[:], self.wsum[None], self.invalid[None]):
-            buf[:, :keep] = buf[:, rows:]
-            buf[:, keep:] = 0
+        for buf in (self.acc, self.wsum[None], self.invalid[None]):
+            arrays.shift_up(buf, rows)
         self.base += rows
         return [block]
 
 
 class HannBlend:
-    """Hann-weighted mean of every tile holding a pixel (use with :func:`~.grid.hann_grid`)."""
+    """Hann-weighted mean of every tile holding a pixel (use with :func:`~.grid.hann_grid`).
 
-    def __init__(self, tile: int) -> None:
-        self.weight = hann_window(tile)
+    Args:
+        tile: the tile side.
+        device: None (default): accumulate on the host, tile outputs are numpy arrays. A ``torch.device``:
+            accumulate there; tile outputs must then be ``(D, T, T)`` float32 tensors on that device (the
+            model's outputs, never copied to the host), and finished blocks come back as numpy.
+    """
+
+    def __init__(self, tile: int, device: Any = None) -> None:
+        self.arrays = _NumpyArrays() if device is None else _TorchArrays(device)
+        weight = hann_window(tile)
+        self.weight = weight if device is None else self.arrays.torch.from_numpy(weight).to(device)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether tile outputs must be tensors on the device (not numpy arrays)."""
+        return not isinstance(self.arrays, _NumpyArrays)
 
     def band(self, grid: TileGrid, band: Tuple[int, int]) -> _HannBand:
         """The blender of one column band."""
-        return _HannBand(self.weight, grid, band)
+        return _HannBand(self.weight, grid, band, self.arrays)
 
 
 class _RampBand:

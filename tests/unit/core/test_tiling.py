@@ -221,6 +221,29 @@ def test_hann_sweep_gives_back_a_field_every_tile_agrees_on(band_columns):
     np.testing.assert_array_equal(empty, (y >= 40) & (y < 50) & (x >= 60) & (x < 70))
 
 
+@pytest.mark.parametrize("band_columns", [1000, 50])
+def test_hann_blend_on_a_device_gives_the_host_blend(band_columns):
+    """Accumulators kept as torch tensors (on a GPU in use; here the CPU) give the numpy blend's blocks: the
+    tile outputs stay tensors, only finished blocks come back as numpy."""
+    torch = pytest.importorskip("torch")
+    grid = hann_grid(Window(5, 3, 140, 90), 120, 160, 32, 8)
+    rng = np.random.default_rng(0)
+    noise = rng.random((1, 120, 160), dtype=np.float32)
+    reader = FieldReader(32, empty_at=lambda y, x: (y >= 40) & (y < 50) & (x >= 60) & (x < 70))
+
+    def predict(raw):  # a different value per tile and pixel, so every weight matters
+        y, x = raw[:, 0, 0, 0].astype(int), raw[:, 1, 0, 0].astype(int)
+        return np.stack([np.pad(noise, ((0, 0), (0, 32), (0, 32)))[:, a:a + 32, b:b + 32] + i
+                         for i, (a, b) in enumerate(zip(y, x))]).astype(np.float32)
+
+    host = assemble(grid, HannBlend(32), predict, band_columns, reader)
+    blend = HannBlend(32, torch.device("cpu"))
+    assert blend.on_device and not HannBlend(32).on_device
+    on_device = assemble(grid, blend, lambda raw: torch.from_numpy(predict(raw)), band_columns, reader)
+    np.testing.assert_allclose(on_device[0], host[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(on_device[1], host[1])
+
+
 def test_ramp_sweep_blends_linearly_across_core_borders():
     """Each tile predicts its own origin: cores give it back, ramps go linearly from one tile's to the next's."""
     grid = ramp_grid(Window(0, 0, 200, 60), 60, 200, 64, 16)
