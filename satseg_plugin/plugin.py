@@ -3,6 +3,7 @@ purpose: the dock (``ui.dock``) is imported only when it is first opened."""
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 from qgis.core import QgsApplication
@@ -10,10 +11,16 @@ from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
 
-from .processing.base import ICON_PATH
+from .processing.base import GROUPS, ICON_PATH
 from .processing.provider import ALGORITHMS, SatSegProvider
 
-__all__ = ["SatSegPlugin"]
+__all__ = ["SatSegPlugin", "group_icon_path"]
+
+
+def group_icon_path(group_id: str) -> str:
+    """The icon of a pipeline (``resources/icons/<group id>.svg``), SatSeg's own icon when it has none."""
+    path = os.path.join(os.path.dirname(ICON_PATH), f"{group_id}.svg")
+    return path if os.path.exists(path) else ICON_PATH
 
 
 def tr(text: str) -> str:
@@ -62,17 +69,38 @@ class SatSegPlugin:
         self.menu.addAction(self.dock_action)
         self.menu.addSeparator()
         self.actions.append(self.dock_action)
-        self.toolbar = QToolBar(tr("SatSeg"), main_window)
-        self.toolbar.setObjectName("mSatSegToolBar")
-        self.toolbar.addAction(self.dock_action)
-        main_window.addToolBar(self.toolbar)
-        for algorithm_class in ALGORITHMS:
-            alg = algorithm_class()
-            action = QAction(QIcon(ICON_PATH), alg.displayName() + "…", self.iface.mainWindow())
-            action.setObjectName(f"mActionSatSeg_{alg.name()}")
-            action.triggered.connect(lambda _checked=False, alg_id=f"satseg:{alg.name()}": self.open_algorithm(alg_id))
-            self.menu.addAction(action)
-            self.actions.append(action)
+        if hasattr(self.iface, "addToolBarIcon"):
+            # QGIS desktop: one button in QGIS's Plugins toolbar, not a toolbar row of its own for one button.
+            self.iface.addToolBarIcon(self.dock_action)
+        else:
+            self.toolbar = QToolBar(tr("SatSeg"), main_window)
+            self.toolbar.setObjectName("mSatSegToolBar")
+            self.toolbar.addAction(self.dock_action)
+            main_window.addToolBar(self.toolbar)
+        # The algorithms grouped as in the Processing toolbox: a header with the pipeline's icon, then its tools
+        # (the same icon). Not submenus: a tool stays one click away, where scripts and tests find it.
+        algorithms = sorted((a() for a in ALGORITHMS), key=lambda alg: alg.displayName())
+        for group_id, name in GROUPS.items():
+            members = [alg for alg in algorithms if alg.groupId() == group_id]
+            if not members:
+                continue
+            icon = QIcon(group_icon_path(group_id))
+            header = QAction(icon, tr(name), main_window)
+            header.setObjectName(f"mActionSatSegGroup_{group_id}")
+            header.setEnabled(False)
+            font = header.font()
+            font.setBold(True)
+            header.setFont(font)
+            self.menu.addSeparator()
+            self.menu.addAction(header)
+            self.actions.append(header)
+            for alg in members:
+                action = QAction(icon, alg.displayName() + "…", main_window)
+                action.setObjectName(f"mActionSatSeg_{alg.name()}")
+                action.triggered.connect(
+                    lambda _checked=False, alg_id=f"satseg:{alg.name()}": self.open_algorithm(alg_id))
+                self.menu.addAction(action)
+                self.actions.append(action)
         self.menu.addSeparator()
         install = QAction(tr("Install Python packages…"), self.iface.mainWindow())
         install.setObjectName("mActionSatSegInstall")
@@ -97,6 +125,11 @@ class SatSegPlugin:
 
             self.dock = SatSegDock(self.iface, parent=self.iface.mainWindow())
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            main_window = self.iface.mainWindow()
+            if hasattr(main_window, "resizeDocks"):  # open at a width that leaves the map its room
+                from .ui.dock import DOCK_WIDTH
+
+                main_window.resizeDocks([self.dock], [DOCK_WIDTH], Qt.Horizontal)
             # From now on the dock keeps the action's check state and answers it.
             self.dock_action.triggered.disconnect(self.show_dock)
             self.dock.setToggleVisibilityAction(self.dock_action)
@@ -132,6 +165,8 @@ class SatSegPlugin:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
+        if self.dock_action is not None and hasattr(self.iface, "removeToolBarIcon"):
+            self.iface.removeToolBarIcon(self.dock_action)
         if self.toolbar is not None:
             self.toolbar.parent().removeToolBar(self.toolbar)
             self.toolbar.setParent(None)  # Python owns it again: deleted now, not at interpreter exit

@@ -22,14 +22,18 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from qgis.core import (
     QgsApplication,
+    QgsCoordinateTransformContext,
+    QgsDatumTransform,
     QgsMapLayer,
     QgsMapRendererParallelJob,
     QgsMapSettings,
+    QgsMapThemeCollection,
     QgsProcessingContext,
     QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
+    QgsReferencedRectangle,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QSize, QVariant
@@ -76,9 +80,9 @@ class Demo:
         if not layer.isValid():
             raise RuntimeError(f"demo layer {layer.name()} is not valid: {layer.source()}")
         if style:
-            from satseg_plugin.processing.styling import style_path
+            from satseg_plugin.processing.styling import load_style
 
-            layer.loadNamedStyle(style_path(style))
+            load_style(layer, style)  # the bundled style, with a legend that matches the map
         self.project.addMapLayer(layer)
         if main_view:
             self.layers.insert(0, layer)
@@ -404,13 +408,75 @@ def _population_ramp(layer: QgsRasterLayer) -> None:
     from qgis.core import QgsColorRampShader, QgsRasterShader, QgsSingleBandPseudoColorRenderer, QgsStyle
 
     with rasterio.open(layer.source()) as src:
-        top = float(np.nanpercentile(src.read(1, masked=True).filled(np.nan), 99.5))
+        values = src.read(1, masked=True).astype("float64").filled(np.nan)
+    finite = values[np.isfinite(values)]  # nodata and NaN out: a NaN top gave the legend "nan ... nan"
+    top = float(np.percentile(finite, 99.5)) if finite.size else 1.0
+    top = top if top > 0 else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
     ramp = QgsStyle().defaultStyle().colorRamp("Reds")
     shader = QgsColorRampShader(0.0, top, ramp, QgsColorRampShader.Interpolated)
     shader.classifyColorRamp(5, -1)
-    raster_shader = QgsRasterShader()
+    raster_shader = QgsRasterShader(0.0, top)
     raster_shader.setRasterShaderFunction(shader)
-    layer.setRenderer(QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader))
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, raster_shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(top)
+    layer.setRenderer(renderer)
+
+
+#: Layer-tree groups (unticked) and map themes of the views beside the main map, by PNG name.
+VIEW_TITLES = {"clusters.png": "Pixel clusters", "scene_clusters.png": "Scene clusters",
+               "population.png": "Population tracking (own area, EPSG:3035)"}
+
+
+def organise_project(demo: Demo) -> QgsRectangle:
+    """Make demo.qgz open well in a fresh QGIS profile (issue 18): each view beside the main map in its own
+    unticked group (layers top first, results above their backgrounds) and map theme; the main map's extent
+    saved as the project's view and full extent (the population layers lie far away in another CRS); and one
+    coordinate operation fixed per CRS pair, so QGIS asks no "Select Transformation" question. Returns the
+    main map's extent (project CRS)."""
+    project, root = demo.project, demo.project.layerTreeRoot()
+    themes = project.mapThemeCollection()
+
+    def theme(name: str, layers: List[QgsMapLayer]) -> None:
+        record = QgsMapThemeCollection.MapThemeRecord()
+        record.setLayerRecords([QgsMapThemeCollection.MapThemeLayerRecord(layer) for layer in layers])
+        themes.insert(name, record)
+
+    def move(layers: List[QgsMapLayer], parent) -> None:
+        """Put the nodes of ``layers`` (top first) into ``parent``, in that order, at its top."""
+        for index, layer in enumerate(layers):
+            node = root.findLayer(layer.id())
+            clone = node.clone()
+            parent.insertChildNode(index, clone)
+            node.parent().removeChildNode(node)
+
+    for index, (name, layers) in enumerate(demo.views.items()):
+        group = root.insertGroup(index, VIEW_TITLES.get(name, name[:-4]))
+        move(layers, group)
+        for layer in layers:
+            group.findLayer(layer.id()).setItemVisibilityChecked(True)
+        group.setItemVisibilityChecked(False)
+        group.setExpanded(False)
+        theme(VIEW_TITLES.get(name, name[:-4]), layers)
+    move(demo.layers, root)
+    if demo.layers:
+        theme("Main map", demo.layers)
+    context = QgsCoordinateTransformContext(project.transformContext())
+    for layer in project.mapLayers().values():
+        source, target = layer.crs(), project.crs()
+        if source.isValid() and source != target:
+            operations = [op for op in QgsDatumTransform.operations(source, target) if op.isAvailable]
+            if len(operations) > 1:  # QGIS would ask which one; take the one it lists first (its preferred)
+                context.addCoordinateOperation(source, target, operations[0].proj)
+    project.setTransformContext(context)
+    extent = QgsRectangle()
+    for layer in demo.layers:
+        extent.combineExtentWith(layer.extent() if layer.crs() == project.crs() else QgsRectangle())
+    if not extent.isEmpty():
+        extent.grow(extent.width() * 0.02)
+        project.viewSettings().setDefaultViewExtent(QgsReferencedRectangle(extent, project.crs()))
+        project.viewSettings().setPresetFullExtent(QgsReferencedRectangle(extent, project.crs()))
+    return extent
 
 
 STEPS: List[Callable[[Demo], None]] = [step_sample_data, step_patching, step_segmentation, step_clustering,
@@ -436,6 +502,21 @@ def render(layers: List[QgsMapLayer], png: str, size: int = 1400) -> None:
         raise RuntimeError(f"could not write {png}")
 
 
+def use_an_installed_font(app: QgsApplication) -> None:
+    """Offscreen Qt's default font is "DejaVu LGC Sans", a name the font database does not hold; labels styled
+    here would carry it into demo.qgz and QGIS desktop would warn that the font is missing. Use an installed
+    sans-serif family instead."""
+    from qgis.PyQt.QtGui import QFont, QFontDatabase
+
+    families = set(QFontDatabase().families())
+    if app.font().family() in families:
+        return
+    for family in ("DejaVu Sans", "Liberation Sans", "Noto Sans", "FreeSans", "Arial"):
+        if family in families:
+            app.setFont(QFont(family, app.font().pointSize()))
+            return
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "demo_out"))
@@ -444,6 +525,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     app = QgsApplication([], False)
     app.initQgis()
+    use_an_installed_font(app)
     from processing.core.Processing import Processing
 
     Processing.initialize()
@@ -462,6 +544,7 @@ def main(argv=None) -> int:
         print(f"[demo]   done in {time.time() - started:.1f} s")
     any_layers = demo.layers or next(iter(demo.views.values()))
     demo.project.setCrs(any_layers[-1].crs())
+    organise_project(demo)
     project_file = demo.path("demo.qgz")
     demo.project.write(project_file)
     if demo.layers:

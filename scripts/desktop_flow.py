@@ -19,7 +19,7 @@ import traceback
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsRectangle, QgsRenderContext, QgsVectorLayer
 from qgis.PyQt.QtCore import QPoint, Qt, QTimer
 from qgis.PyQt.QtTest import QTest
-from qgis.PyQt.QtWidgets import QAction, QToolBar
+from qgis.PyQt.QtWidgets import QAction
 from qgis.utils import iface, plugins
 
 SCENE = os.environ["SATSEG_FLOW_SCENE"]
@@ -105,7 +105,7 @@ def open_dock():
     iface.mainWindow().showMaximized()
     action = iface.mainWindow().findChild(QAction, "mActionSatSegDock")
     report["dock_action"] = action is not None
-    toolbar = iface.mainWindow().findChild(QToolBar, "mSatSegToolBar")
+    toolbar = iface.pluginToolBar()  # the panel's button sits in QGIS's Plugins toolbar, not a row of its own
     report["toolbar"] = toolbar is not None and action in toolbar.actions()
     toolbar.widgetForAction(action).click()  # the toolbar button, as a user would
     dock = plugins["satseg_plugin"].dock

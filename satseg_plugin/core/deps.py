@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .errors import MissingDependencyError
 
-__all__ = ["Package", "PACKAGES", "PIP_NAMES", "DEPS_DIR_ENV", "require", "python_interpreter",
+__all__ = ["Package", "PACKAGES", "OPTIONAL_PACKAGES", "ALL_PACKAGES", "PIP_NAMES", "DEPS_DIR_ENV", "require", "python_interpreter",
            "install_command", "missing_packages", "find_missing", "package_for", "deps_dir",
            "activate_deps_dir", "block_crashing_imports", "setup_imports", "CRASHING_IMPORTS"]
 
@@ -36,12 +36,14 @@ class Package:
         requirement: the requirement the installer asks pip for, pinned as SatSeg was tested
             (``requirements.txt``).
         purpose: what SatSeg uses it for, shown to users who are asked to install it.
+        optional: the tools work without it (:data:`OPTIONAL_PACKAGES`); the installer offers it unticked.
     """
 
     module: str
     pip_name: str
     requirement: str
     purpose: str
+    optional: bool = False
 
     @property
     def project(self) -> str:
@@ -72,7 +74,22 @@ PACKAGES: Tuple[Package, ...] = (
     Package("matplotlib", "matplotlib", "matplotlib", "training curves and silhouette plots"),
 )
 
-#: Import name -> the name pip installs, with the version constraint SatSeg was tested with.
+#: Packages some options use and every tool works without (requirements.txt lists them under "optional"):
+#: the installer offers them unticked, the diagnostics list them as optional, :func:`require` names them.
+OPTIONAL_PACKAGES: Tuple[Package, ...] = (
+    Package("dask", "dask[distributed]", "dask[distributed]",
+            "the Dask scheduler: spreading tiled sweeps over local or remote workers", optional=True),
+    Package("distributed", "dask[distributed]", "dask[distributed]",
+            "the Dask scheduler's workers (comes with dask[distributed])", optional=True),
+    Package("onnx", "onnx", "onnx", "exporting models to ONNX (for Deepness and other tools)", optional=True),
+    Package("onnxruntime", "onnxruntime", "onnxruntime", "running ONNX models (.onnx) in Segment raster",
+            optional=True),
+)
+#: Required packages first, then the optional ones.
+ALL_PACKAGES: Tuple[Package, ...] = PACKAGES + OPTIONAL_PACKAGES
+
+#: Import name -> the name pip installs, with the version constraint SatSeg was tested with (required packages;
+#: :func:`package_for` knows the optional ones too).
 PIP_NAMES: Dict[str, str] = {package.module: package.pip_name for package in PACKAGES}
 
 #: Environment variable naming the folder the installer writes to and SatSeg imports from (overrides
@@ -93,9 +110,9 @@ _PTH_DONE: Set[str] = set()
 
 
 def package_for(module: str) -> Optional[Package]:
-    """The :data:`PACKAGES` entry of import name ``module`` (or of its top-level package), or None."""
+    """The :data:`ALL_PACKAGES` entry of import name ``module`` (or of its top-level package), or None."""
     top = module.split(".")[0]
-    return next((package for package in PACKAGES if package.module == top), None)
+    return next((package for package in ALL_PACKAGES if package.module == top), None)
 
 
 def _inside_this_python(path: str) -> bool:
@@ -131,7 +148,7 @@ def python_interpreter() -> str:
 
 def install_command(package: str) -> str:
     """The shell command that installs ``package`` for the running interpreter."""
-    spec = package if not any(c in package for c in "<>=") else f'"{package}"'
+    spec = package if not any(c in package for c in "<>=[ ") else f'"{package}"'
     return f"{python_interpreter()} -m pip install --user {spec}"
 
 
@@ -147,8 +164,8 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        package = PIP_NAMES.get(top, top)
+        known = package_for(module)
+        package = known.pip_name if known is not None else module.split(".")[0]
         raise MissingDependencyError(package, install_command(package), str(exc)) from exc
 
 

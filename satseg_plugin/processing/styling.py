@@ -5,10 +5,27 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, List
 
-from qgis.core import QgsMapLayer, QgsProcessingContext, QgsProcessingFeedback, QgsProcessingLayerPostProcessorInterface
+from qgis.core import (
+    NULL,
+    QgsCategorizedSymbolRenderer,
+    QgsClassificationEqualInterval,
+    QgsGraduatedSymbolRenderer,
+    QgsMapLayer,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProperty,
+    QgsRendererCategory,
+    QgsStyle,
+    QgsSymbolLayer,
+)
+from qgis.PyQt.QtGui import QColor
 
 __all__ = ["STYLE_DIR", "style_path", "apply_style_on_load", "apply_palette_on_load", "palette_renderer", "id_renderer",
-           "load_raster_on_completion"]
+           "load_raster_on_completion", "load_style", "legend_renderer", "MAX_LEGEND_IDS"]
+
+#: Above this many communities (tracks) the legend keeps one entry ("colour = track") instead of one per id.
+MAX_LEGEND_IDS = 60
 
 STYLE_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "styles")
 
@@ -49,13 +66,81 @@ def _style_on_load(context: QgsProcessingContext, layer_id: str, style, name: st
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_PostProcessor(style, name))
 
 
+def _hue_colour(value: int, alpha: int) -> QColor:
+    """The colour communities.qml's expression gives id ``value`` (golden-angle hues)."""
+    return QColor.fromHslF(((value * 137.508) % 360) / 360.0, 0.70, 0.55, alpha / 255.0)
+
+
+def _without_colour_expression(symbol):
+    """A copy of ``symbol`` whose symbol layers no longer take their colour from an expression."""
+    symbol = symbol.clone()
+    for index in range(symbol.symbolLayerCount()):
+        properties = symbol.symbolLayer(index).dataDefinedProperties()
+        for key in (QgsSymbolLayer.PropertyFillColor, QgsSymbolLayer.PropertyStrokeColor):
+            properties.setProperty(key, QgsProperty())
+    return symbol
+
+
+def legend_renderer(layer: QgsMapLayer, style: str):
+    """A renderer drawing ``layer`` as bundled style ``style`` does, but with a legend that shows what the map
+    shows (None when the style's own legend already does). The styles colour by expression, which a legend
+    shows as one square; here:
+
+    * ``communities``: one category per track (or community) id, in the colour the map gives it (up to
+      :data:`MAX_LEGEND_IDS` ids);
+    * ``flow_arrows``: five magnitude classes on the Viridis ramp, as the map colours the arrows.
+    """
+    renderer = layer.renderer() if hasattr(layer, "renderer") else None
+    if renderer is None or renderer.type() != "singleSymbol":
+        return None
+    if style == "communities":
+        tracked = layer.fields().lookupField("track_id") >= 0
+        id_fields = ["track_id", "segment_id"] if tracked else ["segment_id"]
+        expression = "coalesce({}, 0)".format(", ".join(f'"{name}"' for name in id_fields))
+        values = set()
+        for feature in layer.getFeatures():
+            ids = [feature.attribute(name) for name in id_fields]
+            values.add(int(next((v for v in ids if v not in (None, NULL)), 0)))
+        if not values or len(values) > MAX_LEGEND_IDS:
+            return None
+        values = sorted(values)
+        base = _without_colour_expression(renderer.symbol())
+        alpha = 150
+        label = "track {}" if tracked else "community {}"
+        categories = []
+        for value in values:
+            symbol = base.clone()
+            symbol.setColor(_hue_colour(value, alpha))
+            categories.append(QgsRendererCategory(value, symbol, label.format(value)))
+        return QgsCategorizedSymbolRenderer(expression, categories)
+    if style == "flow_arrows" and layer.fields().lookupField("magnitude") >= 0:
+        graduated = QgsGraduatedSymbolRenderer("magnitude")
+        graduated.setSourceSymbol(_without_colour_expression(renderer.symbol()))
+        graduated.setSourceColorRamp(QgsStyle.defaultStyle().colorRamp("Viridis"))
+        graduated.setClassificationMethod(QgsClassificationEqualInterval())
+        graduated.updateClasses(layer, 5)
+        graduated.updateColorRamp(QgsStyle.defaultStyle().colorRamp("Viridis"))
+        return graduated if graduated.ranges() else None
+    return None
+
+
+def load_style(layer: QgsMapLayer, style: str) -> bool:
+    """Style ``layer`` with bundled style ``style`` and a legend that matches the map (:func:`legend_renderer`).
+    Returns False when the style could not be read."""
+    _msg, ok = layer.loadNamedStyle(style_path(style))
+    if ok:
+        renderer = legend_renderer(layer, style)
+        if renderer is not None:
+            layer.setRenderer(renderer)
+    return ok
+
+
 def apply_style_on_load(context: QgsProcessingContext, layer_id: str, style: str, name: str = "") -> None:
     """Style output ``layer_id`` with bundled style ``style`` when Processing loads it on completion."""
     qml = style_path(style)
 
     def load_qml(layer: QgsMapLayer, feedback: QgsProcessingFeedback) -> None:
-        _msg, ok = layer.loadNamedStyle(qml)
-        if not ok:
+        if not load_style(layer, style):
             feedback.pushWarning(f"Could not apply style {os.path.basename(qml)} to {layer.name()}.")
 
     _style_on_load(context, layer_id, load_qml, name)
@@ -134,8 +219,6 @@ def apply_annotation_style_on_load(context: QgsProcessingContext, layer_id: str,
 def id_renderer(layer):
     """A paletted renderer with a distinct colour (golden-angle hues) for every non-zero value of band 1."""
     from qgis.core import QgsPalettedRasterRenderer
-    from qgis.PyQt.QtGui import QColor
-
     classes = []
     for item in QgsPalettedRasterRenderer.classDataFromRaster(layer.dataProvider(), 1):
         value = int(item.value)

@@ -7,10 +7,10 @@ import platform
 import sys
 from typing import Dict, List, Tuple
 
-from ..core.deps import PIP_NAMES, install_command, python_interpreter
+from ..core.deps import OPTIONAL_PACKAGES, PIP_NAMES, install_command, python_interpreter
 from ..core.version import __version__
 
-__all__ = ["package_report", "environment_report"]
+__all__ = ["package_report", "optional_package_report", "environment_report"]
 
 
 def package_report() -> List[Tuple[str, str, str]]:
@@ -22,6 +22,20 @@ def package_report() -> List[Tuple[str, str, str]]:
             rows.append((pip_name, str(version), ""))
         except ImportError:
             rows.append((pip_name, "missing", install_command(pip_name)))
+    return rows
+
+
+def optional_package_report() -> List[Tuple[str, str, str]]:
+    """``(import name, version or 'not installed (optional: ...)', install command or '')`` for each optional
+    package (:data:`~..core.deps.OPTIONAL_PACKAGES`); a missing one is never an error."""
+    rows = []
+    for package in OPTIONAL_PACKAGES:
+        try:
+            version = getattr(importlib.import_module(package.module), "__version__", "installed")
+            rows.append((package.module, str(version), ""))
+        except ImportError:
+            rows.append((package.module, f"not installed (optional: {package.purpose})",
+                         install_command(package.pip_name)))
     return rows
 
 

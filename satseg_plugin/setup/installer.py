@@ -211,8 +211,14 @@ class InstallPlan:
 
     @property
     def torch_index(self) -> Optional[str]:
-        """The extra index torch comes from, or None for plain PyPI (and when torch is not installed)."""
-        if self.index_source == "pytorch" and self.installs_torch:
+        """The extra index torch comes from, or None for plain PyPI (and when torch is not installed).
+
+        "CPU only" on Linux takes PyTorch's CPU index even with "PyPI": PyPI's Linux torch is the 3 GB CUDA
+        build, and the CPU index's ``+cpu`` wheels rank above it for the same pin (PEP 440 local versions).
+        """
+        if not self.installs_torch:
+            return None
+        if self.index_source == "pytorch" or (self.build == "cpu" and sys.platform.startswith("linux")):
             return torch_index_url(self.build)
         return None
 
@@ -370,11 +376,10 @@ def make_plan(target: str, build: str = "cpu", index_source: str = "pypi",
                        missing=missing, requirements=tuple(requirements), constraints=tuple(constraints),
                        build=build, index_source=index_source, source_builds=source_builds,
                        outdated=tuple(outdated), warnings=tuple(warnings))
-    if plan.installs_torch and index_source == "pypi" and sys.platform.startswith("linux"):
-        note = ("torch from PyPI is the CUDA build on Linux (about 3 GB with its NVIDIA libraries; it runs on the "
-                "CPU too). For the small CPU-only build choose PyTorch's index.")
-        if build == "cpu":
-            plan = replace(plan, warnings=plan.warnings + (note,))
+    if plan.installs_torch and index_source == "pypi" and build == "cpu" and sys.platform.startswith("linux"):
+        note = (f"CPU only: torch comes from PyTorch's CPU index ({plan.torch_index}, about 200 MB), not from "
+                "PyPI, whose torch is the CUDA build on Linux (about 3 GB with its NVIDIA libraries).")
+        plan = replace(plan, warnings=plan.warnings + (note,))
     return plan
 
 

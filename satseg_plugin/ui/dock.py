@@ -12,9 +12,12 @@ from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMapCanvas
 from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QKeySequence
 from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QProgressBar,
+    QScrollArea,
     QShortcut,
     QTabWidget,
     QToolButton,
@@ -27,7 +30,10 @@ from .panels.label_clusters import LabelClustersPanel
 from .panels.run_forms import RunPanel
 from .tasks import AlgorithmChain
 
-__all__ = ["SatSegDock", "SETTINGS_RESULTS_DIR"]
+__all__ = ["SatSegDock", "SETTINGS_RESULTS_DIR", "DOCK_WIDTH"]
+
+#: The width the dock opens with (pixels); it never asks for more: its content scrolls instead.
+DOCK_WIDTH = 400
 
 #: QgsSettings key of the results folder.
 SETTINGS_RESULTS_DIR = "SatSeg/results_dir"
@@ -66,6 +72,8 @@ class SatSegDock(QgsDockWidget):
         layout = QVBoxLayout(body)
         self.tabs = QTabWidget(body)
         self.tabs.setObjectName("satsegTabs")
+        self.tabs.setUsesScrollButtons(True)
+        self.tabs.setElideMode(Qt.ElideRight)
         self.annotate = AnnotatePanel(self, body)
         self.label_clusters = LabelClustersPanel(self, body)
         self.run_panel = RunPanel(self, body)
@@ -92,6 +100,9 @@ class SatSegDock(QgsDockWidget):
         status_row.addWidget(self.status, 1)
         self.progress = QProgressBar(body)
         self.progress.setRange(0, 100)
+        self.progress.setObjectName("satsegProgress")
+        self.progress.setFormat("%p %")  # a percentage, not only a busy bar
+        self.progress.setTextVisible(True)
         self.progress.setMaximumWidth(120)
         self.progress.setVisible(False)
         status_row.addWidget(self.progress)
@@ -102,7 +113,19 @@ class SatSegDock(QgsDockWidget):
         self.cancel_button.clicked.connect(self.cancel)
         status_row.addWidget(self.cancel_button)
         layout.addLayout(status_row)
-        self.setWidget(body)
+        # The content scrolls inside the dock: however wide a form or a class name, the dock never asks QGIS's
+        # main window for more width (issue 18: a 1,471 px dock pushed the window off the screen).
+        self.scroll = QScrollArea(self)
+        self.scroll.setObjectName("satsegScroll")
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        self.scroll.setWidget(body)
+        self.scroll.setMinimumWidth(200)
+        self.setWidget(self.scroll)
+        for combo in body.findChildren(QComboBox):  # long layer names must not widen the dock either
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
 
         self.shortcuts = []
         for number in range(1, 10):
@@ -162,9 +185,14 @@ class SatSegDock(QgsDockWidget):
         return [c for c in self.chains if c.running]
 
     def cancel(self) -> None:
-        """Cancel everything SatSeg runs in the background from this dock."""
-        for chain in self.running_chains():
+        """Cancel everything SatSeg runs in the background from this dock; the status says so at once (the step
+        stops at its next check and the chain then reports "canceled")."""
+        running = self.running_chains()
+        for chain in running:
             chain.cancel()
+        if running:
+            self._show_status(self.tr("Canceling…"))
+            self.cancel_button.setEnabled(False)
 
     def _chain_finished(self, chain: AlgorithmChain, ok: bool) -> None:
         running = self.running_chains()

@@ -24,7 +24,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QCoreApplication, QObject, pyqtSignal
 
-__all__ = ["Step", "AlgorithmChain", "load_outputs", "on_map", "algorithm_available"]
+__all__ = ["Step", "AlgorithmChain", "ErrorRecordingFeedback", "load_outputs", "on_map", "algorithm_available"]
 
 
 def tr(text: str) -> str:
@@ -40,6 +40,20 @@ def algorithm_available(algorithm_id: str) -> bool:
 def on_map(path: str, project: Optional[QgsProject] = None) -> QgsProcessingOutputLayerDefinition:
     """An output value that writes ``path`` and adds it to ``project`` when the algorithm ends."""
     return QgsProcessingOutputLayerDefinition(path, project or QgsProject.instance())
+
+
+class ErrorRecordingFeedback(QgsProcessingFeedback):
+    """A Processing feedback that keeps every error it was given, whole: a failure is reported with its cause
+    (a missing package's name and the command that installs it), not only the last line of the log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: List[str] = []
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803 (Qt's names)
+        """Record ``error`` and report it as usual."""
+        self.errors.append(str(error))
+        super().reportError(error, fatalError)
 
 
 @dataclass
@@ -167,7 +181,7 @@ class AlgorithmChain(QObject):
             return
         context = QgsProcessingContext()
         context.setProject(self.project)
-        feedback = QgsProcessingFeedback()
+        feedback = ErrorRecordingFeedback()
         ok, message = algorithm.checkParameterValues(parameters, context)
         if not ok:
             self._fail(tr("{} — {}: {}").format(self.title, algorithm.displayName(), message))
@@ -194,8 +208,10 @@ class AlgorithmChain(QObject):
             if feedback.isCanceled():
                 self._fail(tr("{}: canceled.").format(self.title))
             else:
+                errors = [text.strip() for text in getattr(feedback, "errors", []) if text.strip()]
                 log = [line for line in feedback.textLog().splitlines() if line.strip()]
-                detail = log[-1] if log else tr("see the Log Messages panel (Processing).")
+                detail = ("\n".join(dict.fromkeys(errors)) if errors else log[-1] if log
+                          else tr("see the Log Messages panel (Processing)."))
                 self._fail(tr("{} — {} failed: {}").format(self.title, self._algorithm.displayName(), detail))
             return
         self.results[step.algorithm_id] = dict(results)

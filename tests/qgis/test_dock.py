@@ -648,6 +648,13 @@ def test_plugin_menu_and_toolbar_open_the_dock(qgis_app, session_plugin, canvas)
         assert plugin.menu.actions()[0] is plugin.dock_action
         entries = [a.objectName() for a in plugin.menu.actions()]
         assert "mActionSatSegInstall" in entries and "mActionSatSegAbout" in entries
+        # Grouped as in the toolbox: a header per pipeline (with its icon), then that pipeline's tools.
+        headers = [a for a in plugin.menu.actions() if a.objectName().startswith("mActionSatSegGroup_")]
+        assert [h.text() for h in headers] == ["Patching", "Clustering", "Segmentation", "Population", "Export"]
+        assert all(not h.isEnabled() and not h.icon().isNull() for h in headers)
+        first = {group: entries.index(f"mActionSatSegGroup_{group}") for group in ("segmentation", "population")}
+        for name in ("trainsegmentation", "createannotationlayer"):
+            assert first["segmentation"] < entries.index(f"mActionSatSeg_{name}") < first["population"], name
         assert plugin.toolbar.actions() == [plugin.dock_action] and plugin.dock is None  # created on first use
         plugin.toolbar.widgetForAction(plugin.dock_action).click()
         settle()
@@ -701,3 +708,139 @@ def test_export_form_writes_cog_and_polygons_in_the_background(dock, cluster_lay
     out = QgsVectorLayer(form.written)
     assert out.featureCount() == 1 and out.crs().authid() == "EPSG:4326"
     assert 14 < out.extent().xMinimum() < 16 and 45 < out.extent().yMinimum() < 46  # UTM 33N 500 km E -> 15° E
+
+
+# -- A panel that fits (issue 18) ---------------------------------------------------------------------------------
+
+def _vector(name: str, fields, rows, geometry: str = "Polygon") -> QgsVectorLayer:
+    """A memory layer in the project with text ``fields`` and one small square per row of values."""
+    spec = "&".join(f"field={field}:string" for field in fields)
+    layer = QgsVectorLayer(f"{geometry}?crs={CRS}&{spec}", name, "memory")
+    features = []
+    for i, values in enumerate(rows):
+        feature = QgsFeature(layer.fields())
+        feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(X0 + i, Y0 - 1, X0 + i + 1, Y0)))
+        feature.setAttributes(list(values))
+        features.append(feature)
+    layer.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def test_class_fields_are_picked_only_when_they_look_like_classes(dock):
+    from satseg_plugin.ui.widgets.layer_choice import guess_class_field, looks_like_classes
+
+    assert looks_like_classes(["red", "grey", "red", None]) and not looks_like_classes([])
+    assert not looks_like_classes(["/data/patches/p_0001.tif", "/data/patches/p_0002.tif"])
+    assert not looks_like_classes([f"c{i}" for i in range(31)])
+    sample = _vector("Annotation sample", ["path", "patch_id"], [(f"/tmp/x/p_{i}.tif", str(i)) for i in range(6)])
+    footprints = _vector("Building footprints", ["roof"], [("red",), ("grey",), ("brown",)])
+    drawn = annotation_layer(("building", "other"))
+    named = _vector("classes by name", ["class"], [("water",), ("field",)])
+    assert guess_class_field(sample)[0] == "" and guess_class_field(footprints)[0] == ""
+    assert guess_class_field(drawn) == ("class", "its value list") and guess_class_field(named)[0] == "class"
+    # The Annotate tab offers only layers with a class field, and says what it picked.
+    combo = dock.annotate.layer_combo
+    offered = {combo.layer(i) for i in range(combo.count())} - {None}
+    assert offered == {drawn, named}
+    dock.annotate.set_layer(drawn)
+    assert "'class'" in dock.annotate.field_note.text() and not dock.annotate.start_note.isVisible()
+    # Train + segment: the footprints' roof colours are not taken as classes; the form says so.
+    form = dock.run_panel.train_form
+    form.labels.setLayer(footprints)
+    assert form.class_field.currentField() == "" and "one class" in form.class_field_note.text()
+    form.labels.setLayer(drawn)
+    assert form.class_field.currentField() == "class" and "2 classes" in form.class_field_note.text()
+
+
+def test_empty_state_and_new_layer_classes_follow_the_task(qgis_app, canvas):
+    from satseg_plugin.ui.dock import SatSegDock
+
+    QgsProject.instance().clear()
+    dock = SatSegDock(None, canvas)
+    try:
+        panel = dock.annotate
+        assert panel.layer is None and not panel.start_note.isHidden() and "New…" in panel.start_note.text()
+        assert not dock.label_clusters.start_note.isHidden()
+        assert panel.new_classes.text() == "building, other"  # the Run tab trains building models
+        panel.task_combo.setCurrentIndex(panel.task_combo.findText("Land use"))
+        assert panel.new_classes.text() == "urban, rural, uninhabited"
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
+
+
+def test_cluster_raster_choices_are_integer_single_band_rasters(dock, cluster_layer, tmp_path):
+    probability = QgsRasterLayer(write_raster(str(tmp_path / "p.tif"), np.zeros((1, 8, 8), np.float32)), "prob")
+    rgb = QgsRasterLayer(write_raster(str(tmp_path / "rgb.tif"), np.zeros((3, 8, 8), np.uint8)), "rgb")
+    QgsProject.instance().addMapLayers([probability, rgb])
+    combo = dock.label_clusters.raster_combo
+    offered = {combo.layer(i) for i in range(combo.count())} - {None}
+    assert offered == {cluster_layer}
+
+
+def test_long_class_names_wrap_and_never_widen_the_window(dock):
+    window = dock.parent()
+    window.resize(1200, 700)
+    settle()
+    before = window.size()
+    names = [f"/very/long/path/to/some/patch/file_number_{i}_with_a_long_name.tif" for i in range(6)]
+    dock.annotate.picker.set_classes(names)
+    settle(300)
+    assert window.size() == before
+    assert dock.minimumSizeHint().width() <= 420 and dock.widget().minimumSizeHint().width() <= 420
+    buttons = dock.annotate.picker.group.buttons()
+    assert all("…" in b.text() and b.toolTip().startswith("Class '/very") for b in buttons)
+    assert len({b.y() for b in buttons if b.isVisible()}) > 1  # wrapped onto several rows
+
+
+def test_run_tab_says_when_packages_are_missing(dock, monkeypatch):
+    from satseg_plugin.ui.panels import run_forms
+
+    panel = dock.run_panel
+    monkeypatch.setattr(run_forms, "find_missing", lambda: {"torch": "torch", "affine": "affine<3"})
+    assert panel.refresh_missing() and not panel.missing_note.isHidden() and not panel.install_button.isHidden()
+    assert "affine<3, torch" in panel.missing_note.text()
+    monkeypatch.setattr(run_forms, "find_missing", lambda: {})
+    assert panel.refresh_missing() == {} and panel.missing_note.isHidden() and panel.install_button.isHidden()
+
+
+def test_segment_form_runs_segmentraster_with_a_chosen_model(dock, tmp_path):
+    raster = QgsRasterLayer(write_raster(str(tmp_path / "r.tif"), np.zeros((3, 16, 16), np.uint8)), "scene")
+    QgsProject.instance().addMapLayer(raster)
+    form = dock.run_panel.segment_form
+    form.raster.setLayer(raster)
+    with pytest.raises(ValueError, match="model file"):
+        form.steps(str(tmp_path))
+    model = tmp_path / "model.satseg"
+    model.write_bytes(b"x")
+    form.model.setFilePath(str(model))
+    steps = form.steps(str(tmp_path))
+    assert [s.algorithm_id for s in steps] == ["satseg:segmentraster"]
+    params = steps[0].parameters({})
+    assert params["MODELS"] == [str(model)] and params["INPUT"] == raster.id()
+    assert params["OUTPUT_MASK"].destinationProject is QgsProject.instance()
+
+
+def test_a_failed_run_reports_the_whole_error_and_cancel_says_canceling(dock, tmp_path):
+    from satseg_plugin.ui.tasks import ErrorRecordingFeedback
+
+    feedback = ErrorRecordingFeedback()
+    feedback.reportError("SatSeg needs the Python package 'rasterio' (No module named 'rasterio').\nthen restart.")
+    assert feedback.errors == ["SatSeg needs the Python package 'rasterio' (No module named 'rasterio').\n"
+                               "then restart."]
+    raster = write_raster(str(tmp_path / "big.tif"), np.random.default_rng(1).integers(0, 255, (1, 2048, 2048),
+                                                                                        dtype=np.uint8))
+    from satseg_plugin.ui.tasks import AlgorithmChain, Step
+
+    chain = AlgorithmChain("Many patches", [Step("satseg:patchraster", lambda r: {
+        "INPUT": raster, "PATCH_WIDTH": 8, "PATCH_HEIGHT": 8, "OUTPUT_DIR": str(tmp_path / "p"),
+        "OUTPUT_INDEX": str(tmp_path / "p.gpkg")})])
+    progress = []
+    chain.progressChanged.connect(progress.append)
+    dock.start_chain(chain)
+    assert wait_for(lambda: any(0 < p < 100 for p in progress), 60)
+    assert dock.progress.text().endswith("%")  # a percentage, not only a busy bar
+    dock.cancel()
+    assert dock.status.text() == "Canceling…" and not dock.cancel_button.isEnabled()
+    assert wait_for(lambda: chain.done, 60) and chain.error == "Many patches: canceled."

@@ -218,6 +218,74 @@ def test_diagnostics_dialog_lists_versions_and_opens_the_installer(tmp_path):
     assert out["installer_visible"] and out["installer_target"] == str(tmp_path / "deps")
 
 
+def test_installer_escapes_names_offers_optional_packages_unticked_and_shows_nothing_missing(tmp_path):
+    """Issue 18: "affine<3, ... shapely>=2" read as an HTML tag garbled the message; optional packages (Dask, ONNX)
+    are offered unticked and install only when ticked; with nothing missing there is no empty log or 0 % bar."""
+    out = run_scenario(f"""
+        from satseg_plugin.setup.installer import GpuHint
+        from satseg_plugin.ui.dialogs.installer import InstallerDialog
+        from qgis.PyQt.QtGui import QTextDocument
+        gpu = GpuHint(False, "No NVIDIA GPU found.", "cpu")
+        dialog = InstallerDialog(missing={{"affine": "affine<3", "torch": "torch", "shapely": "shapely>=2"}},
+                                 target={str(tmp_path / 'deps')!r}, gpu=gpu)
+        dialog.show()
+        document = QTextDocument()
+        document.setHtml(dialog.intro.text())
+        OUT["intro_shown"] = document.toPlainText()
+        OUT["optional"] = {{name: [box.isChecked(), box.isEnabled(), box.text()]
+                           for name, box in dialog.optional_checks.items()}}
+        OUT["plan_without"] = list(dialog.plan().requirements)
+        onnx = dialog.optional_checks["onnxruntime"]
+        onnx.setEnabled(True)
+        onnx.setProperty("installed", False)  # as on a machine without onnxruntime
+        onnx.setChecked(True)
+        OUT["plan_with"] = list(dialog.plan().requirements)
+        OUT["command_with"] = dialog.command.toPlainText()
+        empty = InstallerDialog(missing={{}}, target={str(tmp_path / 'deps2')!r}, gpu=gpu)
+        empty.show()
+        app.processEvents()
+        OUT["empty_intro"] = empty.intro.text()
+        OUT["empty_visible"] = [w.isVisible() for w in (empty.log, empty.progress, empty.command)]
+        OUT["empty_install_enabled"] = empty.install_button.isEnabled()
+    """, tmp_path)
+    assert "affine<3, shapely>=2, torch" in out["intro_shown"], out["intro_shown"]
+    assert set(out["optional"]) == {"dask[distributed]", "onnx", "onnxruntime"}
+    assert all(not checked for checked, _enabled, _text in out["optional"].values())  # unticked
+    assert "Dask" in out["optional"]["dask[distributed]"][2]
+    assert not any(req.startswith(("onnx", "dask")) for req in out["plan_without"])
+    assert "onnxruntime" in out["plan_with"] and "onnxruntime" in out["command_with"]
+    assert "Nothing is missing" in out["empty_intro"]
+    assert out["empty_visible"] == [False, False, False] and not out["empty_install_enabled"]
+
+
+def test_diagnostics_show_a_busy_state_and_list_optional_packages(tmp_path):
+    out = run_scenario(f"""
+        import threading
+        from satseg_plugin.ui.dialogs.diagnostics import DiagnosticsDialog, collect_rows
+        release = threading.Event()
+        def slow(folder):
+            release.wait(30)
+            return collect_rows(folder)
+        folder = {str(tmp_path / 'deps')!r}
+        dialog = DiagnosticsDialog(folder=folder, collect=slow)
+        done = []
+        dialog.collected.connect(lambda: done.append(1))
+        dialog.show()
+        app.processEvents()
+        OUT["while_collecting"] = [dialog.busy.isVisible(), dialog.table.isVisible(), dialog.status.text()]
+        release.set()
+        wait_until(lambda: done, 120)
+        OUT["after"] = [dialog.busy.isVisible(), dialog.table.isVisible()]
+        OUT["optional"] = {{item: value for section, item, value in dialog.rows if section == "Optional packages"}}
+        OUT["missing"] = dialog.missing()
+    """, tmp_path, block=("onnxruntime",))
+    assert out["while_collecting"][:2] == [True, False] and out["while_collecting"][2].startswith("Collecting")
+    assert out["after"] == [False, True]
+    assert set(out["optional"]) == {"dask", "distributed", "onnx", "onnxruntime"}
+    assert out["optional"]["onnxruntime"].startswith("not installed (optional")
+    assert "onnxruntime" not in out["missing"]  # an optional package is never reported as missing
+
+
 def test_first_use_offer_in_the_message_bar(tmp_path):
     out = run_scenario("""
         from qgis.core import QgsSettings

@@ -30,7 +30,7 @@
             <Option type="QString" value="0,0" name="offset"/>
             <Option type="QString" value="3x:0,0,0,0,0,0" name="offset_map_unit_scale"/>
             <Option type="QString" value="MM" name="offset_unit"/>
-            <Option type="QString" value="220,20,20,255" name="outline_color"/>
+            <Option type="QString" value="255,0,255,255" name="outline_color"/>
             <Option type="QString" value="solid" name="outline_style"/>
             <Option type="QString" value="0.45" name="outline_width"/>
             <Option type="QString" value="MM" name="outline_width_unit"/>
@@ -42,7 +42,7 @@
           <prop k="offset" v="0,0"/>
           <prop k="offset_map_unit_scale" v="3x:0,0,0,0,0,0"/>
           <prop k="offset_unit" v="MM"/>
-          <prop k="outline_color" v="220,20,20,255"/>
+          <prop k="outline_color" v="255,0,255,255"/>
           <prop k="outline_style" v="solid"/>
           <prop k="outline_width" v="0.45"/>
           <prop k="outline_width_unit" v="MM"/>

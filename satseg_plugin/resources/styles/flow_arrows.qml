@@ -29,7 +29,7 @@
             <Option name="color" value="255,0,0,255" type="QString"/>
             <Option name="horizontal_anchor_point" value="1" type="QString"/>
             <Option name="joinstyle" value="bevel" type="QString"/>
-            <Option name="name" value="filled_arrowhead" type="QString"/>
+            <Option name="name" value="arrow" type="QString"/>
             <Option name="offset" value="0,0" type="QString"/>
             <Option name="offset_map_unit_scale" value="3x:0,0,0,0,0,0" type="QString"/>
             <Option name="offset_unit" value="MM" type="QString"/>

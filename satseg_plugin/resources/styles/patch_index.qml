@@ -62,7 +62,7 @@
   </renderer-v2>
   <labeling type="simple">
     <settings calloutType="simple">
-      <text-style fontWeight="50" fontLetterSpacing="0" fontFamily="DejaVu LGC Sans" fontStrikeout="0" textColor="255,140,0,255" fontKerning="1" isExpression="0" allowHtml="0" legendString="Aa" fontWordSpacing="0" fontSizeMapUnitScale="3x:0,0,0,0,0,0" namedStyle="" fontSizeUnit="Point" fieldName="patch_id" previewBkgrdColor="255,255,255,255" fontSize="8" fontUnderline="0" useSubstitutions="0" capitalization="0" multilineHeight="1" blendMode="0" textOrientation="horizontal" textOpacity="1" fontItalic="0">
+      <text-style fontWeight="50" fontLetterSpacing="0" fontStrikeout="0" textColor="255,140,0,255" fontKerning="1" isExpression="0" allowHtml="0" legendString="Aa" fontWordSpacing="0" fontSizeMapUnitScale="3x:0,0,0,0,0,0" namedStyle="" fontSizeUnit="Point" fieldName="patch_id" previewBkgrdColor="255,255,255,255" fontSize="8" fontUnderline="0" useSubstitutions="0" capitalization="0" multilineHeight="1" blendMode="0" textOrientation="horizontal" textOpacity="1" fontItalic="0">
         <families/>
         <text-buffer bufferBlendMode="0" bufferJoinStyle="128" bufferColor="255,255,255,255" bufferSizeUnits="MM" bufferSizeMapUnitScale="3x:0,0,0,0,0,0" bufferOpacity="1" bufferDraw="1" bufferSize="0.69999999999999996" bufferNoFill="1"/>
         <text-mask maskEnabled="0" maskType="0" maskJoinStyle="128" maskedSymbolLayers="" maskOpacity="1" maskSize="1.5" maskSizeUnits="MM" maskSizeMapUnitScale="3x:0,0,0,0,0,0"/>

@@ -22,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QDialogButtonBox,
     QHeaderView,
     QLabel,
+    QProgressBar,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -29,7 +30,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...core.deps import CRASHING_IMPORTS, PIP_NAMES, block_crashing_imports, package_for
-from ...setup.diagnostics import environment_report, package_report
+from ...setup.diagnostics import environment_report, optional_package_report, package_report
 from ...setup.installer import detect_gpu
 from .installer import InstallerDialog, plugin_deps_dir, tr
 
@@ -87,6 +88,8 @@ def collect_rows(folder: Optional[str] = None) -> List[Row]:
             details, from_folder = _module_details(module, folder)
             in_folder = " [SatSeg folder]" if from_folder else ""
             rows.append(("Packages", pip_name, f"{version}{in_folder}" + (f" — {details}" if details else "")))
+    for module, value, _command in optional_package_report():
+        rows.append(("Optional packages", module, value))
     for name, reason in CRASHING_IMPORTS.items():
         if name in sys.modules and sys.modules[name] is None:
             rows.append(("Packages", name, f"kept from loading in QGIS: {reason}"))
@@ -139,6 +142,12 @@ class DiagnosticsDialog(QDialog):
         self.status = QLabel(tr("Collecting versions and devices…"))
         self.status.setObjectName("status")
         layout.addWidget(self.status)
+        # Collecting takes seconds (importing torch): a busy bar instead of an empty table meanwhile.
+        self.busy = QProgressBar()
+        self.busy.setObjectName("collecting")
+        self.busy.setRange(0, 0)
+        self.busy.setTextVisible(False)
+        layout.addWidget(self.busy)
         self.table = QTableWidget(0, 2)
         self.table.setObjectName("diagnostics")
         self.table.setHorizontalHeaderLabels([tr("Item"), tr("Value")])
@@ -146,6 +155,7 @@ class DiagnosticsDialog(QDialog):
         self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setWordWrap(True)
+        self.table.setVisible(False)
         layout.addWidget(self.table, 1)
         buttons = QDialogButtonBox()
         self.copy_button = buttons.addButton(tr("Copy to clipboard"), QDialogButtonBox.ActionRole)
@@ -177,6 +187,8 @@ class DiagnosticsDialog(QDialog):
 
     def _show_rows(self, rows: List[Row]) -> None:
         self.rows = list(rows)
+        self.busy.setVisible(False)
+        self.table.setVisible(True)
         bold = QFont()
         bold.setBold(True)
         self.table.setRowCount(0)

@@ -7,6 +7,7 @@ streamed into the dialog's log), so QGIS stays responsive. The work itself is
 
 from __future__ import annotations
 
+import html
 import importlib
 import sys
 from typing import Callable, Dict, List, Mapping, Optional
@@ -35,7 +36,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ...core.deps import activate_deps_dir, deps_dir, find_missing, package_for
+from ...core.deps import OPTIONAL_PACKAGES, activate_deps_dir, deps_dir, find_missing, package_for
 from ...setup.installer import (
     LINUX_SOURCE_BUILDS,
     TORCH_INDEX_BASE,
@@ -169,12 +170,34 @@ class InstallerDialog(QDialog):
         self.source.setVisible(sys.platform.startswith("linux"))
         box.addWidget(self.source)
         layout.addWidget(options)
+        self.optional_box = QGroupBox(tr("Optional packages (the tools work without them)"))
+        self.optional_box.setObjectName("optionalPackages")
+        optional_layout = QVBoxLayout(self.optional_box)
+        self.optional_checks: Dict[str, QCheckBox] = {}  # pip name -> its check box
+        absent = find_missing([package.module for package in OPTIONAL_PACKAGES])
+        for package in OPTIONAL_PACKAGES:
+            if package.pip_name in self.optional_checks:  # dask and distributed come together
+                continue
+            modules = [p.module for p in OPTIONAL_PACKAGES if p.pip_name == package.pip_name]
+            here = not any(module in absent for module in modules)
+            check = QCheckBox(f"{package.pip_name}: {package.purpose}"
+                              + (" " + tr("(installed)") if here else ""))
+            check.setObjectName(f"optional_{package.project}")
+            check.setChecked(False)
+            check.setEnabled(not here)
+            check.setProperty("modules", modules)
+            check.setProperty("installed", here)
+            check.toggled.connect(self.refresh)
+            optional_layout.addWidget(check)
+            self.optional_checks[package.pip_name] = check
+        layout.addWidget(self.optional_box)
 
         self.warnings = self._note("")
         self.warnings.setObjectName("warnings")
         self.warnings.setStyleSheet("color: #a05a00;")
         layout.addWidget(self.warnings)
-        layout.addWidget(QLabel(tr("Commands:")))
+        self.command_label = QLabel(tr("Commands:"))
+        layout.addWidget(self.command_label)
         mono = QFontDatabase.systemFont(QFontDatabase.FixedFont)
         self.command = QPlainTextEdit()
         self.command.setObjectName("command")
@@ -182,7 +205,8 @@ class InstallerDialog(QDialog):
         self.command.setFont(mono)
         self.command.setMaximumHeight(110)
         layout.addWidget(self.command)
-        layout.addWidget(QLabel(tr("Log:")))
+        self.log_label = QLabel(tr("Log:"))
+        layout.addWidget(self.log_label)
         self.log = QPlainTextEdit()
         self.log.setObjectName("log")
         self.log.setReadOnly(True)
@@ -235,10 +259,19 @@ class InstallerDialog(QDialog):
         return label
 
     # ------------------------------------------------------------------------------------------------ plan
+    def chosen_optional(self) -> Dict[str, str]:
+        """``{import name: pip name}`` of the optional packages the user ticked."""
+        chosen: Dict[str, str] = {}
+        for pip_name, check in self.optional_checks.items():
+            if check.isChecked() and not check.property("installed"):
+                chosen.update({module: pip_name for module in check.property("modules")})
+        return chosen
+
     def plan(self) -> InstallPlan:
         """The plan for the current choices (after :attr:`plan_hook`)."""
         plan = make_plan(self.target, build="cuda" if self.cuda.isChecked() else "cpu",
-                         index_source=self.index.currentData() or "pypi", missing=self.missing,
+                         index_source=self.index.currentData() or "pypi",
+                         missing={**self.missing, **self.chosen_optional()},
                          source_builds=LINUX_SOURCE_BUILDS if self.source.isChecked() else ())
         return self.plan_hook(plan) if self.plan_hook else plan
 
@@ -246,13 +279,15 @@ class InstallerDialog(QDialog):
         """Fill the texts from the missing packages and the current choices."""
         plan = self.plan()
         if self.missing:
-            names = ", ".join(sorted(set(self.missing.values())))
+            # Escaped: "affine<3, ... shapely>=2" would otherwise be read as an HTML tag and vanish.
+            names = html.escape(", ".join(sorted(set(self.missing.values()))))
             self.intro.setText(tr("<b>QGIS's Python cannot import {} package(s) SatSeg needs:</b> {}.<br>"
                                   "The installer runs pip for QGIS's own Python (<code>{}</code>) and puts the "
                                   "packages into SatSeg's own folder. No administrator rights are needed.")
-                               .format(len(set(self.missing.values())), names, plan.interpreter))
+                               .format(len(set(self.missing.values())), names, html.escape(plan.interpreter)))
         else:
-            self.intro.setText(tr("<b>SatSeg has every Python package it needs.</b>"))
+            self.intro.setText(tr("<b>Nothing is missing: SatSeg has every Python package it needs.</b> "
+                                  "Tick an optional package below to add it, or close this window."))
         self.table.setRowCount(len(self.missing))
         for row, (module, pip_name) in enumerate(sorted(self.missing.items())):
             package = package_for(module)
@@ -266,9 +301,13 @@ class InstallerDialog(QDialog):
         self.warnings.setText("\n".join("• " + text for text in plan.warnings))
         self.warnings.setVisible(bool(plan.warnings))
         self.command.setPlainText(plan.describe())
+        # Nothing to install and nothing run yet: no empty log, no 0 % bar, no "Nothing to install." command.
+        idle = plan.is_empty and not self.is_running() and self.result is None
+        for widget in (self.command_label, self.command, self.log_label, self.log, self.progress):
+            widget.setVisible(not idle)
         running = self.is_running()
         self.install_button.setEnabled(not running and not plan.is_empty)
-        for widget in (self.cpu, self.cuda, self.index, self.source):
+        for widget in (self.cpu, self.cuda, self.index, self.source, self.optional_box):
             widget.setEnabled(not running)
 
     def _status_text(self, module: str) -> str:
@@ -387,7 +426,7 @@ def offer_installer(iface, modules: Optional[List[str]] = None) -> bool:
     if not missing:
         return False
     bar = iface.messageBar()
-    names = ", ".join(sorted(set(missing.values())))
+    names = html.escape(", ".join(sorted(set(missing.values()))))
     item = bar.createMessage("SatSeg", tr("QGIS's Python cannot import {} ({} package(s)); the deep-learning tools "
                                           "need them.").format(names, len(set(missing.values()))))
     install = QPushButton(tr("Install…"))

@@ -26,9 +26,10 @@ from qgis.core import (
     QgsWkbTypes,
 )
 from qgis.gui import QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, QTimer, QVariant
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import (
+    QComboBox,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -45,10 +46,16 @@ from qgis.PyQt.QtWidgets import (
 
 from ..tasks import AlgorithmChain, Step, on_map
 from ..widgets.class_picker import ClassPicker, swatch
+from ..widgets.layer_choice import guess_class_field, is_annotation_layer, keep_fitting
 from ..widgets.map_tools import PointClickTool, PolygonCaptureTool
 
 __all__ = ["AnnotatePanel", "ClassCount", "annotation_classes", "class_field_of", "class_statistics",
-           "area_text", "unique_path"]
+           "area_text", "unique_path", "CLASS_PRESETS"]
+
+#: Classes a new annotation layer starts with, by task (label, classes); the first is the default: the Run
+#: tab's "Train + segment" makes building models.
+CLASS_PRESETS = (("Buildings", "building, other"), ("Land use", "urban, rural, uninhabited"),
+                 ("Water", "water, land"), ("Custom", ""))
 
 
 @dataclass
@@ -61,17 +68,9 @@ class ClassCount:
 
 
 def class_field_of(layer: QgsVectorLayer) -> str:
-    """The layer's class field: the one with a value-map widget, else ``class``, else the first text field."""
-    fields = layer.fields()
-    for i in range(fields.count()):
-        if layer.editorWidgetSetup(i).type() == "ValueMap":
-            return fields.at(i).name()
-    if fields.lookupField("class") >= 0:
-        return fields.at(fields.lookupField("class")).name()
-    for field in fields:
-        if field.type() == QVariant.String:
-            return field.name()
-    return ""
+    """The layer's class field when one clearly holds classes, else '' (see
+    :func:`..widgets.layer_choice.guess_class_field`)."""
+    return guess_class_field(layer)[0]
 
 
 def annotation_classes(layer: QgsVectorLayer, field: str) -> List[str]:
@@ -177,12 +176,22 @@ class AnnotatePanel(QWidget):
         self._refresh_timer.timeout.connect(self.refresh_counts)
 
         layout = QVBoxLayout(self)
+        self.start_note = QLabel(self.tr("<b>Start here:</b> create an annotation layer with <i>New…</i> (or "
+                                         "choose one), pick a class, then <i>Draw polygons</i> on the map. The "
+                                         "<i>Run</i> tab trains on these polygons."), self)
+        self.start_note.setObjectName("satsegStartNote")
+        self.start_note.setWordWrap(True)
+        layout.addWidget(self.start_note)
         form = QFormLayout()
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
         row = QHBoxLayout()
         self.layer_combo = QgsMapLayerComboBox(self)
         self.layer_combo.setObjectName("satsegAnnotationLayer")
         self.layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         self.layer_combo.setAllowEmptyLayer(True)
+        self.layer_combo.setToolTip(self.tr("Polygon layers with a class field (a value list, or a text field "
+                                            "named 'class')"))
+        self.refresh_layer_choices = keep_fitting(self.layer_combo, is_annotation_layer)
         row.addWidget(self.layer_combo, 1)
         self.new_button = QToolButton(self)
         self.new_button.setText(self.tr("New…"))
@@ -194,10 +203,20 @@ class AnnotatePanel(QWidget):
         self.field_combo.setObjectName("satsegClassField")
         form.addRow(self.tr("Class field"), self.field_combo)
         layout.addLayout(form)
+        self.field_note = QLabel(self)
+        self.field_note.setObjectName("satsegClassFieldNote")
+        self.field_note.setWordWrap(True)
+        layout.addWidget(self.field_note)
 
         self.new_box = QGroupBox(self.tr("New annotation layer"), self)
         new_form = QFormLayout(self.new_box)
-        self.new_classes = QLineEdit("urban, rural, uninhabited", self.new_box)
+        new_form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        self.task_combo = QComboBox(self.new_box)
+        self.task_combo.setObjectName("satsegNewTask")
+        for label, classes in CLASS_PRESETS:
+            self.task_combo.addItem(self.tr(label), classes)
+        new_form.addRow(self.tr("Task"), self.task_combo)
+        self.new_classes = QLineEdit(CLASS_PRESETS[0][1], self.new_box)
         self.new_classes.setObjectName("satsegNewClasses")
         self.new_classes.setToolTip(self.tr("Class names, comma-separated (e.g. building, other)"))
         new_form.addRow(self.tr("Classes"), self.new_classes)
@@ -266,6 +285,7 @@ class AnnotatePanel(QWidget):
             tool.classKeyPressed.connect(self.picker.select)
 
         self.new_button.toggled.connect(self.new_box.setVisible)
+        self.task_combo.currentIndexChanged.connect(self._task_changed)
         self.create_button.clicked.connect(self.create_layer)
         self.layer_combo.layerChanged.connect(self.set_layer)
         self.field_combo.fieldChanged.connect(self._field_changed)
@@ -277,6 +297,14 @@ class AnnotatePanel(QWidget):
         self.set_layer(self.layer_combo.currentLayer())
 
     # -- layer and classes --------------------------------------------------------------------------------------
+    def _task_changed(self, index: int) -> None:
+        classes = self.task_combo.itemData(index)
+        if classes:
+            self.new_classes.setText(classes)
+        else:
+            self.new_classes.clear()
+            self.new_classes.setFocus()
+
     def class_field(self) -> str:
         """The field the current class is written to."""
         return self.field_combo.currentField()
@@ -294,10 +322,16 @@ class AnnotatePanel(QWidget):
         if self.layer_combo.currentLayer() is not layer:
             self.layer_combo.setLayer(layer)
         self.field_combo.setLayer(layer)
+        self.start_note.setVisible(layer is None)
         if layer is not None:
-            self.field_combo.setField(class_field_of(layer))
+            field, why = guess_class_field(layer)
+            self.field_combo.setField(field)
+            self.field_note.setText(
+                self.tr("Class field '{}' (picked by {}).").format(field, self.tr(why)) if field else
+                self.tr("No field of {} looks like classes: choose the class field above.").format(layer.name()))
             for signal in self._layer_signals(layer):
                 signal.connect(self.schedule_refresh)
+        self.field_note.setVisible(layer is not None)
         self.draw_tool.layer = layer
         self._field_changed(self.class_field())
 

@@ -38,6 +38,8 @@ from qgis.PyQt.QtWidgets import (
 from ...core.errors import SatSegError
 from ..tasks import AlgorithmChain, Step, on_map
 from ..widgets.class_picker import ClassPicker, swatch
+from ..widgets.flow_layout import FlowLayout, fixed_height_for_width
+from ..widgets.layer_choice import is_cluster_raster, keep_fitting
 from ..widgets.map_tools import PointClickTool
 from .annotate import unique_path
 
@@ -121,11 +123,19 @@ class LabelClustersPanel(QWidget):
         self._originals: Dict[str, object] = {}  # layer id -> the renderer it had before the preview
 
         layout = QVBoxLayout(self)
+        self.start_note = QLabel(self.tr("<b>No cluster raster yet:</b> make one in the <i>Run</i> tab "
+                                         "(<i>Cluster</i>), then click its clusters on the map to name them."), self)
+        self.start_note.setObjectName("satsegClustersStartNote")
+        self.start_note.setWordWrap(True)
+        layout.addWidget(self.start_note)
         form = QFormLayout()
         self.raster_combo = QgsMapLayerComboBox(self)
         self.raster_combo.setObjectName("satsegClusterRaster")
         self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.raster_combo.setAllowEmptyLayer(True)
+        self.raster_combo.setToolTip(self.tr("Integer single-band rasters (what Cluster raster writes)"))
+        self.refresh_layer_choices = keep_fitting(self.raster_combo, is_cluster_raster)
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
         form.addRow(self.tr("Cluster raster"), self.raster_combo)
         self.classes_edit = QLineEdit("building, other", self)
         self.classes_edit.setObjectName("satsegClusterClasses")
@@ -162,7 +172,9 @@ class LabelClustersPanel(QWidget):
         self.mapping_edit.setPlaceholderText(self.tr("cluster -> class table, e.g. 1,4,7-9=building; 2=water"))
         layout.addWidget(self.mapping_edit)
 
-        buttons = QHBoxLayout()
+        button_row = QWidget(self)
+        buttons = FlowLayout(button_row)
+        fixed_height_for_width(button_row)
         self.remove_button = QPushButton(self.tr("Remove"), self)
         self.clear_button = QPushButton(self.tr("Clear"), self)
         self.load_button = QPushButton(self.tr("Load…"), self)
@@ -172,7 +184,7 @@ class LabelClustersPanel(QWidget):
         self.make_button.setToolTip(self.tr("Run 'Clusters to classes' with this table in the background"))
         for button in (self.remove_button, self.clear_button, self.load_button, self.save_button, self.make_button):
             buttons.addWidget(button)
-        layout.addLayout(buttons)
+        layout.addWidget(button_row)
 
         self.tool = PointClickTool(self.canvas)
         self.tool.setButton(self.pick_button)
@@ -214,6 +226,7 @@ class LabelClustersPanel(QWidget):
         if self.raster_combo.currentLayer() is not layer:
             self.raster_combo.setLayer(layer)
         self.mapping = self._mappings.setdefault(layer.id(), {}) if layer is not None else {}
+        self.start_note.setVisible(layer is None)
         self._show()
 
     def _restore(self, layer: QgsRasterLayer) -> None:

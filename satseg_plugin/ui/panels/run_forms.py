@@ -4,37 +4,30 @@ installed). Outputs go to a new folder under the dock's results folder and are a
 
 from __future__ import annotations
 
-import functools
 import os
-from typing import Any, Dict, List, Optional, Sequence, Type, Union
+from typing import Any, Dict, List, Optional
 
 from qgis.core import (
     Qgis,
-    QgsApplication,
     QgsMapLayerProxyModel,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterNumber,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.gui import QgsCollapsibleGroupBox, QgsFieldComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsFieldComboBox, QgsFileWidget
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSpinBox,
     QToolBox,
     QVBoxLayout,
     QWidget,
 )
 
+from ...core.deps import find_missing
 from ...models.registry import ENCODER_CHOICES
 from ...processing.algorithms.clustering.cluster_raster import ClusterRasterAlgorithm
 from ...processing.algorithms.clustering.train_clusternet import TrainClusterNetAlgorithm
@@ -47,11 +40,12 @@ from ...processing.algorithms.population.track_communities import TrackCommuniti
 from ...processing.algorithms.segmentation.export_rle import ExportRleAlgorithm
 from ...processing.algorithms.segmentation.segment_raster import SegmentRasterAlgorithm
 from ...processing.algorithms.segmentation.train_segmentation import TrainSegmentationAlgorithm
-from ...processing.base import SatSegAlgorithm
-from ..tasks import AlgorithmChain, Step, algorithm_available, on_map
+from ..tasks import Step, on_map
 from .annotate import annotation_classes, class_field_of
+from .form_base import WorkflowForm, algorithm_parameter, combo_box, enum_combo, layer_combo, spin_box
 
-__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "TRACK_ALGORITHMS",
+__all__ = ["RunPanel", "WorkflowForm", "TrainSegmentForm", "ClusterForm", "TrackForm", "ExportForm", "SegmentForm",
+           "TRACK_ALGORITHMS",
            "algorithm_parameter"]
 
 TRAIN, SEGMENT = TrainSegmentationAlgorithm, SegmentRasterAlgorithm
@@ -59,144 +53,6 @@ CLUSTERNET, CLUSTER = TrainClusterNetAlgorithm, ClusterRasterAlgorithm
 FLOW, COMMUNITIES, TRACK = OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm
 #: The population tracking chain, in order (the track form appears only when all three are registered).
 TRACK_ALGORITHMS = tuple(a.algorithm_id() for a in (FLOW, COMMUNITIES, TRACK))
-
-
-@functools.lru_cache(maxsize=None)
-def _unregistered(algorithm: Type[SatSegAlgorithm]) -> SatSegAlgorithm:
-    """A fresh, initialised instance (kept alive here) for when the provider is not registered."""
-    instance = algorithm()
-    instance.initAlgorithm({})
-    return instance
-
-
-def algorithm_parameter(algorithm: Type[SatSegAlgorithm], key: str) -> QgsProcessingParameterDefinition:
-    """The definition of parameter ``key`` of ``algorithm`` as Processing has it: the forms take their choices and
-    defaults from it, so the dock and the toolbox offer the same."""
-    registered = QgsApplication.processingRegistry().algorithmById(algorithm.algorithm_id())
-    return (registered or _unregistered(algorithm)).parameterDefinition(key)
-
-
-def _spin(algorithm: Type[SatSegAlgorithm], key: str, high: float, step: float = 1,
-          name: str = "") -> Union[QSpinBox, QDoubleSpinBox]:
-    """A spin box for a number parameter: its minimum and default from the algorithm, ``high`` from the form."""
-    definition = algorithm_parameter(algorithm, key)
-    integer = definition.dataType() == QgsProcessingParameterNumber.Integer
-    box = QSpinBox() if integer else QDoubleSpinBox()
-    cast = int if integer else float
-    box.setRange(cast(definition.minimum()), cast(min(high, definition.maximum())))
-    box.setSingleStep(cast(step))
-    box.setValue(cast(definition.defaultValue()))
-    if name:
-        box.setObjectName(name)
-    return box
-
-
-def _combo(items: Sequence[str], name: str = "", editable: bool = False) -> QComboBox:
-    box = QComboBox()
-    box.addItems(list(items))
-    box.setEditable(editable)
-    if name:
-        box.setObjectName(name)
-    return box
-
-
-def _enum_combo(algorithm: Type[SatSegAlgorithm], key: str, name: str) -> QComboBox:
-    """A drop-down of an enum parameter's options, at its default: the index is the parameter's value."""
-    definition = algorithm_parameter(algorithm, key)
-    box = _combo(definition.options(), name)
-    box.setCurrentIndex(int(definition.defaultValue() or 0))
-    return box
-
-
-def _layer_combo(filters, name: str, optional: bool = False) -> QgsMapLayerComboBox:
-    box = QgsMapLayerComboBox()
-    box.setFilters(filters)
-    box.setObjectName(name)
-    if optional:
-        box.setAllowEmptyLayer(True)
-        box.setLayer(None)
-    return box
-
-
-class WorkflowForm(QWidget):
-    """A form that runs a chain of algorithms. Subclasses set :attr:`title`, :attr:`algorithms` and
-    :attr:`prefix`, add their fields to :attr:`form`, and define ``steps(folder) -> List[Step]``: the chain's
-    steps writing into ``folder`` (raising ValueError with a message for the user when the form is incomplete).
-
-    Signals:
-        chainStarted(object): the :class:`AlgorithmChain` just started.
-    """
-
-    title = ""
-    algorithms: Sequence[str] = ()
-    prefix = "run"
-    chainStarted = pyqtSignal(object)
-
-    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
-        super().__init__(parent)
-        self.host = host
-        self.chain: Optional[AlgorithmChain] = None
-        self.last_folder = ""
-        layout = QVBoxLayout(self)
-        self.note = QLabel(self)
-        self.note.setWordWrap(True)
-        self.note.setVisible(False)
-        layout.addWidget(self.note)
-        self.form = QFormLayout()
-        layout.addLayout(self.form)
-        self.advanced = QgsCollapsibleGroupBox(self.tr("Advanced"), self)
-        self.advanced.setCollapsed(True)
-        self.advanced_form = QFormLayout(self.advanced)
-        layout.addWidget(self.advanced)
-        self.run_button = QPushButton(self.tr("Run"), self)
-        self.run_button.setObjectName(f"satsegRun_{self.prefix}")
-        self.run_button.clicked.connect(self.run)
-        layout.addWidget(self.run_button)
-        layout.addStretch(1)
-
-    def missing_algorithms(self) -> List[str]:
-        """The ids of :attr:`algorithms` the Processing registry does not have."""
-        return [a for a in self.algorithms if not algorithm_available(a)]
-
-    def refresh_availability(self) -> bool:
-        """Disable the form (with a note) when one of its algorithms is not registered; True when usable."""
-        missing = self.missing_algorithms()
-        self.note.setText(self.tr("Needs the algorithms {} (not in this SatSeg installation).")
-                          .format(", ".join(missing)) if missing else "")
-        self.note.setVisible(bool(missing))
-        for widget in (self.run_button, self.advanced):
-            widget.setEnabled(not missing and not self.running())
-        return not missing
-
-    def running(self) -> bool:
-        """Whether this form's chain is still running."""
-        return self.chain is not None and self.chain.running
-
-    def run(self) -> Optional[AlgorithmChain]:
-        """Check the form and start its chain in the background; returns the chain (None when refused)."""
-        if self.running() or not self.refresh_availability():
-            return None
-        try:
-            self.prepare()
-            folder = self.host.results_dir(self.prefix)
-            steps = self.steps(folder)
-        except ValueError as exc:
-            self.host.message(str(exc), Qgis.Warning)
-            return None
-        self.last_folder = folder
-        self.chain = AlgorithmChain(self.title, steps, QgsProject.instance(), self)
-        self.chain.finished.connect(lambda _ok, _results: self.refresh_availability())
-        self.chain.finished.connect(self.finished)
-        self.run_button.setEnabled(False)
-        self.host.start_chain(self.chain)
-        self.chainStarted.emit(self.chain)
-        return self.chain
-
-    def prepare(self) -> None:
-        """Called before :meth:`steps` on the main thread (e.g. to save edits)."""
-
-    def finished(self, ok: bool, results: Dict[str, Any]) -> None:
-        """Called when the chain ends."""
 
 
 class TrainSegmentForm(WorkflowForm):
@@ -208,20 +64,23 @@ class TrainSegmentForm(WorkflowForm):
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
         super().__init__(host, parent)
-        self.raster = _layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegTrainRaster")
-        self.labels = _layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainLabels")
+        self.raster = layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegTrainRaster")
+        self.labels = layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainLabels")
         self.class_field = QgsFieldComboBox()
         self.class_field.setObjectName("satsegTrainClassField")
         self.class_field.setAllowEmptyFieldName(True)
+        self.class_field_note = QLabel(self)
+        self.class_field_note.setObjectName("satsegTrainClassFieldNote")
+        self.class_field_note.setWordWrap(True)
         self.class_field.setToolTip(self.tr("Empty: every polygon is a building (one class). With a field: each "
                                             "value is a class."))
-        self.aoi = _layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainAoi", optional=True)
+        self.aoi = layer_combo(QgsMapLayerProxyModel.PolygonLayer, "satsegTrainAoi", optional=True)
         self.aoi.setToolTip(self.tr("Where the annotations are complete (unlabelled pixels there are background). "
                                     "Empty: the whole raster."))
-        self.architecture = _enum_combo(TRAIN, TRAIN.ARCHITECTURE, "satsegArchitecture")
-        self.encoder = _combo(ENCODER_CHOICES, "satsegEncoder", editable=True)
+        self.architecture = enum_combo(TRAIN, TRAIN.ARCHITECTURE, "satsegArchitecture")
+        self.encoder = combo_box(ENCODER_CHOICES, "satsegEncoder", editable=True)
         self.encoder.setCurrentText(algorithm_parameter(TRAIN, TRAIN.ENCODER).defaultValue())
-        self.encoder_weights = _enum_combo(TRAIN, TRAIN.ENCODER_WEIGHTS, "satsegEncoderWeights")
+        self.encoder_weights = enum_combo(TRAIN, TRAIN.ENCODER_WEIGHTS, "satsegEncoderWeights")
         self.encoder_weights.setToolTip(self.tr("auto: ImageNet weights when cached or downloadable, else random. "
                                                 "A weights file can be chosen in the Processing toolbox."))
         self.init_weights = QgsFileWidget()
@@ -231,18 +90,18 @@ class TrainSegmentForm(WorkflowForm):
                                              "(every weight), or a ClusterNet, scene classifier or pretrained "
                                              "encoder (satseg:pretrainencoder) with the same encoder (its "
                                              "encoder). Overrides the encoder weights."))
-        self.max_minutes = _spin(TRAIN, TRAIN.MAX_MINUTES, 100000, name="satsegMaxMinutes")
+        self.max_minutes = spin_box(TRAIN, TRAIN.MAX_MINUTES, 100000, name="satsegMaxMinutes")
         self.max_minutes.setSpecialValueText(self.tr("no limit"))
         self.max_minutes.setToolTip(self.tr("Training ends within this time, its learning-rate schedule fitted to "
                                             "it."))
-        self.epochs = _spin(TRAIN, TRAIN.EPOCHS, 1000, name="satsegEpochs")
-        self.patch_size = _spin(TRAIN, TRAIN.PATCH_SIZE, 2048, 32, "satsegPatchSize")
-        self.batch_size = _spin(TRAIN, TRAIN.BATCH_SIZE, 512, name="satsegBatchSize")
-        self.batches_per_epoch = _spin(TRAIN, TRAIN.BATCHES_PER_EPOCH, 100000, name="satsegBatchesPerEpoch")
+        self.epochs = spin_box(TRAIN, TRAIN.EPOCHS, 1000, name="satsegEpochs")
+        self.patch_size = spin_box(TRAIN, TRAIN.PATCH_SIZE, 2048, 32, "satsegPatchSize")
+        self.batch_size = spin_box(TRAIN, TRAIN.BATCH_SIZE, 512, name="satsegBatchSize")
+        self.batches_per_epoch = spin_box(TRAIN, TRAIN.BATCHES_PER_EPOCH, 100000, name="satsegBatchesPerEpoch")
         self.batches_per_epoch.setSpecialValueText(self.tr("auto"))
-        self.min_area = _spin(SEGMENT, SEGMENT.MIN_AREA, 1000000, name="satsegMinArea")
+        self.min_area = spin_box(SEGMENT, SEGMENT.MIN_AREA, 1000000, name="satsegMinArea")
         self.min_area.setDecimals(0)
-        self.device = _enum_combo(TRAIN, TRAIN.DEVICE, "satsegDevice")
+        self.device = enum_combo(TRAIN, TRAIN.DEVICE, "satsegDevice")
         for label, widget in ((self.tr("Raster"), self.raster), (self.tr("Annotations"), self.labels),
                               (self.tr("Class field"), self.class_field), (self.tr("Labels complete in"), self.aoi),
                               (self.tr("Architecture"), self.architecture), (self.tr("Encoder"), self.encoder),
@@ -254,7 +113,9 @@ class TrainSegmentForm(WorkflowForm):
                               (self.tr("Batches per epoch"), self.batches_per_epoch),
                               (self.tr("Min. polygon area (m²)"), self.min_area), (self.tr("Device"), self.device)):
             self.advanced_form.addRow(label, widget)
+        self.form.addRow(self.class_field_note)
         self.labels.layerChanged.connect(self._labels_changed)
+        self.class_field.fieldChanged.connect(self._describe_classes)
         self._labels_changed(self.labels.currentLayer())
 
     def _labels_changed(self, layer) -> None:
@@ -263,6 +124,20 @@ class TrainSegmentForm(WorkflowForm):
         # Several classes in the layer: multi-class by default; one class: the binary 'building' model.
         many = bool(field) and len(annotation_classes(layer, field)) > 1
         self.class_field.setField(field if many else "")
+        self._describe_classes(self.class_field.currentField())
+
+    def _describe_classes(self, field: str) -> None:
+        """Say what the model will learn: the classes of ``field``, or one class (buildings)."""
+        layer = self.labels.currentLayer()
+        if not isinstance(layer, QgsVectorLayer):
+            self.class_field_note.setText("")
+        elif field:
+            names = annotation_classes(layer, field)
+            shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+            self.class_field_note.setText(self.tr("Trains {} classes from '{}': {}.").format(len(names), field, shown))
+        else:
+            self.class_field_note.setText(self.tr("Trains one class: every polygon is a building (choose a class "
+                                                  "field for one class per value)."))
 
     def prepare(self) -> None:
         layer = self.labels.currentLayer()
@@ -317,12 +192,12 @@ class ClusterForm(WorkflowForm):
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
         super().__init__(host, parent)
-        self.raster = _layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegClusterInput")
-        self.clusters = _spin(CLUSTERNET, CLUSTERNET.NUM_CLUSTERS, 1000, name="satsegNumClusters")
-        self.rounds = _spin(CLUSTERNET, CLUSTERNET.ROUNDS, 1000, name="satsegRounds")
-        self.steps_per_round = _spin(CLUSTERNET, CLUSTERNET.STEPS_PER_ROUND, 100000, name="satsegStepsPerRound")
-        self.crop = _spin(CLUSTERNET, CLUSTERNET.PATCH_SIZE, 2048, 32, "satsegCropSize")
-        self.device = _enum_combo(CLUSTERNET, CLUSTERNET.DEVICE, "satsegClusterDevice")
+        self.raster = layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegClusterInput")
+        self.clusters = spin_box(CLUSTERNET, CLUSTERNET.NUM_CLUSTERS, 1000, name="satsegNumClusters")
+        self.rounds = spin_box(CLUSTERNET, CLUSTERNET.ROUNDS, 1000, name="satsegRounds")
+        self.steps_per_round = spin_box(CLUSTERNET, CLUSTERNET.STEPS_PER_ROUND, 100000, name="satsegStepsPerRound")
+        self.crop = spin_box(CLUSTERNET, CLUSTERNET.PATCH_SIZE, 2048, 32, "satsegCropSize")
+        self.device = enum_combo(CLUSTERNET, CLUSTERNET.DEVICE, "satsegClusterDevice")
         self.form.addRow(self.tr("Raster"), self.raster)
         self.form.addRow(self.tr("Clusters"), self.clusters)
         self.form.addRow(self.tr("Rounds"), self.rounds)
@@ -373,12 +248,12 @@ class TrackForm(WorkflowForm):
         self.refresh_button = QPushButton(self.tr("Refresh the list"), self)
         self.refresh_button.clicked.connect(self.refresh_frames)
         self.form.addRow("", self.refresh_button)
-        self.k = _spin(COMMUNITIES, COMMUNITIES.K, 1000, name="satsegTrackK")
-        self.eps = _spin(COMMUNITIES, COMMUNITIES.EPS, 10000.0, name="satsegTrackEps")
-        self.min_samples = _spin(COMMUNITIES, COMMUNITIES.MIN_SAMPLES, 1000000, name="satsegTrackMinSamples")
-        self.epochs = _spin(COMMUNITIES, COMMUNITIES.EPOCHS, 100000, name="satsegTrackEpochs")
-        self.centres = _spin(COMMUNITIES, COMMUNITIES.CENTRES_PER_EPOCH, 10000000, name="satsegTrackCentres")
-        self.device = _enum_combo(COMMUNITIES, COMMUNITIES.DEVICE, "satsegTrackDevice")
+        self.k = spin_box(COMMUNITIES, COMMUNITIES.K, 1000, name="satsegTrackK")
+        self.eps = spin_box(COMMUNITIES, COMMUNITIES.EPS, 10000.0, name="satsegTrackEps")
+        self.min_samples = spin_box(COMMUNITIES, COMMUNITIES.MIN_SAMPLES, 1000000, name="satsegTrackMinSamples")
+        self.epochs = spin_box(COMMUNITIES, COMMUNITIES.EPOCHS, 100000, name="satsegTrackEpochs")
+        self.centres = spin_box(COMMUNITIES, COMMUNITIES.CENTRES_PER_EPOCH, 10000000, name="satsegTrackCentres")
+        self.device = enum_combo(COMMUNITIES, COMMUNITIES.DEVICE, "satsegTrackDevice")
         self.form.addRow(self.tr("k-means clusters (K)"), self.k)
         self.form.addRow(self.tr("DBSCAN radius (px)"), self.eps)
         self.form.addRow(self.tr("DBSCAN min. samples"), self.min_samples)
@@ -456,9 +331,9 @@ class ExportForm(WorkflowForm):
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
         super().__init__(host, parent)
-        self.layer = _layer_combo(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.VectorLayer,
+        self.layer = layer_combo(QgsMapLayerProxyModel.RasterLayer | QgsMapLayerProxyModel.VectorLayer,
                                   "satsegExportLayer")
-        self.format = _combo((), "satsegExportFormat")
+        self.format = combo_box((), "satsegExportFormat")
         self.form.addRow(self.tr("Layer"), self.layer)
         self.form.addRow(self.tr("Format"), self.format)
         self.advanced.setVisible(False)
@@ -498,24 +373,92 @@ class ExportForm(WorkflowForm):
             self.host.message(self.tr("Exported to {}").format(self.written), Qgis.Success)
 
 
+class SegmentForm(WorkflowForm):
+    """Segment a raster with a model trained before (a ``.satseg`` file, or an ``.onnx`` model)."""
+
+    title = "Segment with a model"
+    algorithms = (SEGMENT.algorithm_id(),)
+    prefix = "segmentation"
+
+    def __init__(self, host, parent: Optional[QWidget] = None) -> None:
+        super().__init__(host, parent)
+        self.raster = layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegSegmentRaster")
+        self.model = QgsFileWidget()
+        self.model.setObjectName("satsegSegmentModel")
+        self.model.setFilter(self.tr("Segmentation models (*.satseg *.onnx);;SatSeg models (*.satseg);;"
+                                     "ONNX models (*.onnx)"))
+        self.model.setToolTip(self.tr("A model written by 'Train + segment' (model.satseg in its results folder) "
+                                      "or by Train segmentation"))
+        self.min_area = spin_box(SEGMENT, SEGMENT.MIN_AREA, 1000000, name="satsegSegmentMinArea")
+        self.min_area.setDecimals(0)
+        self.device = enum_combo(SEGMENT, SEGMENT.DEVICE, "satsegSegmentDevice")
+        self.form.addRow(self.tr("Raster"), self.raster)
+        self.form.addRow(self.tr("Model file"), self.model)
+        self.advanced_form.addRow(self.tr("Min. polygon area (m²)"), self.min_area)
+        self.advanced_form.addRow(self.tr("Device"), self.device)
+
+    def steps(self, folder: str) -> List[Step]:
+        raster, model = self.raster.currentLayer(), self.model.filePath().strip()
+        if not isinstance(raster, QgsRasterLayer):
+            raise ValueError(self.tr("Choose the raster to segment."))
+        if not model or not os.path.isfile(model):
+            raise ValueError(self.tr("Choose the model file (.satseg or .onnx), e.g. model.satseg in a "
+                                     "segmentation_… results folder."))
+        project = QgsProject.instance()
+        params = {SEGMENT.INPUT: raster.id(), SEGMENT.MODELS: [model], SEGMENT.MIN_AREA: float(self.min_area.value()),
+                  SEGMENT.DEVICE: self.device.currentIndex(),
+                  SEGMENT.OUTPUT_PROBABILITY: on_map(os.path.join(folder, "probability.tif"), project),
+                  SEGMENT.OUTPUT_MASK: on_map(os.path.join(folder, "mask.tif"), project),
+                  SEGMENT.OUTPUT_POLYGONS: on_map(os.path.join(folder, "polygons.gpkg"), project)}
+        return [Step(SEGMENT.algorithm_id(), lambda _results: params)]
+
+
 class RunPanel(QWidget):
-    """The *Run* tab: one page per workflow."""
+    """The *Run* tab: one page per workflow, and a note with an *Install…* button while packages are missing."""
 
     def __init__(self, host, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
         self.host = host
         layout = QVBoxLayout(self)
+        self.missing_note = QLabel(self)
+        self.missing_note.setObjectName("satsegMissingPackages")
+        self.missing_note.setWordWrap(True)
+        self.missing_note.setStyleSheet("color: #9a6700;")
+        self.install_button = QPushButton(self.tr("Install Python packages…"), self)
+        self.install_button.setObjectName("satsegInstallPackages")
+        self.install_button.clicked.connect(self._open_installer)
+        layout.addWidget(self.missing_note)
+        layout.addWidget(self.install_button)
         self.toolbox = QToolBox(self)
         self.train_form = TrainSegmentForm(host, self)
         self.cluster_form = ClusterForm(host, self)
         self.track_form = TrackForm(host, self)
         self.export_form = ExportForm(host, self)
-        self.forms = [self.train_form, self.cluster_form, self.track_form, self.export_form]
-        self.titles = [self.tr("Train + segment"), self.tr("Cluster"), self.tr("Track populations"), self.tr("Export")]
+        self.segment_form = SegmentForm(host, self)
+        self.forms = [self.train_form, self.cluster_form, self.track_form, self.export_form, self.segment_form]
+        self.titles = [self.tr("Train + segment"), self.tr("Cluster"), self.tr("Track populations"), self.tr("Export"),
+                       self.tr("Segment with an existing model")]
         for form, title in zip(self.forms, self.titles):
             self.toolbox.addItem(form, title)
         layout.addWidget(self.toolbox)
         self.refresh_availability()
+        self.refresh_missing()
+
+    def refresh_missing(self) -> Dict[str, str]:
+        """Show which required packages QGIS's Python cannot import (fast: nothing is imported); returns them."""
+        missing = find_missing()
+        names = ", ".join(sorted(set(missing.values())))
+        self.missing_note.setText(self.tr("These tools need Python packages QGIS's Python cannot import: {}. Install "
+                                          "them first (no administrator rights needed).").format(names))
+        for widget in (self.missing_note, self.install_button):
+            widget.setVisible(bool(missing))
+        return missing
+
+    def _open_installer(self) -> None:
+        from ..dialogs.installer import show_installer  # lazy: the installer dialog is rarely needed
+
+        dialog = show_installer(self.window())
+        dialog.installFinished.connect(lambda _ok, _result: self.refresh_missing())
 
     def refresh_availability(self) -> None:
         """Mark the forms whose algorithms are not registered (the population ones may be missing)."""

@@ -1,18 +1,22 @@
-"""A row of class buttons ("1 building", "2 water" ...), one checked at a time: the class that map clicks assign."""
+"""Class buttons ("1 building", "2 water" ...), one checked at a time: the class that map clicks assign. The buttons
+wrap onto new rows (:class:`.flow_layout.FlowLayout`) and long names are elided (full name in the tooltip), so the
+picker never makes the dock wider."""
 
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
 from qgis.PyQt.QtCore import QSize, Qt, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QIcon, QPixmap
-from qgis.PyQt.QtWidgets import QButtonGroup, QGridLayout, QLabel, QSizePolicy, QToolButton, QWidget
+from qgis.PyQt.QtGui import QColor, QFontMetrics, QIcon, QPixmap
+from qgis.PyQt.QtWidgets import QButtonGroup, QLabel, QToolButton, QWidget
 
 from ...processing.styling import class_colour
+from .flow_layout import FlowLayout, fixed_height_for_width
 
-__all__ = ["ClassPicker"]
+__all__ = ["ClassPicker", "MAX_LABEL_PX"]
 
-COLUMNS = 3
+#: Button labels longer than this (pixels) are elided in the middle.
+MAX_LABEL_PX = 150
 
 
 def swatch(colour: QColor, size: int = 14) -> QIcon:
@@ -38,10 +42,11 @@ class ClassPicker(QWidget):
         self.group = QButtonGroup(self)
         self.group.setExclusive(True)
         self.group.buttonClicked.connect(lambda button: self.classChanged.emit(self.current_class()))
-        self.grid = QGridLayout(self)
-        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.flow = FlowLayout(self)
+        fixed_height_for_width(self)
         self.empty = QLabel(self.tr("No classes yet."))
-        self.grid.addWidget(self.empty, 0, 0)
+        self.empty.setWordWrap(True)
+        self.flow.addWidget(self.empty)
 
     def set_classes(self, names: Sequence[str], colours: Optional[Dict[str, QColor]] = None) -> None:
         """Show one button per class (colours default to SatSeg's class colours); keeps the current class when it
@@ -49,24 +54,25 @@ class ClassPicker(QWidget):
         previous = self.current_class()
         for button in self.group.buttons():
             self.group.removeButton(button)
-            self.grid.removeWidget(button)
+            self.flow.removeWidget(button)
             button.deleteLater()
         self.names = list(dict.fromkeys(str(n) for n in names if str(n).strip()))
         colours = colours or {}
         self.colours = {n: QColor(colours.get(n) or class_colour(n, i)) for i, n in enumerate(self.names)}
         self.empty.setVisible(not self.names)
+        metrics = QFontMetrics(self.font())
         for i, name in enumerate(self.names):
             button = QToolButton(self)
             button.setCheckable(True)
             button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-            button.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
             button.setIcon(swatch(self.colours[name]))
             button.setIconSize(QSize(14, 14))
-            button.setText(f"{i + 1}  {name}" if i < 9 else name)
+            label = metrics.elidedText(name, Qt.ElideMiddle, MAX_LABEL_PX)
+            button.setText(f"{i + 1}  {label}" if i < 9 else label)
             button.setToolTip(self.tr("Class '{}' (key {})").format(name, i + 1) if i < 9 else name)
             button.setObjectName(f"satsegClass_{i + 1}")
             self.group.addButton(button, i)
-            self.grid.addWidget(button, i // COLUMNS, i % COLUMNS)
+            self.flow.addWidget(button)
         if self.names:
             index = self.names.index(previous) if previous in self.names else 0
             self.group.button(index).setChecked(True)

@@ -34,12 +34,52 @@ def _requirements_txt():
     return out
 
 
+def _optional_in_requirements_txt():
+    """The projects requirements.txt lists after its "# optional" comment (up to "# test tools")."""
+    out, inside = set(), False
+    for line in open(os.path.join(ROOT, "requirements.txt"), encoding="utf-8"):
+        if line.startswith("#"):
+            inside = line.lower().startswith("# optional") or (inside and not line.lower().startswith("# test"))
+            continue
+        line = line.split("#")[0].strip()
+        if inside and line:
+            out.add(installer.canonical_name(re.match(r"[A-Za-z0-9._-]+", line).group(0)))
+    return out
+
+
 def test_package_list_matches_requirements_txt():
     """The installer asks for exactly the versions the project was verified with."""
     pinned = _requirements_txt()
     for package in PACKAGES:
         assert pinned.get(installer.canonical_name(package.project)) == package.requirement, package
     assert deps.PIP_NAMES["faiss"] == "faiss-cpu" and deps.PIP_NAMES["numpy"] == "numpy<2"
+
+
+def test_optional_packages_match_requirements_txt_and_stay_optional():
+    """requirements.txt's optional block is exactly OPTIONAL_PACKAGES; none of them is required, and the default
+    check (start-up, the installer's list) never reports them."""
+    pinned, optional = _requirements_txt(), _optional_in_requirements_txt()
+    assert optional == {"dask", "onnx", "onnxruntime"}
+    assert {installer.canonical_name(p.project) for p in deps.OPTIONAL_PACKAGES} == optional
+    for package in deps.OPTIONAL_PACKAGES:
+        assert package.optional and pinned[installer.canonical_name(package.project)] == package.requirement
+        assert package.module not in deps.PIP_NAMES
+    assert not {p.module for p in deps.OPTIONAL_PACKAGES} & {p.module for p in PACKAGES}
+    assert deps.package_for("onnxruntime.capi").pip_name == "onnxruntime"
+    assert deps.package_for("distributed").pip_name == "dask[distributed]"
+
+
+def test_require_names_an_optional_package_that_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the import system's "not importable"
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(deps.MissingDependencyError, match="'onnxruntime'") as info:
+        deps.require("onnxruntime")
+    assert info.value.command.endswith("install --user onnxruntime")
+    with pytest.raises(deps.MissingDependencyError, match=r"'dask\[distributed\]'") as info:
+        deps.require("distributed")
+    assert info.value.command.endswith('install --user "dask[distributed]"')
+    assert find_missing(["onnxruntime", "json"]) == {"onnxruntime": "onnxruntime"}
+    assert not {"onnx", "onnxruntime", "dask", "distributed"} & set(find_missing())  # start-up checks required only
 
 
 @pytest.fixture
@@ -136,6 +176,20 @@ def test_plain_pypi_cpu_choice_on_linux_warns_about_the_cuda_build(tmp_path, mon
     plan = make_plan(str(tmp_path), "cpu", missing={"torch": "torch"})
     assert any("CUDA build on Linux" in warning for warning in plan.warnings)
     assert not make_plan(str(tmp_path), "cpu", "pytorch", missing={"torch": "torch"}).warnings
+
+
+def test_cpu_only_from_pypi_takes_the_cpu_torch_index_on_linux(tmp_path, monkeypatch):
+    """"CPU only" + "PyPI" must not fetch the 3 GB CUDA build of torch (issue 18)."""
+    monkeypatch.delenv(installer.TORCH_INDEX_ENV, raising=False)
+    monkeypatch.setattr(installer, "installed_version", lambda project: None)
+    torch_missing = {"torch": "torch", "torchvision": "torchvision"}
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert _index_args(make_plan(str(tmp_path), "cpu", "pypi", missing=torch_missing)) == [
+        "https://download.pytorch.org/whl/cpu"]
+    assert _index_args(make_plan(str(tmp_path), "cpu", "pypi", missing={"faiss": "faiss-cpu"})) == []
+    assert _index_args(make_plan(str(tmp_path), "cuda", "pypi", missing=torch_missing)) == []
+    monkeypatch.setattr(sys, "platform", "win32")  # PyPI's torch is the CPU build there
+    assert _index_args(make_plan(str(tmp_path), "cpu", "pypi", missing=torch_missing)) == []
 
 
 def test_source_builds_on_linux_only_for_requested_projects(tmp_path, monkeypatch):

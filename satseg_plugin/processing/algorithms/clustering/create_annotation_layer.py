@@ -37,7 +37,7 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
     CRS = "CRS"
     OUTPUT = "OUTPUT"
 
-    group_id = "clustering"
+    group_id = "segmentation"  # annotations train segmentation models (its id and file stay)
     requirements = ()
 
     def name(self) -> str:

@@ -73,10 +73,11 @@ class DeepClusterAlgorithm(SatSegAlgorithm):
             "DeepCluster on each group of patches (default: the urban and the rural ones, from the pred_class "
             "field 'Train scene classifier' wrote), starting from that classifier's backbone (loaded strictly: a "
             "model that does not fit is an error, never silently skipped). Each epoch: features of the group's "
-            "patches, PCA-whitening (PCA_DIM) and L2 normalisation, faiss k-means with K clusters, a new head, "
+            "patches, PCA-whitening ('PCA dimensions') and L2 normalisation, faiss k-means with 'DeepCluster k' "
+            "clusters, a new head, "
             "one training pass on the cluster assignments. Then, on fresh features of the final networks, k-means "
-            "and the exact silhouette score (computed in chunks, never an n x n matrix; SAMPLE patches when "
-            "set) for k = K_MIN..K_MAX.\n\n"
+            "and the exact silhouette score (computed in chunks, never an n x n matrix; a 'Silhouette sample' of patches when "
+            "set) for k = 'Smallest k'..'Largest k'.\n\n"
             "Outputs: a CSV table (group, k, silhouette, inertia), a silhouette-vs-k plot, the suggested k per "
             "group (the peak) and the features file 'Extract clusters' reads.")
 

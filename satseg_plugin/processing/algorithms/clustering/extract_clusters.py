@@ -58,11 +58,11 @@ class ExtractClustersAlgorithm(SatSegAlgorithm):
 
     def shortHelpString(self) -> str:
         return self.tr(
-            "With the k you chose per group from the silhouette table (CITY_K for the first group, RURAL_K for "
-            "the second), runs seeded k-means on the features 'Deep-cluster patches' wrote and writes group, "
-            "cluster and distance to centroid onto a copy of the patch index, styled by cluster. Ids: the first "
-            "group 1..CITY_K, the second CITY_K+1..CITY_K+RURAL_K, every other patch (e.g. uninhabited) "
-            "CITY_K+RURAL_K+1. Ids are reproducible: the same seed and features give the same ids, ordered by "
+            "With the k you chose per group from the silhouette table ('k of the first group (urban)' = k1, 'k of "
+            "the second group (rural)' = k2), runs seeded k-means on the features 'Deep-cluster patches' wrote "
+            "and writes group, cluster and distance to centroid onto a copy of the patch index, styled by "
+            "cluster. Ids: the first group 1..k1, the second k1+1..k1+k2, every other patch (e.g. uninhabited) "
+            "k1+k2+1. Ids are reproducible: the same seed and features give the same ids, ordered by "
             "cluster size. Optionally copies the patch files into one folder per cluster (names are unique, so "
             "patches from different rasters or years never overwrite each other).")
 

@@ -79,7 +79,7 @@ class LabelPatchesAlgorithm(SatSegAlgorithm):
             "patches') gets, per class, the fraction of its area the class's polygons cover (soft labels, as in "
             "siCluster), in fields frac_<class>, plus 'label' (the largest class) and 'labelled' (1/0). Patches no "
             "annotation touches stay unlabelled (all fractions 0); the semi-supervised classifier still learns "
-            "from them. The class order comes from CLASSES, else from the annotation layer's drop-down (as "
+            "from them. The class order comes from 'Classes in order', else from the annotation layer's drop-down (as "
             "'Create annotation layer' makes it), else the sorted class values.")
 
     def initAlgorithm(self, config=None):

@@ -87,7 +87,8 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
     def shortHelpString(self) -> str:
         return self.tr(
             "Learns per-pixel features without labels. A size-keeping encoder-decoder (U-Net by default) gives "
-            "every pixel FEATURE_DIM learned channels plus its own normalised bands (weighted to carry BAND_SHARE, "
+            "every pixel 'Learned feature channels' plus its own normalised bands (weighted to carry the 'Share of "
+            "the features given to the bands', "
             "0.8, of the feature variance). Each round, the features of "
             "a fresh set of random crops are clustered with faiss k-means (optionally PCA-whitened, L2-normalised), "
             "every pixel takes its cluster as a pseudo-label, the cluster head is re-initialised and the network "

@@ -65,14 +65,15 @@ class OpticalFlowAlgorithm(SatSegAlgorithm):
     def shortHelpString(self) -> str:
         return self.tr(
             "Horn–Schunck optical flow between consecutive population-count frames (e.g. GPWv4 2000, 2005, ..., "
-            "2020), listed in time order. The equations are solved to convergence (ITERATIONS, TOLERANCE), "
-            "optionally coarse to fine (PYRAMID_LEVELS > 1) for motions of more than a few pixels per frame; on "
+            "2020), listed in time order. The equations are solved to convergence ('Maximum iterations', "
+            "'Convergence tolerance'), optionally coarse to fine ('Pyramid levels (1 = none)' > 1) for motions "
+            "of more than a few pixels per frame; on "
             "the GPU when one is present. Frames must share a CRS; frames on another grid are resampled to the "
             "first frame's grid (keeping population totals) with a warning. NaN and nodata pixels (seas) count "
             "as empty.\n\n"
             "Outputs: one 2-band GeoTIFF per frame pair in the output folder (band 1 u = +column, band 2 v = "
             "+row, in pixels per frame; NaN where either frame is nodata) and a point layer of flow arrows on a "
-            "VECTOR_STEP grid with the displacement in map units, its magnitude and its azimuth (degrees "
+            "'Arrow spacing (pixels)' grid with the displacement in map units, its magnitude and its azimuth (degrees "
             "clockwise from north), styled as arrows.\n\nNext step: 'Population communities'.")
 
     def initAlgorithm(self, config=None):

@@ -70,18 +70,22 @@ class PopulationClustersAlgorithm(SatSegAlgorithm):
 
     def shortHelpString(self) -> str:
         return self.tr(
-            "Finds communities of population in every frame. Per frame, a window autoencoder (WINDOW x WINDOW "
-            "windows of population, flow u, v and two position channels, each clipped and min-max scaled on that "
-            "frame) is trained on random populated window centres; every populated pixel gets a LATENT-long code "
-            "(computed in strips), codes are standardised per frame and grouped by k-means (K, faiss); then "
-            "DBSCAN (EPS pixels, MIN_SAMPLES) on the pixel positions within each k-means group cuts them into "
+            "Finds communities of population in every frame. Per frame, a window autoencoder (square windows of "
+            "'Window (pixels, odd)' of population, flow u, v and two position channels, each clipped and min-max scaled on that "
+            "frame) is trained on random populated window centres; every populated pixel gets a code of 'Code length' "
+            "(computed in strips), codes are standardised per frame and grouped by k-means ('k-means clusters "
+            "(K)', faiss); then DBSCAN ('DBSCAN radius (pixels)', 'DBSCAN minimum samples') on the pixel "
+            "positions within each k-means group cuts them into "
             "spatially connected communities with ids unique in the frame.\n\n"
-            "FLOWS are the outputs of 'Optical flow between frames' (one per consecutive pair, in time order); the "
+            "The 'Flow rasters, in time order' are the outputs of 'Optical flow between frames' (one per "
+            "consecutive pair, in time order); the "
             "last frame uses the flow of the pair before it.\n\n"
             "Outputs: a segment GeoTIFF per frame in the output folder (int32, 0 = no community), community "
             "polygons of all frames with frame, segment_id, kmeans_label, population, area_km2 and the "
             "population-weighted centroid, and a CSV report per frame (autoencoder reconstruction MSE, and with "
-            "REPORT_K the inertia and silhouette for K_MIN..K_MAX).\n\nNext step: 'Track communities'.")
+            "'Report inertia and silhouette for a range of K' the inertia and silhouette from 'Smallest K of the "
+            "report' to 'Largest K of the report').\n\nNext "
+            "step: 'Track communities'.")
 
     def initAlgorithm(self, config=None):
         number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
@@ -95,9 +99,11 @@ class PopulationClustersAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.MIN_SAMPLES, self.tr("DBSCAN minimum samples"), number.Integer,
                                  default["min_samples"], minValue=1))
         self.addParameter(QgsProcessingParameterBoolean(self.REPORT_K, self.tr("Report inertia and silhouette for "
-                                                                                "K_MIN..K_MAX"), False))
-        self.add_advanced_parameter(number(self.K_MIN, self.tr("K_MIN"), number.Integer, default["k_min"], minValue=2))
-        self.add_advanced_parameter(number(self.K_MAX, self.tr("K_MAX"), number.Integer, default["k_max"], minValue=2))
+                                                                                "a range of K"), False))
+        self.add_advanced_parameter(number(self.K_MIN, self.tr("Smallest K of the report"), number.Integer,
+                                           default["k_min"], minValue=2))
+        self.add_advanced_parameter(number(self.K_MAX, self.tr("Largest K of the report"), number.Integer,
+                                           default["k_max"], minValue=2))
         self.add_advanced_parameter(number(self.WINDOW, self.tr("Window (pixels, odd)"), number.Integer,
                                            default["window"], minValue=3))
         self.add_advanced_parameter(number(self.LATENT, self.tr("Code length"), number.Integer, default["latent"],

@@ -64,16 +64,17 @@ class TrackCommunitiesAlgorithm(SatSegAlgorithm):
         return self.tr(
             "Links the communities of each frame to those of the next. Every pixel of a community is moved by the "
             "flow; where it lands in a community of the next frame, the pair scores the cosine between the two "
-            "flow vectors (COMPARE = same: the pair's flow at the landing pixel; next: the next pair's flow, the "
-            "original rule, which loses merges); a backward pass does the same from the next frame. A pair is "
-            "linked when its mean score is positive and it covers at least MIN_FRACTION of the smaller community "
-            "(and MIN_OVERLAP pixels). All pairs are counted in one sparse pass over the pixels.\n\n"
+            "flow vectors ('Compare the flow with': the same pair's flow at the landing pixel, or the next pair's "
+            "flow, the original rule, which loses merges); a backward pass does the same from the next frame. A "
+            "pair is linked when its mean score is positive and it covers at least the 'Minimum share of the "
+            "smaller community' (and the 'Minimum overlap' in pixels). All pairs are counted in one sparse pass "
+            "over the pixels.\n\n"
             "Events: continue, split (one community to several), merge (several to one), split+merge, birth (no "
             "link from the previous frame) and death (no link to the next). Track ids follow the strongest links: "
             "in a split the strongest child keeps the track, in a merge the merged community keeps the strongest "
             "parent's track.\n\n"
             "Outputs: the link table, lines joining community centroids along the links (styled by event) and, "
-            "with COMMUNITIES (the polygons of 'Population communities'), those polygons with a track_id.")
+            "with 'Community polygons' (from 'Population communities'), those polygons with a track_id.")
 
     def initAlgorithm(self, config=None):
         number = QgsProcessingParameterNumber
@@ -99,8 +100,8 @@ class TrackCommunitiesAlgorithm(SatSegAlgorithm):
                                                             QgsProcessing.TypeVectorLine))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_COMMUNITIES, self.tr("Tracked communities"),
                                                             QgsProcessing.TypeVectorPolygon, optional=True))
-        self.addOutput(QgsProcessingOutputNumber(self.TRACKS, self.tr("Tracks")))
-        self.addOutput(QgsProcessingOutputNumber(self.LINKS, self.tr("Links")))
+        self.addOutput(QgsProcessingOutputNumber(self.TRACKS, self.tr("Number of tracks")))
+        self.addOutput(QgsProcessingOutputNumber(self.LINKS, self.tr("Number of links")))
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgisFeedback) -> Dict[str, Any]:
