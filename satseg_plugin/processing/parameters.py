@@ -9,6 +9,7 @@ tables (architectures and encoders from :mod:`~satseg_plugin.models.registry`, d
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Dict, List, Tuple
 
 from qgis.core import (
@@ -23,7 +24,8 @@ from ..models.pretrained import FILE_PARAMETER, MODES, PARAMETER, WEIGHT_SUFFIXE
 from ..models.registry import ARCHITECTURE_NAMES, ENCODER_CHOICES, TIMM_PREFIX, architecture_labels
 
 __all__ = ["DEFAULT_CLASSES", "parse_classes", "COMMUNITY_FIELDS", "config_defaults", "architecture_parameter",
-           "encoder_parameter", "encoder_weights_parameters", "encoder_weights_value"]
+           "encoder_parameter", "encoder_weights_parameters", "encoder_weights_value", "MODEL_FILE_FILTER",
+           "ModelFilesParameter", "split_model_paths", "model_files_value"]
 
 #: Scene classes offered when the user names none (createannotationlayer, labelpatches).
 DEFAULT_CLASSES = "urban,rural,uninhabited"
@@ -106,3 +108,52 @@ def encoder_weights_value(algorithm: Any, parameters: Dict[str, Any], context: Q
     """The engine's ``encoder_weights``: the file when one is given, else the chosen mode."""
     return (algorithm.parameterAsFile(parameters, FILE_PARAMETER, context)
             or MODES[algorithm.parameterAsEnum(parameters, PARAMETER, context)])
+
+
+# --- model files (segmentraster's MODELS): .satseg and .onnx, one or several, from the dialog or a script ---
+
+#: The file dialog's filter for segmentation model files.
+MODEL_FILE_FILTER = "Segmentation models (*.satseg *.onnx);;SatSeg models (*.satseg);;ONNX models (*.onnx)"
+
+
+class ModelFilesParameter(QgsProcessingParameterFile):
+    """A file parameter that takes one model file or several: a path, a list of paths (scripts, the dock), or
+    paths separated by ``;`` (the dialog's text box).
+
+    QGIS 3.22 has no file-list parameter: its multiple-layers box with the file type offers only "All files"
+    and makes QGIS try to open each model as a layer. This keeps QGIS's file widget (filtered on
+    :data:`MODEL_FILE_FILTER`) and widens what a value may be; :func:`model_files_value` reads it back.
+    """
+
+    def __init__(self, name: str, description: str = "", optional: bool = False) -> None:
+        super().__init__(name, description, QgsProcessingParameterFile.File, "", None, optional, MODEL_FILE_FILTER)
+
+    def clone(self) -> "ModelFilesParameter":
+        copy = ModelFilesParameter(self.name(), self.description())
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        copy.setDefaultValue(self.defaultValue())
+        return copy
+
+    def checkValueIsAcceptable(self, value: Any, context: Any = None) -> bool:
+        """Any non-empty path(s); whether each is a usable model is the engine's to say (it names the file)."""
+        if isinstance(value, (list, tuple)):
+            return bool(value) and all(isinstance(v, str) and v.strip() for v in value)
+        if isinstance(value, str):
+            return bool(split_model_paths(value)) or bool(self.flags() & self.FlagOptional)
+        return super().checkValueIsAcceptable(value, context)
+
+
+def split_model_paths(text: str) -> List[str]:
+    """``"a.satseg;b.onnx"`` or QGIS's quoted ``'"a.satseg" "b.onnx"'`` -> the paths, in order."""
+    if '"' in text:
+        return [p for p in re.findall(r'"([^"]+)"', text) if p.strip()]
+    return [p.strip() for p in text.split(";") if p.strip()]
+
+
+def model_files_value(algorithm: Any, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> List[str]:
+    """The model paths of a :class:`ModelFilesParameter` value (a path, a list, or ``;``-separated paths)."""
+    value = parameters.get(key)
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return split_model_paths(algorithm.parameterAsString(parameters, key, context))

@@ -17,6 +17,7 @@ from .algorithms.clustering.label_patches import LabelPatchesAlgorithm
 from .algorithms.clustering.pretrain_scene import PretrainSceneAlgorithm
 from .algorithms.clustering.train_clusternet import TrainClusterNetAlgorithm
 from .algorithms.export.export_cog import ExportCogAlgorithm
+from .algorithms.export.export_onnx import ExportOnnxAlgorithm
 from .algorithms.export.export_vector import ExportVectorAlgorithm
 from .algorithms.patching.patch_raster import PatchRasterAlgorithm
 from .algorithms.population.optical_flow import OpticalFlowAlgorithm
@@ -38,7 +39,7 @@ ALGORITHMS = (PatchRasterAlgorithm, PretrainEncoderAlgorithm, TrainSegmentationA
               TrainClusterNetAlgorithm, ClusterRasterAlgorithm, ClustersToClassesAlgorithm, EvaluateClustersAlgorithm,
               CreateAnnotationLayerAlgorithm, LabelPatchesAlgorithm, PretrainSceneAlgorithm, DeepClusterAlgorithm,
               ExtractClustersAlgorithm, OpticalFlowAlgorithm, PopulationClustersAlgorithm, TrackCommunitiesAlgorithm,
-              ExportCogAlgorithm, ExportVectorAlgorithm)
+              ExportCogAlgorithm, ExportVectorAlgorithm, ExportOnnxAlgorithm)
 
 
 class SatSegProvider(QgsProcessingProvider):
