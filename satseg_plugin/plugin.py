@@ -3,7 +3,6 @@ purpose: the dock (``ui.dock``) is imported only when it is first opened."""
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 from qgis.core import QgsApplication
@@ -11,16 +10,10 @@ from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
 
-from .processing.base import GROUPS, ICON_PATH
+from .processing.base import GROUPS, ICON_PATH, group_icon_path
 from .processing.provider import ALGORITHMS, SatSegProvider
 
-__all__ = ["SatSegPlugin", "group_icon_path"]
-
-
-def group_icon_path(group_id: str) -> str:
-    """The icon of a pipeline (``resources/icons/<group id>.svg``), SatSeg's own icon when it has none."""
-    path = os.path.join(os.path.dirname(ICON_PATH), f"{group_id}.svg")
-    return path if os.path.exists(path) else ICON_PATH
+__all__ = ["SatSegPlugin"]
 
 
 def tr(text: str) -> str:

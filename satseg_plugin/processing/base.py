@@ -50,12 +50,20 @@ from .layers import destination_path, layer_file, staged_sink
 _LAYER_INPUTS = (QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
                  QgsProcessingParameterFeatureSource, QgsProcessingParameterMapLayer)
 
-__all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH", "PROVIDER_ID"]
+__all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH", "PROVIDER_ID", "group_icon_path"]
 
 #: The id of SatSeg's Processing provider: an algorithm's id is ``satseg:<its name()>``.
 PROVIDER_ID = "satseg"
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "icons", "satseg.svg")
+
+
+def group_icon_path(group_id: str) -> str:
+    """The icon of a pipeline (``resources/icons/<group id>.svg``), SatSeg's own icon when it has none: the
+    toolbox and the SatSeg menu show each tool with its pipeline's icon."""
+    path = os.path.join(os.path.dirname(ICON_PATH), f"{group_id}.svg")
+    return path if os.path.exists(path) else ICON_PATH
+
 
 #: Stable group ids -> untranslated display names.
 GROUPS: Dict[str, str] = {
@@ -99,7 +107,7 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
         return self.group_id
 
     def icon(self) -> QIcon:
-        return QIcon(ICON_PATH)
+        return QIcon(group_icon_path(self.groupId()))
 
     def add_advanced_parameter(self, param: QgsProcessingParameterDefinition) -> None:
         """Add ``param`` under the dialog's "Advanced parameters"."""

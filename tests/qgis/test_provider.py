@@ -14,6 +14,18 @@ def test_provider_registered_with_algorithms(qgis_app):
         assert alg.name() == alg.name().lower() and alg.groupId() in ("patching", "clustering", "segmentation",
                                                                       "population", "export")
         assert alg.shortHelpString() and alg.displayName()
+        assert not alg.icon().isNull()
+
+
+def test_each_pipeline_has_its_own_toolbox_icon(qgis_app):
+    import os
+
+    from satseg_plugin.processing.base import GROUPS, ICON_PATH, group_icon_path
+
+    paths = {group: group_icon_path(group) for group in GROUPS}
+    assert all(os.path.isfile(p) and p != ICON_PATH for p in paths.values())
+    assert len(set(paths.values())) == len(GROUPS)
+    assert group_icon_path("no such group") == ICON_PATH
 
 
 def test_plugin_menu_and_unload(qgis_app, session_plugin):
