@@ -6,7 +6,8 @@ How a raster of any size is run through a model, in parts a caller combines:
 * :mod:`.reading`: reading one tile (clipped, padded, nodata flagged by one rule, filled with band means);
 * :mod:`.blending`: turning overlapping tile outputs into one value per pixel (Hann or core ramps);
 * :mod:`.readahead`: the tiles of a sweep read ahead, in order, on a few reader threads;
-* :mod:`.sweep`: column bands, tile rows, batches with CUDA out-of-memory back-off, finished blocks;
+* :mod:`.sweep`: column bands (all of them, or some: a distributed run's unit), tile rows, batches with CUDA
+  out-of-memory back-off, finished blocks;
 * :mod:`.writing`: finished rows buffered per column band and written to the (staged) outputs in whole
   blocks, on a writer thread;
 * :mod:`.concurrency`: how many reader threads, how far ahead they read and how many strips may wait for

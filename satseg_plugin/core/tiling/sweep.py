@@ -13,7 +13,7 @@ Blending on the GPU would replace the consumer side without touching the reading
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -71,7 +71,8 @@ class TileBatches:
 
 
 def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback: Feedback, batch_size: int,
-          band_columns: int, threads: SweepThreads = DEFAULT_THREADS) -> Iterator[Block]:
+          band_columns: int, threads: SweepThreads = DEFAULT_THREADS,
+          bands: Optional[Sequence[Tuple[int, int]]] = None) -> Iterator[Block]:
     """Finished, blended blocks of the grid's region, band by band, each band top to bottom.
 
     Args:
@@ -85,6 +86,8 @@ def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback:
         band_columns: widest column band.
         threads: reader threads and how many batches they read ahead (:mod:`.concurrency`); the blocks do
             not depend on them.
+        bands: sweep only these of ``grid.column_bands(band_columns)`` (a distributed run's work unit: each
+            band's blocks are the same whether it is swept alone or with the others); None: every band.
 
     Yields:
         :class:`~.blending.Block` s; when a block of a band starts at row ``r0``, every row of that band above
@@ -93,7 +96,10 @@ def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback:
         generator, e.g. with :func:`contextlib.closing`, when not iterating it to the end).
     """
     batches = TileBatches(batch_size, feedback)
-    plan = [(band, grid.cols_meeting(band)) for band in grid.column_bands(band_columns)]
+    every = grid.column_bands(band_columns)
+    if bands is not None and not set(bands) <= set(every):
+        raise ValueError(f"bands {list(bands)} are not column bands of {band_columns} px of the grid's region")
+    plan = [(band, grid.cols_meeting(band)) for band in (every if bands is None else bands)]
     steps = len(plan) * len(grid.rows)
     windows = (grid.window(row, col) for _, cols in plan for row in grid.rows for col in cols)
     with TileQueue(reader, windows, threads.readers, threads.depth(batch_size)) as tiles:

@@ -7,6 +7,7 @@ into place only when the whole set is done (see :mod:`.staging`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import deque
@@ -20,9 +21,10 @@ from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
+from ...core.distributed import Scheduler, check_shared_storage, cluster_client, parse_scheduler, run_units
 from ...core.errors import InputError
 from ...core.grid import PatchWindow, patch_grid
-from ...core.progress import Feedback, NullFeedback, check_canceled
+from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ...core.raster import (
     check_georeferencing,
     copy_band_metadata,
@@ -38,10 +40,14 @@ from ...core.staging import StagedDirectory, Transaction, stages_outputs
 from ...core.version import __version__
 from .config import PatchConfig
 
-__all__ = ["PatchConfig", "PatchRecord", "PatchResult", "write_patches", "plan_patches", "PATCH_CACHE_BYTES"]
+__all__ = ["PatchConfig", "PatchRecord", "PatchResult", "PatchRows", "write_patches", "write_patch_rows",
+           "plan_patches", "PATCH_CACHE_BYTES", "UNIT_PATCHES"]
 
 #: GDAL block cache while patching (bytes): enough for a row of source blocks of a wide raster.
 PATCH_CACHE_BYTES = 64 * 2**20
+#: Patches per Dask work unit (whole patch rows): a unit costs a scheduler round trip and a task of a few
+#: seconds at 256 px patches keeps that small.
+UNIT_PATCHES = 512
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,16 @@ def plan_patches(src: rasterio.DatasetReader, config: PatchConfig) -> Tuple[List
 
 
 class _PatchWriter:
-    """Reads, checks and writes single patches; safe to call from several threads (one dataset each)."""
+    """Reads, checks and writes single patches; safe to call from several threads (one dataset each).
 
-    def __init__(self, path: str, bands: Tuple[int, ...], config: PatchConfig, staging: StagedDirectory,
+    Patches are written into ``staged_dir`` and recorded at their path in ``final_dir`` (where the staging
+    folder is moved on commit).
+    """
+
+    def __init__(self, path: str, bands: Tuple[int, ...], config: PatchConfig, staged_dir: str, final_dir: str,
                  name_format: str) -> None:
-        self.path, self.bands, self.config, self.staging, self.name_format = path, bands, config, staging, name_format
+        self.path, self.bands, self.config, self.name_format = path, bands, config, name_format
+        self.staged_dir, self.final_dir = staged_dir, final_dir
         self._local = threading.local()
         self._opened: List[rasterio.DatasetReader] = []
         self._lock = threading.Lock()
@@ -165,19 +176,141 @@ class _PatchWriter:
         transform = src.transform * Affine.translation(win.x_off, win.y_off)
         profile = geotiff_profile(win.width, win.height, len(self.bands), data.dtype.name, src.crs, transform,
                                   src.nodata, self.config.compress)
-        with rasterio.open(self.staging.staged_path(name), "w", **profile) as dst:
+        with rasterio.open(os.path.join(self.staged_dir, name), "w", **profile) as dst:
             dst.write(data)
             copy_band_metadata(src, dst, self.bands)
         return PatchRecord(
             patch_id=win.index, row=win.row, col=win.col, x_off=win.x_off, y_off=win.y_off, width=win.width,
-            height=win.height, path=self.staging.final_path(name), nodata_frac=round(nodata_frac, 6),
+            height=win.height, path=os.path.join(self.final_dir, name), nodata_frac=round(nodata_frac, 6),
             pad_frac=round(pad_frac, 6),
             footprint=window_footprint(src.transform, win.x_off, win.y_off, win.width, win.height))
 
 
+@dataclass(frozen=True)
+class PatchRows:
+    """A distributed run's work unit: whole rows of patch windows, written into the shared staging folder.
+
+    Attributes:
+        source: the raster's path.
+        bands: the bands to write.
+        config: the run's settings.
+        staged_dir: the staging folder (on storage the workers share).
+        final_dir: the output folder the patches are recorded in.
+        name_format: the patch file names.
+        windows: the unit's windows, row-major.
+    """
+
+    source: str
+    bands: Tuple[int, ...]
+    config: PatchConfig
+    staged_dir: str
+    final_dir: str
+    name_format: str
+    windows: Tuple[PatchWindow, ...]
+
+
+def write_patch_rows(unit: PatchRows, feedback: Feedback) -> List[Optional[PatchRecord]]:
+    """Write a unit's patches (a Dask work unit); per window its record, or None when skipped for nodata."""
+    writer = _PatchWriter(unit.source, unit.bands, unit.config, unit.staged_dir, unit.final_dir, unit.name_format)
+    records: List[Optional[PatchRecord]] = []
+    try:
+        with raster_env(GDAL_CACHEMAX=PATCH_CACHE_BYTES):
+            for win in unit.windows:
+                check_canceled(feedback)
+                records.append(writer(win))
+    finally:
+        writer.close()
+    return records
+
+
+def _row_groups(windows: Sequence[PatchWindow], size: int) -> List[Tuple[PatchWindow, ...]]:
+    """Row-major ``windows`` cut into groups of whole patch rows, each of about ``size`` windows at most (a
+    row longer than ``size`` is a group of its own)."""
+    groups: List[List[PatchWindow]] = []
+    for _row, cells in itertools.groupby(windows, key=lambda w: w.row):
+        cells = list(cells)
+        if groups and len(groups[-1]) + len(cells) <= size:
+            groups[-1].extend(cells)
+        else:
+            groups.append(cells)
+    return [tuple(g) for g in groups]
+
+
+def _write_on_cluster(scheduler: Scheduler, source: str, bands: Tuple[int, ...], config: PatchConfig,
+                      staging: StagedDirectory, name_format: str, windows: Sequence[PatchWindow],
+                      order: Sequence[PatchWindow], target: int,
+                      feedback: Feedback) -> Tuple[List[PatchRecord], int]:
+    """Write the patches as Dask work units of whole patch rows; the accepted records and the nodata skips.
+
+    With a sample, every window is written and the patches past the first ``target`` accepted in the drawn
+    order are removed again, so the sample is the one an in-process run draws.
+    """
+    staged_dir, final_dir = staging.staged_path(""), staging.final_path("")
+    units = [PatchRows(os.path.abspath(source), bands, config, staged_dir, final_dir, name_format, group)
+             for group in _row_groups(windows, UNIT_PATCHES)]
+    with cluster_client(scheduler, feedback) as client:
+        check_shared_storage(client, [(source, "INPUT")], staged_dir, "OUTPUT_DIR")
+        feedback.info(f"{len(units)} groups of patch rows run as Dask work units.")
+        results = run_units(client, write_patch_rows, units, SubFeedback(feedback, 0, 95),
+                            what="group of patch rows")
+    written = {win.index: record for unit, records in zip(units, results) for win, record in zip(unit.windows, records)}
+    accepted: List[PatchRecord] = []
+    skipped_nodata = 0
+    for win in order:
+        record = written[win.index]
+        if record is None:
+            skipped_nodata += len(accepted) < target
+        elif len(accepted) < target:
+            accepted.append(record)
+        else:
+            os.remove(staging.staged_path(os.path.basename(record.path)))
+    return accepted, skipped_nodata
+
+
+def _write_in_process(writer: _PatchWriter, order: Sequence[PatchWindow], target: int, workers: int,
+                      staging: StagedDirectory, feedback: Feedback) -> Tuple[List[PatchRecord], int]:
+    """Write the patches on ``workers`` threads in ``order`` until ``target`` are accepted; the accepted
+    records and the nodata skips."""
+    accepted: List[PatchRecord] = []
+    skipped_nodata = 0
+
+    def take(future: Future) -> None:
+        """Keep a finished patch, count a skipped one, delete one drawn beyond the sample size."""
+        nonlocal skipped_nodata
+        record = future.result()
+        if record is None:
+            skipped_nodata += 1
+        elif len(accepted) < target:
+            accepted.append(record)
+        else:  # threads still in flight drew more patches than the sample needs
+            os.remove(staging.staged_path(os.path.basename(record.path)))
+
+    # Each window is read about once, so a small block cache suffices and peak memory stays the same
+    # whatever the raster's size (the 256 MiB default would fill up on large rasters only).
+    with raster_env(GDAL_CACHEMAX=PATCH_CACHE_BYTES), ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: Deque[Future] = deque()
+        max_inflight = 2 * workers
+        try:
+            for done, win in enumerate(order, start=1):
+                check_canceled(feedback)
+                pending.append(pool.submit(writer, win))
+                while pending and (len(pending) >= max_inflight or pending[0].done()):
+                    take(pending.popleft())
+                feedback.set_progress(95.0 * max(done / len(order), len(accepted) / target))
+                if len(accepted) >= target:
+                    break
+            while pending:
+                take(pending.popleft())
+        finally:
+            for fut in pending:
+                fut.cancel()
+    return accepted, skipped_nodata
+
+
 @stages_outputs
 def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfig(),
-                  feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> PatchResult:
+                  feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None,
+                  scheduler: str = "") -> PatchResult:
     """Cut ``source`` into georeferenced GeoTIFF patches in ``output_dir``.
 
     Memory stays bounded by ``workers`` x a few patches whatever the raster size: each patch is read
@@ -191,6 +324,9 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
         feedback: progress, cancel and log.
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        scheduler: SCHEDULER (:func:`~...core.distributed.parse_scheduler`): empty writes on ``config.workers``
+            threads here; ``local:N`` or a scheduler's address write groups of patch rows as Dask work units
+            into the staging folder (on storage the workers share), with the same patches and index.
 
     Returns:
         The written patches (sorted by row, col) and counts of what was skipped.
@@ -202,6 +338,7 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
     """
     feedback = feedback or NullFeedback()
     config.validate()
+    cluster = parse_scheduler(scheduler)
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         bands = resolve_bands(src, config.bands)
@@ -223,44 +360,18 @@ def write_patches(source: str, output_dir: str, config: PatchConfig = PatchConfi
     feedback.info(f"Patching {len(windows)} candidate windows of {config.patch_width}x{config.patch_height} px "
                   f"(stride {config.stride[0]}x{config.stride[1]}, edge '{config.edge}', bands {list(bands)}).")
 
-    accepted: List[PatchRecord] = []
-    skipped_nodata = 0
     with StagedDirectory(output_dir, overwrite=config.overwrite) as staging:
-        writer = _PatchWriter(source, bands, config, staging, name_format)
-
-        def take(future: Future) -> None:
-            """Keep a finished patch, count a skipped one, delete one drawn beyond the sample size."""
-            nonlocal skipped_nodata
-            record = future.result()
-            if record is None:
-                skipped_nodata += 1
-            elif len(accepted) < target:
-                accepted.append(record)
-            else:  # threads still in flight drew more patches than the sample needs
-                os.remove(staging.staged_path(os.path.basename(record.path)))
-
-        try:
-            # Each window is read about once, so a small block cache suffices and peak memory stays the same
-            # whatever the raster's size (the 256 MiB default would fill up on large rasters only).
-            with raster_env(GDAL_CACHEMAX=PATCH_CACHE_BYTES), ThreadPoolExecutor(max_workers=config.workers) as pool:
-                pending: Deque[Future] = deque()
-                max_inflight = 2 * config.workers
-                try:
-                    for done, win in enumerate(order, start=1):
-                        check_canceled(feedback)
-                        pending.append(pool.submit(writer, win))
-                        while pending and (len(pending) >= max_inflight or pending[0].done()):
-                            take(pending.popleft())
-                        feedback.set_progress(95.0 * max(done / len(order), len(accepted) / target))
-                        if len(accepted) >= target:
-                            break
-                    while pending:
-                        take(pending.popleft())
-                finally:
-                    for fut in pending:
-                        fut.cancel()
-        finally:
-            writer.close()
+        if cluster.in_process:
+            writer = _PatchWriter(source, bands, config, staging.staged_path(""), staging.final_path(""),
+                                  name_format)
+            try:
+                accepted, skipped_nodata = _write_in_process(writer, order, target, config.workers, staging,
+                                                             feedback)
+            finally:
+                writer.close()
+        else:
+            accepted, skipped_nodata = _write_on_cluster(cluster, source, bands, config, staging, name_format,
+                                                         windows, order, target, feedback)
         check_canceled(feedback)
         if not accepted:
             raise InputError(f"every one of the {len(order)} patches has more than "

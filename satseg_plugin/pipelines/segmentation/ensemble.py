@@ -152,8 +152,12 @@ class Ensemble:
                           "only.")
         return self.fixed_tile
 
-    def predict(self, raw: np.ndarray, tta: bool) -> np.ndarray:
-        """Foreground probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``."""
+    def predict(self, raw: np.ndarray, tta: bool, on_device: bool = False) -> Any:
+        """Foreground probabilities ``(N, K, H, W)`` float32 for raw tiles ``(N, C, H, W)``.
+
+        ``on_device``: return them as a tensor on the models' device instead of a numpy array (for a blend that
+        accumulates there, :class:`~...core.tiling.HannBlend` with a device).
+        """
         torch = self.torch
         total = None
         for member, (mean, std), weight in zip(self.members, self.normalization, self.weights):
@@ -171,4 +175,5 @@ class Ensemble:
                     acc = probs if acc is None else acc + probs
             acc = (acc / len(flips)) * weight
             total = acc if total is None else total + acc
-        return total.cpu().numpy().astype(np.float32)
+        total = total.float()
+        return total if on_device else total.cpu().numpy()

@@ -6,22 +6,29 @@ ensemble of models that turns a batch of tiles into class probabilities, the thr
 probabilities into a class mask, and the two staged outputs. Tiles lie on one grid anchored at the
 region's origin and overlap; each pixel is the Hann-weighted mean of every tile holding it, so there are
 no seams. Outputs are moved into place only when the whole raster is done.
+
+One function sweeps column bands into open outputs (:func:`_sweep_bands`): in-process it fills the staged
+outputs with every band; with a SCHEDULER each band is a Dask work unit (:func:`segment_band`) that fills its
+own part GeoTIFFs, which the caller copies into the staged outputs before the same sieve, overviews and
+commit (:mod:`...core.distributed`; docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import os
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from functools import lru_cache
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from ...core.distributed import Scheduler, assemble_part, cluster_with_parts, parse_scheduler, run_units
 from ...core.errors import InputError
-from ...core.progress import Feedback, NullFeedback
+from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ...core.raster import (
     bounds_region,
     check_georeferencing,
@@ -32,12 +39,13 @@ from ...core.raster import (
     overview_factors,
     raster_env,
 )
-from ...core.staging import StagedFile, Transaction, stages_outputs
+from ...core.staging import StagedFile, Transaction, current_transaction, stages_outputs
 from ...core.tiling import (
     ROW_BLOCK,
     BlockWriter,
     HannBlend,
     Output,
+    TileGrid,
     TileReader,
     device_tile_limit,
     hann_grid,
@@ -49,7 +57,8 @@ from ...core.vectorize import sieve_file
 from .config import InferenceConfig
 from .ensemble import Ensemble
 
-__all__ = ["InferenceConfig", "SegmentResult", "segment_raster", "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
+__all__ = ["InferenceConfig", "SegmentResult", "SegmentPlan", "SegmentBand", "segment_raster", "segment_band",
+           "PROB_NODATA", "MASK_NODATA", "BAND_COLUMNS"]
 
 PROB_NODATA = -1.0
 MASK_NODATA = 255
@@ -72,7 +81,164 @@ class SegmentResult:
     positive_pixels: int
 
 
-@stages_outputs
+@dataclass(frozen=True)
+class SegmentPlan:
+    """What every column band of a run shares: plain values and paths, so it travels to Dask workers as is.
+
+    Attributes:
+        source: the input raster's path.
+        model_paths: the model files (each worker loads them: models travel as files, never pickled modules).
+        config: the run's settings.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, resolved where the band runs (per worker).
+        threshold: the probability threshold of the class mask.
+        grid: the tiles of the whole run (computed once, by the caller).
+        band_columns: widest column band.
+    """
+
+    source: str
+    model_paths: Tuple[str, ...]
+    config: InferenceConfig
+    device: str
+    threshold: float
+    grid: TileGrid
+    band_columns: int
+
+
+@dataclass(frozen=True)
+class SegmentBand:
+    """A distributed run's work unit: one column band, written to its own part GeoTIFFs.
+
+    Attributes:
+        plan: the run's shared plan.
+        band: ``(first column, stop column)`` in raster pixels, one of ``plan.grid.column_bands``.
+        probability_part: where the band's probabilities go (a folder every worker and the client share).
+        mask_part: where the band's class mask goes (before the sieve, which runs on the assembled mask).
+    """
+
+    plan: SegmentPlan
+    band: Tuple[int, int]
+    probability_part: str
+    mask_part: str
+
+
+def _profiles(src: rasterio.DatasetReader, window: Window, k: int, threaded: bool) -> Tuple[dict, dict]:
+    """Creation profiles of the probability and mask GeoTIFFs of raster pixels ``window``."""
+    transform = src.window_transform(window)
+    width, height = int(window.width), int(window.height)
+    # level 1: the float probabilities encode ~5x faster for a few percent more bytes (see bench/RESULTS.md)
+    prob = geotiff_profile(width, height, k, "float32", src.crs, transform, PROB_NODATA, level=1,
+                           compress_threads=threaded)
+    prob.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK, interleave="band")
+    mask = geotiff_profile(width, height, 1, "uint8", src.crs, transform, MASK_NODATA, level=1,
+                           compress_threads=threaded)
+    mask.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
+    return prob, mask
+
+
+@contextmanager
+def _open_outputs(src: rasterio.DatasetReader, window: Window, classes: Sequence[str], prob_path: str,
+                  mask_path: str, threaded: bool = True) -> Iterator[Tuple[Any, Any]]:
+    """The probability and mask GeoTIFFs of raster pixels ``window``, open for writing, bands described."""
+    prob_profile, mask_profile = _profiles(src, window, len(classes), threaded)
+    with rasterio.open(prob_path, "w", **prob_profile) as prob_dst, \
+            rasterio.open(mask_path, "w", **mask_profile) as mask_dst:
+        for i, name in enumerate(classes, start=1):
+            prob_dst.set_band_description(i, f"{name} probability")
+        mask_dst.set_band_description(1, "class" if len(classes) > 1 else f"{classes[0]} mask")
+        yield prob_dst, mask_dst
+
+
+def _sweep_bands(src: rasterio.DatasetReader, ensemble: Ensemble, plan: SegmentPlan, prob_dst: Any, mask_dst: Any,
+                 region: Window, feedback: Feedback, bands: Optional[Sequence[Tuple[int, int]]] = None
+                 ) -> Tuple[int, bool]:
+    """Sweep ``bands`` of the plan's grid (None: all) into outputs covering raster pixels ``region``.
+
+    The one loop of both runs: in-process it fills the staged outputs, on a worker one band's parts.
+
+    Returns:
+        The foreground pixels written and whether any pixel of the bands was not nodata.
+    """
+    config, grid, threshold = plan.config, plan.grid, plan.threshold
+    k = ensemble.out_bands
+    positive, valid = [0], [False]
+
+    def count_positive(_window: Window, strips: List[np.ndarray]) -> None:
+        cls = strips[1]
+        positive[0] += int(((cls > 0) & (cls != MASK_NODATA)).sum())
+
+    threads = threads_for(ensemble.device)
+    reader = TileReader(src, ensemble.metadata.bands, np.asarray(ensemble.metadata.mean, np.float32), grid.tile)
+    writer = BlockWriter([Output(prob_dst, k, "float32", PROB_NODATA), Output(mask_dst, 1, "uint8", MASK_NODATA)],
+                         region, grid.tile, src.window_transform, config.mask, count_positive, threads)
+    # on a GPU the tiles' probabilities stay there and are blended there; only finished rows come back
+    blend = HannBlend(grid.tile, ensemble.device if ensemble.device.type == "cuda" else None)
+    blocks = sweep(grid, reader, lambda raw: ensemble.predict(raw, config.tta, on_device=blend.on_device), blend,
+                   feedback, config.batch_size, plan.band_columns, threads, bands)
+    # rows are written on the writer thread: the counts are complete when the writer is closed
+    with writer, closing(blocks):
+        for block in blocks:
+            probs = block.values
+            if k == 1:
+                cls = (probs[0] >= threshold).astype(np.uint8)
+            else:
+                cls = np.where(probs.max(0) >= threshold, probs.argmax(0) + 1, 0).astype(np.uint8)
+            valid[0] = valid[0] or not block.empty.all()
+            probs[:, block.empty] = PROB_NODATA
+            cls[block.empty] = MASK_NODATA
+            writer.put(block.r0, block.c0, block.band, [probs, cls[None]])
+    return positive[0], valid[0]
+
+
+@lru_cache(maxsize=1)
+def _worker_ensemble(model_paths: Tuple[str, ...], weights: Optional[Tuple[float, ...]], device: str,
+                     amp: bool) -> Ensemble:
+    """The models on a worker, loaded once per worker process for the bands it runs one after another."""
+    from ...core.device import resolve_device
+
+    return Ensemble(model_paths, weights, resolve_device(device), amp, NullFeedback())
+
+
+def segment_band(unit: SegmentBand, feedback: Feedback) -> Tuple[int, bool]:
+    """Run one column band into its part GeoTIFFs (a Dask work unit; also runs in-process).
+
+    Returns:
+        :func:`_sweep_bands`' foreground pixels and whether the band holds data.
+    """
+    plan = unit.plan
+    config = plan.config
+    ensemble = _worker_ensemble(tuple(plan.model_paths), tuple(config.weights) if config.weights else None,
+                                plan.device, config.amp)
+    region = plan.grid.region
+    window = Window(unit.band[0], region.row_off, unit.band[1] - unit.band[0], region.height)
+    with raster_env(), open_raster(plan.source) as src, \
+            _open_outputs(src, window, ensemble.metadata.classes, unit.probability_part, unit.mask_part,
+                          threaded=False) as (prob_dst, mask_dst):
+        return _sweep_bands(src, ensemble, plan, prob_dst, mask_dst, window, feedback, [unit.band])
+
+
+def _segment_on_cluster(scheduler: Scheduler, src: rasterio.DatasetReader, plan: SegmentPlan, classes: Sequence[str],
+                        prob_tmp: str, mask_tmp: str, probability_path: str,
+                        feedback: Feedback) -> Tuple[int, bool]:
+    """Run the plan's column bands on a Dask cluster and assemble their parts into the staged outputs."""
+    region = plan.grid.region
+    bands = plan.grid.column_bands(plan.band_columns)
+    inputs = [(plan.source, "INPUT")] + [(p, "MODELS") for p in plan.model_paths]
+    with cluster_with_parts(scheduler, feedback, inputs, probability_path, "OUTPUT_PROBABILITY",
+                            current_transaction()) as (client, folder):
+        units = [SegmentBand(plan, band, os.path.join(folder, f"probability-{band[0]}.tif"),
+                             os.path.join(folder, f"mask-{band[0]}.tif")) for band in bands]
+        feedback.info(f"{len(units)} column bands of at most {plan.band_columns} px run as Dask work units.")
+        results = run_units(client, segment_band, units, SubFeedback(feedback, 0, 90), what="column band")
+        with _open_outputs(src, region, classes, prob_tmp, mask_tmp) as (prob_dst, mask_dst):
+            for unit in units:
+                check_canceled(feedback)
+                offset = unit.band[0] - int(region.col_off)
+                assemble_part(unit.probability_part, prob_dst, offset)
+                assemble_part(unit.mask_part, mask_dst, offset)
+        feedback.set_progress(95.0)
+    return sum(r[0] for r in results), any(r[1] for r in results)
+
+
 def _count_positive(mask_path: str) -> int:
     """Foreground pixels of a written mask, read block by block."""
     with rasterio.open(mask_path) as mask:
@@ -80,10 +246,11 @@ def _count_positive(mask_path: str) -> int:
                    for cls in (mask.read(1, window=w) for _, w in mask.block_windows(1)))
 
 
+@stages_outputs
 def segment_raster(source: str, model_paths: Sequence[str], probability_path: str, mask_path: str,
                    config: InferenceConfig = InferenceConfig(), device: str = "auto",
                    feedback: Optional[Feedback] = None,
-                   transaction: Optional[Transaction] = None) -> SegmentResult:
+                   transaction: Optional[Transaction] = None, scheduler: str = "") -> SegmentResult:
     """Predict a probability raster and a class mask with one model or a weighted ensemble.
 
     Args:
@@ -92,10 +259,13 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         probability_path: float32 GeoTIFF of foreground probabilities (one band per class; nodata -1).
         mask_path: uint8 GeoTIFF mask (binary: 0/1; multi-class: class index; nodata 255).
         config: tiling, ensemble and output settings.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        feedback: progress per tile row, cancel, log.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (on a cluster: resolved on each worker).
+        feedback: progress per tile row (on a cluster: per finished column band), cancel, log.
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        scheduler: SCHEDULER (:func:`~...core.distributed.parse_scheduler`): empty runs in-process; ``local:N``
+            or a scheduler's address run the column bands as Dask work units on storage the workers share,
+            with the same outputs.
 
     Returns:
         Paths and a summary. Outputs have the input's CRS and grid (cropped to the extent's pixel window).
@@ -106,6 +276,7 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
     check_geotiff_name(probability_path, "OUTPUT_PROBABILITY")
     check_geotiff_name(mask_path, "OUTPUT_MASK")
     config.validate()
+    cluster = parse_scheduler(scheduler)
     torch_device = resolve_device(device)
     feedback.info(f"Device: {describe_device(torch_device)}")
     ensemble = Ensemble(model_paths, config.weights, torch_device, config.amp, feedback)
@@ -121,58 +292,27 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
         x0, y0, width, height = region
         limit = device_tile_limit(lambda raw: ensemble.predict(raw, config.tta), len(meta.bands),
                                   ensemble.multiple, torch_device)
-        tile, overlap = plan_tiles(config.tile_size, config.overlap, ensemble.multiple, (width, height), limit,
-                                   feedback)
+        tile, overlap = plan_tiles(ensemble.tile_size(config.tile_size, feedback), config.overlap, ensemble.multiple,
+                                   (width, height), limit, feedback)
         grid = hann_grid(Window(*region), src.height, src.width, tile, overlap)
         feedback.info(f"Predicting {len(grid)} tiles of {tile} px (overlap {overlap} px) over "
                       f"{width} x {height} px; threshold {threshold:.3f}{', flip TTA' if config.tta else ''}.")
-        window_transform = src.window_transform(Window(x0, y0, width, height))
-        k = ensemble.out_bands
-        # level 1: the float probabilities encode ~5x faster for a few percent more bytes (see bench/RESULTS.md)
-        prob_profile = geotiff_profile(width, height, k, "float32", src.crs, window_transform, PROB_NODATA, level=1,
-                                       compress_threads=True)
-        prob_profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK, interleave="band")
-        mask_profile = geotiff_profile(width, height, 1, "uint8", src.crs, window_transform, MASK_NODATA, level=1,
-                                       compress_threads=True)
-        mask_profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
+        plan = SegmentPlan(os.path.abspath(source), tuple(os.path.abspath(p) for p in model_paths), config, device,
+                           threshold, grid, BAND_COLUMNS)
         staged_prob = StagedFile(probability_path, parameter="OUTPUT_PROBABILITY", suffix=".tif")
         staged_mask = StagedFile(mask_path, parameter="OUTPUT_MASK", suffix=".tif")
-        reader = TileReader(src, meta.bands, np.asarray(meta.mean, np.float32), tile)
-        positive, valid = [0], [False]
-
-        def count_positive(_window: Window, strips: List[np.ndarray]) -> None:
-            cls = strips[1]
-            positive[0] += int(((cls > 0) & (cls != MASK_NODATA)).sum())
-
         with staged_prob as prob_tmp, staged_mask as mask_tmp:
-            with rasterio.open(prob_tmp, "w", **prob_profile) as prob_dst, \
-                    rasterio.open(mask_tmp, "w", **mask_profile) as mask_dst:
-                for i, name in enumerate(meta.classes, start=1):
-                    prob_dst.set_band_description(i, f"{name} probability")
-                mask_dst.set_band_description(1, "class" if k > 1 else f"{meta.classes[0]} mask")
-                threads = threads_for(torch_device)
-                writer = BlockWriter([Output(prob_dst, k, "float32", PROB_NODATA), Output(mask_dst, 1, "uint8",
-                                                                                          MASK_NODATA)],
-                                     grid.region, tile, src.window_transform, config.mask, count_positive, threads)
-                blocks = sweep(grid, reader, lambda raw: ensemble.predict(raw, config.tta), HannBlend(tile),
-                               feedback, config.batch_size, BAND_COLUMNS, threads)
-                # rows are written on the writer thread: the counts are complete when the writer is closed
-                with writer, closing(blocks):
-                    for block in blocks:
-                        probs = block.values
-                        if k == 1:
-                            cls = (probs[0] >= threshold).astype(np.uint8)
-                        else:
-                            cls = np.where(probs.max(0) >= threshold, probs.argmax(0) + 1, 0).astype(np.uint8)
-                        valid[0] = valid[0] or not block.empty.all()
-                        probs[:, block.empty] = PROB_NODATA
-                        cls[block.empty] = MASK_NODATA
-                        writer.put(block.r0, block.c0, block.band, [probs, cls[None]])
-                if not valid[0]:
-                    feedback.warning("Every pixel of INPUT in the extent is nodata; the outputs are empty.")
+            if cluster.in_process:
+                with _open_outputs(src, grid.region, meta.classes, prob_tmp, mask_tmp) as (prob_dst, mask_dst):
+                    positive, valid = _sweep_bands(src, ensemble, plan, prob_dst, mask_dst, grid.region, feedback)
+            else:
+                positive, valid = _segment_on_cluster(cluster, src, plan, meta.classes, prob_tmp, mask_tmp,
+                                                      probability_path, feedback)
+            if not valid:
+                feedback.warning("Every pixel of INPUT in the extent is nodata; the outputs are empty.")
             if min_object > 1:  # on the closed file, before its overviews
                 sieve_file(mask_tmp, min_object)
-                positive[0] = _count_positive(mask_tmp)
+                positive = _count_positive(mask_tmp)
                 feedback.info(f"Removed objects under {min_object} pixels from the mask (and filled holes that "
                               "small).")
             factors = overview_factors(width, height)
@@ -185,4 +325,4 @@ def segment_raster(source: str, model_paths: Sequence[str], probability_path: st
             staged_mask.commit()
     feedback.set_progress(100.0)
     return SegmentResult(os.path.abspath(probability_path), os.path.abspath(mask_path), threshold,
-                         list(meta.classes), region, len(grid), positive[0])
+                         list(meta.classes), region, len(grid), positive)

@@ -10,6 +10,9 @@ owns its core, and across a ramp of half the overlap centred on each core border
 from one tile's to the other's (:class:`~....core.tiling.RampBlend`, which says why a ramp and not the
 Hann window segmentation uses). A pixel's features depend only on the grid, so its cluster is the same in a
 whole-raster run and in an EXTENT run.
+
+With a SCHEDULER each column band is a Dask work unit (:func:`cluster_band`) writing its ids into a part
+GeoTIFF that the caller copies into the staged output (:mod:`....core.distributed`; docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -24,9 +28,10 @@ import rasterio
 from rasterio.windows import Window
 
 from ....core.deps import require
+from ....core.distributed import Scheduler, assemble_part, cluster_with_parts, parse_scheduler, run_units
 from ....core.errors import InputError
 from ....core.fit import choose_precision
-from ....core.progress import Feedback, NullFeedback, check_canceled
+from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ....core.raster import (
     bounds_region,
     check_georeferencing,
@@ -37,7 +42,7 @@ from ....core.raster import (
     overview_factors,
     raster_env,
 )
-from ....core.staging import StagedFile, Transaction, stages_outputs
+from ....core.staging import StagedFile, Transaction, current_transaction, stages_outputs
 from ....core.tiling import (
     ROW_BLOCK,
     Block,
@@ -54,8 +59,9 @@ from ....core.tiling import (
 )
 from .config import ClusterMapConfig
 
-__all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "cluster_grid", "feature_blocks",
-           "cluster_raster", "open_cluster_model", "CLUSTER_NODATA", "CLUSTER_BAND_COLUMNS"]
+__all__ = ["ClusterMapConfig", "ClusterMapResult", "ClusterModel", "ClusterPlan", "ClusterBand", "cluster_grid",
+           "feature_blocks", "cluster_raster", "cluster_band", "open_cluster_model", "CLUSTER_NODATA",
+           "CLUSTER_BAND_COLUMNS"]
 
 #: Nodata of cluster rasters; clusters are numbered 1..K.
 CLUSTER_NODATA = 0
@@ -174,17 +180,19 @@ def cluster_grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterM
 
 
 def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: TileGrid, config: ClusterMapConfig,
-                   feedback: Feedback, band_columns: Optional[int] = None) -> Iterator[Block]:
+                   feedback: Feedback, band_columns: Optional[int] = None,
+                   bands: Optional[Sequence[Tuple[int, int]]] = None) -> Iterator[Block]:
     """Blended per-pixel features (``Block.values``, ``(D, h, w)``) of the grid's region.
 
     The region is swept in column bands of at most ``band_columns`` pixels (None: ``CLUSTER_BAND_COLUMNS``),
-    each top to bottom; a pixel's features depend only on the raster-anchored grid, never on the region
-    or on the column bands. Memory is one batch of tile features and the ramp rows carried from one tile
-    row to the next (``D x 2 half x band`` floats), never the raster's size.
+    each top to bottom (only ``bands`` of them when given: a distributed run's unit); a pixel's features
+    depend only on the raster-anchored grid, never on the region or on the column bands. Memory is one
+    batch of tile features and the ramp rows carried from one tile row to the next (``D x 2 half x band``
+    floats), never the raster's size.
     """
     reader = TileReader(src, cm.metadata.bands, cm.mean, grid.tile)
     return sweep(grid, reader, lambda raw: cm.features(raw, config.amp), RampBlend(), feedback, config.batch_size,
-                 band_columns or CLUSTER_BAND_COLUMNS, threads_for(cm.device))
+                 band_columns or CLUSTER_BAND_COLUMNS, threads_for(cm.device), bands)
 
 
 def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> ClusterModel:
@@ -196,12 +204,140 @@ def open_cluster_model(model_path: str, device: str, feedback: Feedback) -> Clus
     return ClusterModel(model_path, torch_device)
 
 
+@dataclass(frozen=True)
+class ClusterPlan:
+    """What every column band of a cluster map shares: plain values and paths, so it travels to Dask workers.
+
+    Attributes:
+        source: the input raster's path.
+        model_path: the ClusterNet model file (each worker loads it: models travel as files).
+        config: the run's settings.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, resolved where the band runs (per worker).
+        grid: the tiles of the whole run (computed once, by the caller).
+        band_columns: widest column band.
+        top: the highest cluster id (splits included): the length of the counts.
+        splits: see :func:`cluster_raster`.
+        keep_nodata_of: see :func:`cluster_raster`.
+    """
+
+    source: str
+    model_path: str
+    config: ClusterMapConfig
+    device: str
+    grid: TileGrid
+    band_columns: int
+    top: int
+    splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None
+    keep_nodata_of: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ClusterBand:
+    """A distributed cluster map's work unit: one column band, written to its own part GeoTIFF."""
+
+    plan: ClusterPlan
+    band: Tuple[int, int]
+    part: str
+
+
+def _id_profile(src: rasterio.DatasetReader, window: Window, threaded: bool) -> dict:
+    """Creation profile of the uint16 cluster id GeoTIFF of raster pixels ``window``."""
+    profile = geotiff_profile(int(window.width), int(window.height), 1, "uint16", src.crs,
+                              src.window_transform(window), CLUSTER_NODATA, level=1, compress_threads=threaded)
+    profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
+    return profile
+
+
+def _sweep_cluster_bands(src: rasterio.DatasetReader, cm: ClusterModel, plan: ClusterPlan, dst, region: Window,
+                         feedback: Feedback, bands: Optional[Sequence[Tuple[int, int]]] = None
+                         ) -> Tuple[np.ndarray, bool]:
+    """Sweep ``bands`` of the plan's grid (None: all) into the id raster ``dst`` covering raster pixels ``region``.
+
+    The one loop of both runs: in-process it fills the staged output, on a worker one band's part.
+
+    Returns:
+        Pixels per id (index 0: nodata) and whether any pixel of the bands was not nodata.
+    """
+    config, grid = plan.config, plan.grid
+    counts = np.zeros(plan.top + 1, np.int64)
+    valid = False
+    previous = open_raster(plan.keep_nodata_of, "INPUT") if plan.keep_nodata_of else None
+    # the earlier raster covers the run's region; this one's output pixel (0, 0) is ``region``'s corner
+    dx, dy = int(region.col_off - grid.region.col_off), int(region.row_off - grid.region.row_off)
+
+    def finish_strip(window: Window, strips: List[np.ndarray]) -> None:
+        strip = strips[0][0]
+        if previous is not None:
+            nodata = previous.nodata if previous.nodata is not None else 0
+            earlier = previous.read(1, window=Window(window.col_off + dx, window.row_off + dy, window.width,
+                                                     window.height))
+            strip[earlier == nodata] = CLUSTER_NODATA
+        counts[:] += np.bincount(strip.ravel(), minlength=len(counts))[:len(counts)]
+
+    with previous or contextlib.nullcontext():
+        writer = BlockWriter([Output(dst, 1, "uint16", CLUSTER_NODATA)], region, grid.tile, src.window_transform,
+                             config.mask, finish_strip, threads_for(cm.device))
+        blocks = feature_blocks(src, cm, grid, config, feedback, plan.band_columns, bands)
+        # strips are finished and counted on the writer thread: counts are complete once it is closed
+        with writer, contextlib.closing(blocks):
+            for block in blocks:
+                ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
+                keep = ~block.empty
+                valid = valid or bool(keep.any())
+                if keep.any():
+                    ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), plan.splits)
+                writer.put(block.r0, block.c0, block.band, [ids[None]])
+    return counts, valid
+
+
+@lru_cache(maxsize=1)
+def _worker_model(model_path: str, device: str) -> ClusterModel:
+    """The model on a worker, loaded once per worker process for the bands it runs one after another."""
+    from ....core.device import resolve_device
+
+    return ClusterModel(model_path, resolve_device(device))
+
+
+def cluster_band(unit: ClusterBand, feedback: Feedback) -> Tuple[np.ndarray, bool]:
+    """Run one column band into its part GeoTIFF (a Dask work unit; also runs in-process).
+
+    Returns:
+        :func:`_sweep_cluster_bands`' pixels per id and whether the band holds data.
+    """
+    plan = unit.plan
+    cm = _worker_model(plan.model_path, plan.device)
+    region = plan.grid.region
+    window = Window(unit.band[0], region.row_off, unit.band[1] - unit.band[0], region.height)
+    with raster_env(), open_raster(plan.source) as src, \
+            rasterio.open(unit.part, "w", **_id_profile(src, window, threaded=False)) as dst:
+        return _sweep_cluster_bands(src, cm, plan, dst, window, feedback, [unit.band])
+
+
+def _cluster_on_cluster(scheduler: Scheduler, plan: ClusterPlan, dst, output_path: str,
+                        feedback: Feedback) -> Tuple[np.ndarray, bool]:
+    """Run the plan's column bands on a Dask cluster and assemble their parts into the open output ``dst``."""
+    region = plan.grid.region
+    inputs = [(plan.source, "INPUT"), (plan.model_path, "MODEL")]
+    if plan.keep_nodata_of:
+        inputs.append((plan.keep_nodata_of, "INPUT"))
+    with cluster_with_parts(scheduler, feedback, inputs, output_path, "OUTPUT",
+                            current_transaction()) as (client, folder):
+        units = [ClusterBand(plan, band, os.path.join(folder, f"ids-{band[0]}.tif"))
+                 for band in plan.grid.column_bands(plan.band_columns)]
+        feedback.info(f"{len(units)} column bands of at most {plan.band_columns} px run as Dask work units.")
+        results = run_units(client, cluster_band, units, SubFeedback(feedback, 0, 90), what="column band")
+        for unit in units:
+            check_canceled(feedback)
+            assemble_part(unit.part, dst, unit.band[0] - int(region.col_off))
+    return sum(r[0] for r in results), any(r[1] for r in results)
+
+
 @stages_outputs
 def cluster_raster(source: str, model_path: str, output_path: str, config: ClusterMapConfig = ClusterMapConfig(),
                    device: str = "auto", feedback: Optional[Feedback] = None,
                    splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None,
                    keep_nodata_of: Optional[str] = None,
-                   transaction: Optional[Transaction] = None) -> ClusterMapResult:
+                   transaction: Optional[Transaction] = None, scheduler: str = "") -> ClusterMapResult:
     """Write the cluster id (1..K, nodata 0) of every pixel as a uint16 GeoTIFF on the input's grid.
 
     Args:
@@ -209,8 +345,8 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         model_path: a SatSeg ClusterNet model file.
         output_path: GeoTIFF to write (``.tif``); staged and moved into place at the end.
         config: tiling and extent settings.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        feedback: progress per tile row, cancel, log.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (on a cluster: resolved on each worker).
+        feedback: progress per tile row (on a cluster: per finished column band), cancel, log.
         splits: ``{cluster id: (sub-centroids (m, d) in k-means space, their new ids)}``: pixels of that
             cluster are reassigned to the nearest sub-centroid (how ``clusters_to_classes`` splits a cluster
             two classes share).
@@ -218,6 +354,9 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
             nodata here (so a re-clustering keeps an earlier run's MASK).
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        scheduler: SCHEDULER (:func:`~....core.distributed.parse_scheduler`): empty runs in-process; ``local:N``
+            or a scheduler's address run the column bands as Dask work units on storage the workers share,
+            with the same ids.
 
     Returns:
         The output path and per-cluster pixel counts (index i = cluster i + 1, new ids of splits included).
@@ -225,6 +364,7 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
     feedback = feedback or NullFeedback()
     config.validate()
     check_geotiff_name(output_path, "OUTPUT")
+    cluster = parse_scheduler(scheduler)
     cm = open_cluster_model(model_path, device, feedback)
     k = cm.num_clusters
     top = max([k] + [max(ids) for _, ids in (splits or {}).values()])
@@ -235,43 +375,26 @@ def cluster_raster(source: str, model_path: str, output_path: str, config: Clust
         x0, y0, width, height = (int(v) for v in grid.region.flatten())
         feedback.info(f"Clustering {len(grid)} tiles of {grid.tile} px (overlap {grid.overlap} px) over "
                       f"{width} x {height} px into {k} clusters.")
-        profile = geotiff_profile(width, height, 1, "uint16", src.crs, src.window_transform(grid.region),
-                                  CLUSTER_NODATA, level=1, compress_threads=True)
-        profile.update(blockxsize=ROW_BLOCK, blockysize=ROW_BLOCK)
-        counts = np.zeros(top + 1, np.int64)
-        valid = False
+        if keep_nodata_of:
+            with open_raster(keep_nodata_of, "INPUT") as previous:
+                if (previous.width, previous.height) != (width, height):
+                    raise InputError("the earlier cluster raster does not match the region being clustered.",
+                                     "INPUT")
+        plan = ClusterPlan(os.path.abspath(source), os.path.abspath(model_path), config, device, grid,
+                           CLUSTER_BAND_COLUMNS, top, splits,
+                           os.path.abspath(keep_nodata_of) if keep_nodata_of else None)
         staged = StagedFile(output_path, parameter="OUTPUT", suffix=".tif")
-        previous = open_raster(keep_nodata_of, "INPUT") if keep_nodata_of else None
-        if previous is not None and (previous.width, previous.height) != (width, height):
-            previous.close()
-            raise InputError("the earlier cluster raster does not match the region being clustered.", "INPUT")
-
-        def finish_strip(window: Window, strips: List[np.ndarray]) -> None:
-            strip = strips[0][0]
-            if previous is not None:
-                nodata = previous.nodata if previous.nodata is not None else 0
-                strip[previous.read(1, window=window) == nodata] = CLUSTER_NODATA
-            counts[:] += np.bincount(strip.ravel(), minlength=len(counts))[:len(counts)]
-
-        with staged as tmp, (previous or contextlib.nullcontext()):
-            with rasterio.open(tmp, "w", **profile) as dst:
+        with staged as tmp:
+            with rasterio.open(tmp, "w", **_id_profile(src, grid.region, threaded=True)) as dst:
                 dst.set_band_description(1, "cluster")
                 # how the ids were made, so a later split recomputes features with the same tiles
                 dst.update_tags(satseg_tile=grid.tile, satseg_overlap=grid.overlap, satseg_model=os.path.basename(
                     model_path))
                 dst.write_colormap(1, {0: (0, 0, 0, 0), **{i + 1: (*c, 255) for i, c in enumerate(_palette(top))}})
-                writer = BlockWriter([Output(dst, 1, "uint16", CLUSTER_NODATA)], grid.region, grid.tile,
-                                     src.window_transform, config.mask, finish_strip, threads_for(cm.device))
-                blocks = feature_blocks(src, cm, grid, config, feedback)
-                # strips are finished and counted on the writer thread: counts are complete once it is closed
-                with writer, contextlib.closing(blocks):
-                    for block in blocks:
-                        ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
-                        keep = ~block.empty
-                        valid = valid or bool(keep.any())
-                        if keep.any():
-                            ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), splits)
-                        writer.put(block.r0, block.c0, block.band, [ids[None]])
+                if cluster.in_process:
+                    counts, valid = _sweep_cluster_bands(src, cm, plan, dst, grid.region, feedback)
+                else:
+                    counts, valid = _cluster_on_cluster(cluster, plan, dst, output_path, feedback)
                 check_canceled(feedback)
                 if not valid:
                     feedback.warning("Every pixel of INPUT in the extent is nodata; the output is empty.")

@@ -20,6 +20,7 @@ from qgis.core import (
 from ....core.staging import readable_path
 from ....pipelines.clustering.pixel.config import ClusterMapConfig
 from ...base import SatSegAlgorithm
+from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
 from ...parameters import config_defaults
@@ -86,6 +87,7 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.MIN_AREA, self.tr("Minimum polygon area (m²)"), number.Double, 0.0,
                                            minValue=0.0))
         self.add_device_parameter()
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Clusters")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_POLYGONS, self.tr("Cluster polygons"),
                                                             QgsProcessing.TypeVectorPolygon, optional=True,
@@ -109,7 +111,8 @@ class ClusterRasterAlgorithm(SatSegAlgorithm):
         want_polygons = parameters.get(self.OUTPUT_POLYGONS) is not None
         result = cluster_raster(raster_path(layer, self.INPUT), self.parameterAsFile(parameters, self.MODEL, context),
                                 output, config, self.device_spec(parameters, context),
-                                SubFeedback(feedback, 0, 80 if want_polygons else 100))
+                                SubFeedback(feedback, 0, 80 if want_polygons else 100),
+                                scheduler=scheduler_value(self, parameters, context))
         names = [f"cluster {i}" for i in range(1, result.num_clusters + 1)]
         outputs: Dict[str, Any] = {self.OUTPUT: output,
                                    self.CLUSTERS_USED: sum(1 for c in result.pixel_counts if c)}

@@ -31,6 +31,7 @@ from qgis.PyQt.QtCore import QVariant
 from ....core.grid import EDGE_MODES
 from ....pipelines.patching.config import PatchConfig
 from ...base import SatSegAlgorithm
+from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely
 from ...parameters import config_defaults
@@ -126,6 +127,7 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE,
                                                         self.tr("Overwrite an earlier SatSeg patch folder"),
                                                         defaultValue=default["overwrite"]))
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, self.tr("Patch folder")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_INDEX, self.tr("Patch index"),
                                                             QgsProcessing.TypeVectorPolygon))
@@ -166,7 +168,7 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
             overwrite=self.parameterAsBoolean(parameters, self.OVERWRITE, context),
         )
         out_dir = self.parameterAsString(parameters, self.OUTPUT_DIR, context)
-        result = write_patches(source, out_dir, config, feedback)
+        result = write_patches(source, out_dir, config, feedback, scheduler=scheduler_value(self, parameters, context))
 
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_INDEX, context, self.index_fields(),
                                              QgsWkbTypes.Polygon, crs)

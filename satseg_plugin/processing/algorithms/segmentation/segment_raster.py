@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from qgis.core import (
     QgsProcessing,
@@ -13,7 +13,6 @@ from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -23,9 +22,10 @@ from qgis.core import (
 from ....core.staging import readable_path
 from ....pipelines.segmentation.config import InferenceConfig
 from ...base import SatSegAlgorithm
+from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_shapely, write_polygons
-from ...parameters import config_defaults
+from ...parameters import ModelFilesParameter, config_defaults, model_files_value
 from ...styling import apply_style_on_load
 
 __all__ = ["SegmentRasterAlgorithm"]
@@ -76,6 +76,10 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
             "blended with a Hann window, so there are no seams. Several models form an ensemble: their "
             "probabilities are averaged with the given weights (e.g. 0.7,0.15,0.15; default equal); they must "
             "use the same bands and classes.\n\n"
+            "Model files: SatSeg models (.satseg) and ONNX models (.onnx), alone or mixed in an ensemble: SatSeg's "
+            "own exports ('Export model to ONNX') and Deepness 'Segmentor' models, whose metadata give the "
+            "classes, normalisation and threshold. An ONNX model with a fixed input size is run on tiles of that "
+            "size. Several files: a list from scripts, or paths separated by ; in the dialog.\n\n"
             "Outputs: a probability raster (one band per class, nodata -1, with overviews), a mask raster "
             "(0/1, or the class index; nodata 255) and polygons (holes kept; smaller than the minimum area "
             "dropped; optionally simplified) with area_m2 and mean_prob. All keep the input's CRS and grid "
@@ -90,17 +94,21 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterMultipleLayers(self.MODELS, self.tr("Model file(s) (.satseg)"),
-                                                               QgsProcessing.TypeFile))
-        self.addParameter(QgsProcessingParameterString(self.WEIGHTS, self.tr("Ensemble weights (comma-separated)"),
-                                                       optional=True))
+        models = ModelFilesParameter(self.MODELS, self.tr("Model file(s) (.satseg or .onnx; several separated by ;)"))
+        models.setHelp(self.tr("One SatSeg model (.satseg), an ONNX model (.onnx: SatSeg's export or a Deepness "
+                               "'Segmentor'), or several for an ensemble: a list from scripts, or paths separated "
+                               "by ; in the dialog."))
+        self.addParameter(models)
+        self.add_advanced_parameter(QgsProcessingParameterString(
+            self.WEIGHTS, self.tr("Ensemble weights (comma-separated)"), optional=True))
         self.addParameter(number(self.THRESHOLD, self.tr("Probability threshold (empty = the models')"),
                                  number.Double, optional=True, minValue=0.0, maxValue=1.0))
-        self.addParameter(number(self.TILE_SIZE, self.tr("Tile size (pixels)"), number.Integer, 512, minValue=32))
-        self.addParameter(number(self.OVERLAP, self.tr("Tile overlap (pixels, empty = a quarter tile)"),
-                                 number.Integer, optional=True, minValue=0))
-        self.addParameter(QgsProcessingParameterBoolean(self.TTA, self.tr("Flip test-time augmentation"),
-                                                        default["tta"]))
+        self.add_advanced_parameter(number(self.TILE_SIZE, self.tr("Tile size (pixels)"), number.Integer, 512,
+                                           minValue=32))
+        self.add_advanced_parameter(number(self.OVERLAP, self.tr("Tile overlap (pixels, empty = a quarter tile)"),
+                                           number.Integer, optional=True, minValue=0))
+        self.add_advanced_parameter(QgsProcessingParameterBoolean(self.TTA, self.tr("Flip test-time augmentation"),
+                                                                  default["tta"]))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Only this extent"), optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.MASK, self.tr("Only inside these polygons"),
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -114,12 +122,19 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Tiles per batch"), number.Integer,
                                            default["batch_size"], minValue=1))
         self.add_device_parameter()
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_PROBABILITY, self.tr("Probability")))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_MASK, self.tr("Mask")))
         self.addParameter(QgsProcessingParameterFeatureSink(self.OUTPUT_POLYGONS, self.tr("Polygons"),
                                                             QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Number of polygons")))
         self.addOutput(QgsProcessingOutputNumber(self.USED_THRESHOLD, self.tr("Threshold used")))
+
+    def input_files(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, List[str]]:
+        """The base class's inputs plus every model file of MODELS (a list, or paths separated by ;)."""
+        inputs = super().input_files(parameters, context)
+        inputs[self.MODELS] = model_files_value(self, parameters, self.MODELS, context)
+        return inputs
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgisFeedback) -> Dict[str, Any]:
@@ -129,7 +144,7 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
 
         layer = self.raster_layer(parameters, self.INPUT, context)
         crs = layer.crs()
-        models = self.parameterAsFileList(parameters, self.MODELS, context)
+        models = model_files_value(self, parameters, self.MODELS, context)
         weights_text = self.parameterAsString(parameters, self.WEIGHTS, context).strip()
         try:
             weights = tuple(float(w) for w in weights_text.replace(";", ",").split(",") if w.strip()) or None
@@ -149,7 +164,8 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
         prob_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBABILITY, context)
         mask_path = self.parameterAsOutputLayer(parameters, self.OUTPUT_MASK, context)
         result = segment_raster(raster_path(layer, self.INPUT), models, prob_path, mask_path, config,
-                                self.device_spec(parameters, context), SubFeedback(feedback, 0, 85))
+                                self.device_spec(parameters, context), SubFeedback(feedback, 0, 85),
+                                scheduler=scheduler_value(self, parameters, context))
         # the run's own staged rasters: another run may have replaced the files at these paths meanwhile
         records = polygonize_mask(readable_path(mask_path), readable_path(prob_path),
                                   self.parameterAsDouble(parameters, self.MIN_AREA, context),

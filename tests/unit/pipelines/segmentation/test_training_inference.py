@@ -297,11 +297,11 @@ def test_cuda_out_of_memory_retries_with_smaller_batches(trained, scene, tmp_pat
     real = Ensemble.predict
     sizes = []
 
-    def flaky(self, raw, tta):
+    def flaky(self, raw, tta, on_device=False):
         sizes.append(len(raw))
         if len(raw) > 2:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real(self, raw, tta)
+        return real(self, raw, tta, on_device)
 
     monkeypatch.setattr(Ensemble, "predict", flaky)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
@@ -310,7 +310,7 @@ def test_cuda_out_of_memory_retries_with_smaller_batches(trained, scene, tmp_pat
                    InferenceConfig(tile_size=64, overlap=0, batch_size=8), "cpu", fb)
     assert sizes[:3] == [4, 4, 2] and max(sizes[3:]) <= 2  # 8 -> 4 (a row has 4 tiles) -> 2
     assert any("out of memory" in w for w in fb.warnings)
-    monkeypatch.setattr(Ensemble, "predict", lambda self, raw, tta: (_ for _ in ()).throw(
+    monkeypatch.setattr(Ensemble, "predict", lambda self, raw, tta, on_device=False: (_ for _ in ()).throw(
         torch.cuda.OutOfMemoryError("simulated")))
     with pytest.raises(Exception, match="one tile per batch"):
         segment_raster(scene[0], [trained.model_path], str(tmp_path / "p2.tif"), str(tmp_path / "m2.tif"),
