@@ -46,6 +46,13 @@ __all__ = ["TrainConfig", "TrainResult", "Block", "MIN_LABELLED_BLOCKS", "split_
 #: Automatic blocks (``block_size`` 0) are twice the patch size unless labelled objects then lie in fewer blocks
 #: than this: then they are one patch, so a small labelled area still gives several validation blocks.
 MIN_LABELLED_BLOCKS = 6
+#: Fewer labelled objects (overlapping polygons count as one) in the validation blocks and the validation Dice is
+#: too noisy to pick an epoch by: the weights at the end of the (annealed, time-fitted) schedule are kept and early
+#: stopping is off. Measured (bench/RESULTS.md, "few labels" section): two 600 px Yellowstone AOIs with 28-30
+#: crowns (8 and 15 validation objects) scored test Dice 0.57 / 0.50 with the last weights against 0.54 / 0.40 with
+#: the best smoothed epoch; the held-out tile's run kept epoch 2 of its validation set of 8 buildings (Dice 0.06).
+#: With the whole Yellowstone training part (many validation objects) the best epoch was the last one anyway.
+MIN_SELECTION_OBJECTS = 20
 #: The smallest object a model's masks keep (``extra["min_object_pixels"]``, applied by segmentation and by the
 #: report after training) is this share of the area of the smallest labelled objects (their 5th percentile):
 #: specks far smaller than anything drawn are noise, and small holes inside objects fill.
@@ -76,6 +83,16 @@ class Block:
     y_off: int
     width: int
     height: int
+
+
+def _count_objects(geometries: Sequence) -> int:
+    """Objects as evaluation counts them: polygons that overlap or touch are one object."""
+    from shapely.ops import unary_union
+
+    if not geometries:
+        return 0
+    union = unary_union(list(geometries))
+    return len(getattr(union, "geoms", [union]))
 
 
 def split_blocks(positive: Sequence[bool], val_fraction: float, rng: np.random.Generator,
@@ -320,6 +337,12 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         if positive_val == 0:
             raise InputError("the validation blocks hold no labelled pixels. Label more objects or change SEED.",
                              "LABELS")
+        val_objects = _count_objects([labels.geometries[g] for g in {g for i in val_idx for g in hits[i]}])
+        keep_last = val_objects < MIN_SELECTION_OBJECTS
+        if keep_last:
+            feedback.info(f"The validation blocks hold {val_objects} labelled object(s), fewer than "
+                          f"{MIN_SELECTION_OBJECTS}: too few to pick an epoch by, so the weights at the end of the "
+                          "schedule are kept and early stopping is off.")
         train_blocks = [blocks[i] for i in train_idx]
         train_area = np.array([b.width * b.height for b in train_blocks], float)
         positives: Dict[int, List[Tuple[int, int]]] = {}  # class -> (training block, geometry) pairs
@@ -452,7 +475,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             feedback.info(f"Epoch {epoch} (step {schedule.steps}/{schedule.total}): train loss {row['train_loss']:.4f},"
                           f" validation loss {row['val_loss']:.4f}, Dice {dice:.4f} (smoothed {smoothed[-1]:.4f}), IoU "
                           f"{iou:.4f}{f' at threshold {threshold:.2f}' if binary else ''} ({row['seconds']:.0f} s)")
-            best.offer(smoothed[-1], model, epoch, dice=dice, iou=iou, threshold=threshold)
+            # with few validation objects every epoch replaces the kept weights: the last one is kept
+            best.offer(epoch if keep_last else smoothed[-1], model, epoch, dice=dice, iou=iou, threshold=threshold)
 
         def stop(epoch: int) -> Optional[str]:
             """End of the schedule, the time limit, or no better smoothed Dice for ``patience`` epochs."""
@@ -463,11 +487,13 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
                 return f"Schedule finished after {schedule.steps} steps."
             if config.max_minutes and time.time() - run_started > 60.0 * config.max_minutes:
                 return f"Time limit of {config.max_minutes:g} minutes reached."
-            if schedule.steps >= config.min_schedule * schedule.total and epoch - best.epoch >= config.patience:
+            if not keep_last and schedule.steps >= config.min_schedule * schedule.total and \
+                    epoch - best.epoch >= config.patience:
                 return f"Early stop: no better smoothed validation Dice for {config.patience} epochs."
             return None
 
-        outcome = run_epochs(config.epochs, epoch_step, feedback, best, None, "smoothed validation Dice",
+        outcome = run_epochs(config.epochs, epoch_step, feedback, best, None,
+                             "latest weights" if keep_last else "smoothed validation Dice",
                              keep_best_on_cancel=True, stop=stop)
 
         best.restore(model)
@@ -496,6 +522,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             crs_wkt=src.crs.to_wkt() if src.crs else None, crs_units=units,
             threshold=threshold,
             metrics={"val_dice": best_dice, "val_iou": best_iou, "best_epoch": best.epoch,
+                     "kept_epoch": "last" if keep_last else "best smoothed validation Dice",
                      "epochs_run": len(history), "steps": schedule.steps, **(report.metrics() if report else {})},
             extra={"train_config": {k_: v for k_, v in asdict(config).items()}, "input_multiple": multiple,
                    "min_object_pixels": min_object,
@@ -508,8 +535,8 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
             plot_path, history, [("train_loss", "train loss", "tab:blue"), ("val_loss", "validation loss", "tab:orange")],
             "loss (focal + Dice)", [("val_dice", "validation Dice", "tab:green")], "Dice", (0, 1))
     feedback.set_progress(100.0)
-    feedback.info(f"Best validation Dice {best_dice:.4f} (IoU {best_iou:.4f}) at epoch {best.epoch}; "
-                  f"model written to {model_path}.")
+    feedback.info(f"{'Validation Dice' if keep_last else 'Best validation Dice'} {best_dice:.4f} (IoU {best_iou:.4f}) "
+                  f"at epoch {best.epoch}{' (the last: kept)' if keep_last else ''}; model written to {model_path}.")
     if report is not None:
         feedback.info(report.summary())
         for warning in report.warnings:

@@ -64,6 +64,26 @@ def test_training_writes_model_log_and_plot(trained, scene):
     assert [int(r["steps"]) for r in rows] == [2, 4] and "val_dice_smoothed" in rows[0]
 
 
+def test_few_validation_objects_keep_the_last_weights(trained):
+    """The 256 px scene holds 7 buildings: too few validation objects to pick an epoch by."""
+    meta = load_checkpoint(trained.model_path, kind="segmentation").metadata
+    assert trained.best_epoch == trained.epochs_run == 2 and meta.metrics["kept_epoch"] == "last"
+
+
+def test_enough_validation_objects_keep_the_best_smoothed_epoch(scene, tmp_path, monkeypatch):
+    from satseg_plugin.pipelines.segmentation import train as training
+
+    monkeypatch.setattr(training, "MIN_SELECTION_OBJECTS", 0)
+    feedback = RecordingFeedback()
+    result = train_segmentation(scene[0], scene[1], str(tmp_path / "m.satseg"), TrainConfig(**dict(FAST, epochs=3)),
+                                "cpu", feedback)
+    smoothed = [row["val_dice_smoothed"] for row in result.history]
+    assert result.best_epoch == int(np.argmax(smoothed)) + 1  # the first of equal scores
+    meta = load_checkpoint(result.model_path, kind="segmentation").metadata
+    assert meta.metrics["kept_epoch"] == "best smoothed validation Dice"
+    assert not any("too few to pick an epoch" in m for m in feedback.infos)
+
+
 def test_training_reports_held_out_scores_in_the_log_result_and_model(trained, scene):
     """After training, the kept model segments the validation blocks whole; the numbers reach every output."""
     report = trained.report
