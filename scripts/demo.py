@@ -13,6 +13,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -547,6 +548,10 @@ def main(argv=None) -> int:
     organise_project(demo)
     project_file = demo.path("demo.qgz")
     demo.project.write(project_file)
+    temporary = [layer.name() for layer in demo.project.mapLayers().values() if layer.isTemporary()]
+    if temporary:  # QGIS counts every layer under the system's temporary folder as temporary
+        print(f"[demo] note: QGIS will ask about {len(temporary)} temporary layers when demo.qgz closes: they lie "
+              f"in the temporary folder {tempfile.gettempdir()}; give --out a folder outside it to keep them.")
     if demo.layers:
         render(demo.layers, demo.path("demo.png"))
     for name, layers in demo.views.items():

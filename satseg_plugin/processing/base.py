@@ -65,6 +65,12 @@ def group_icon_path(group_id: str) -> str:
     return path if os.path.exists(path) else ICON_PATH
 
 
+#: Said after a cancel: QGIS (3.22 to 3.40 at least) ends every canceled run with "Execution failed after ..."
+#: (``QgsProcessingAlgRunnerTask::run`` returns false once the feedback is canceled, whatever the algorithm
+#: returns) and has no canceled state. Scripts get an exception (a trainer that kept its best model returns it,
+#: with this warning), so a cancel never reads as a plain success.
+CANCEL_NOTE = "(QGIS reports any canceled run as 'Execution failed'; nothing else went wrong.)"
+
 #: Stable group ids -> untranslated display names.
 GROUPS: Dict[str, str] = {
     "patching": "Patching",
@@ -215,9 +221,13 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
                 if feedback.isCanceled() and not self.commits_when_canceled:
                     raise CanceledError()
                 run.commit()
+            if feedback.isCanceled():  # a trainer that kept its best model so far
+                feedback.pushWarning(self.tr("Canceled: the outputs written so far were kept.") + " " + self.tr(
+                    CANCEL_NOTE))
             return outputs
         except CanceledError as exc:
-            raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.")) from exc
+            raise QgsProcessingException(self.tr("Canceled: previous outputs were left as they were.") + " " +
+                                         self.tr(CANCEL_NOTE)) from exc
         except SatSegError as exc:
             raise QgsProcessingException(str(exc)) from exc
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Tuple
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterString,
@@ -24,7 +25,8 @@ from ..models.pretrained import FILE_PARAMETER, MODES, PARAMETER, WEIGHT_SUFFIXE
 from ..models.registry import ARCHITECTURE_NAMES, ENCODER_CHOICES, TIMM_PREFIX, architecture_labels
 
 __all__ = ["DEFAULT_CLASSES", "parse_classes", "COMMUNITY_FIELDS", "config_defaults", "architecture_parameter",
-           "encoder_parameter", "encoder_weights_parameters", "encoder_weights_value", "MODEL_FILE_FILTER",
+           "ENCODER_NAME", "EncoderParameter", "encoder_parameters", "encoder_value", "encoder_weights_parameters",
+           "encoder_weights_value", "MODEL_FILE_FILTER",
            "ModelFilesParameter", "split_model_paths", "model_files_value"]
 
 #: Scene classes offered when the user names none (createannotationlayer, labelpatches).
@@ -72,22 +74,70 @@ def architecture_parameter(key: str, label: str, default: str) -> QgsProcessingP
                                       defaultValue=ARCHITECTURE_NAMES.index(default))
 
 
-def encoder_parameter(key: str, label: str, default: str) -> QgsProcessingParameterString:
-    """The encoder: a name, with the registry's offered encoders in the help.
+#: The advanced free-text parameter that names an encoder outside the drop-down (it overrides ``ENCODER``).
+ENCODER_NAME = "ENCODER_NAME"
 
-    A string rather than an enum: QGIS's enums (3.22) refuse any value outside their options, and SatSeg accepts
-    every smp encoder and any timm model as ``tu-<timm name>`` (the registry checks the name and suggests close
-    ones).
+
+class EncoderParameter(QgsProcessingParameterEnum):
+    """The encoder drop-down: the registry's :data:`~satseg_plugin.models.registry.ENCODER_CHOICES` as static
+    strings (the value is the encoder's name; an option's index is read as that option, as other enums take
+    indexes), which also takes any other encoder name.
+
+    QGIS's enums (3.18+, so 3.22 and 3.40 alike) refuse values outside their options, while SatSeg accepts every
+    smp encoder and any timm model as ``tu-<timm name>`` (the registry checks the name and suggests close ones):
+    scripts and ``qgis_process`` keep passing ``ENCODER=tu-...`` here; the dialog, whose enum widget cannot take
+    free text, offers :data:`ENCODER_NAME` for it. :func:`encoder_value` reads both back.
+    """
+
+    def __init__(self, name: str, description: str, options: List[str], default: str,
+                 optional: bool = False) -> None:
+        super().__init__(name, description, options, False, default, optional, True)
+
+    def clone(self) -> "EncoderParameter":
+        copy = EncoderParameter(self.name(), self.description(), self.options(), self.defaultValue(),
+                                bool(self.flags() & self.FlagOptional))
+        copy.setFlags(self.flags())
+        copy.setHelp(self.help())
+        return copy
+
+    def checkValueIsAcceptable(self, value: Any, context: Any = None) -> bool:
+        """Any non-empty name or an option's index; whether smp or timm knows a name is the registry's to say (it
+        names close ones)."""
+        if isinstance(value, str) and value.strip():
+            return True
+        if isinstance(value, int) and not isinstance(value, bool):
+            return 0 <= value < len(self.options())
+        return super().checkValueIsAcceptable(value, context)
+
+
+def encoder_parameters(key: str, label: str, default: str) -> Tuple[EncoderParameter, QgsProcessingParameterString]:
+    """The encoder drop-down ``key`` and the advanced :data:`ENCODER_NAME` text that overrides it.
 
     Args:
-        key: the parameter name.
+        key: the drop-down's parameter name (``ENCODER``).
         label: the translated label.
-        default: the default encoder (a config's ``encoder`` default).
+        default: the default encoder (a config's ``encoder`` default; added to the choices if missing).
     """
-    param = QgsProcessingParameterString(key, label, defaultValue=default)
-    param.setHelp(f"e.g. {', '.join(ENCODER_CHOICES)}; any segmentation-models-pytorch encoder, or any timm model "
-                  f"as {TIMM_PREFIX}<timm name>.")
-    return param
+    options = list(ENCODER_CHOICES) + ([default] if default not in ENCODER_CHOICES else [])
+    choice = EncoderParameter(key, label, options, default)
+    choice.setHelp(f"e.g. {', '.join(ENCODER_CHOICES)}; scripts and qgis_process may pass any "
+                   f"segmentation-models-pytorch encoder, or any timm model as {TIMM_PREFIX}<timm name>, here.")
+    name = QgsProcessingParameterString(ENCODER_NAME, f"Other encoder: any smp encoder or {TIMM_PREFIX}<timm name> "
+                                                      "(overrides the choice above)", optional=True)
+    name.setHelp(f"e.g. efficientnet-b3 or {TIMM_PREFIX}mobilenetv3_large_100; empty: the encoder chosen above.")
+    name.setFlags(name.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return choice, name
+
+
+def encoder_value(algorithm: Any, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> str:
+    """The engine's ``encoder``: :data:`ENCODER_NAME` when given, else the drop-down's name (an option's index
+    stands for that option; no encoder is named by digits), its default when left empty."""
+    other = algorithm.parameterAsString(parameters, ENCODER_NAME, context).strip()
+    chosen = algorithm.parameterAsString(parameters, key, context).strip()
+    options = algorithm.parameterDefinition(key).options()
+    if chosen.isdigit() and int(chosen) < len(options):
+        chosen = options[int(chosen)]
+    return other or chosen or str(algorithm.parameterDefinition(key).defaultValue())
 
 
 def encoder_weights_parameters(label: str, default: str) -> Tuple[QgsProcessingParameterEnum, QgsProcessingParameterFile]:

@@ -4,6 +4,7 @@ running in the background (progress, Cancel; the same tasks show in QGIS's task 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import List, Optional
 
@@ -41,14 +42,23 @@ _COLOURS = {Qgis.Info: "", Qgis.Success: "color: #1a7f37;", Qgis.Warning: "color
             Qgis.Critical: "color: #cf222e;"}
 
 
+def in_temp_folder(path: str) -> bool:
+    """Whether ``path`` lies in the system's temporary folder, where QGIS counts every layer as temporary
+    (``QgsMapLayer.isTemporary``) and asks about it when the project closes."""
+    temp, real = os.path.realpath(tempfile.gettempdir()), os.path.realpath(path)
+    return os.path.commonpath([temp, real]) == temp
+
+
 def default_results_dir() -> str:
-    """The results folder used until the user picks one: ``satseg_results`` beside a saved project, else
-    ``~/SatSeg``."""
+    """The results folder used until the user picks one: ``satseg_results`` beside a saved project, else (or
+    when the project lies in the temporary folder, whose layers QGIS asks about on quit) ``~/SatSeg``."""
     saved = QgsSettings().value(SETTINGS_RESULTS_DIR, "")
     if saved:
         return saved
     home = QgsProject.instance().homePath()
-    return os.path.join(home, "satseg_results") if home else os.path.join(os.path.expanduser("~"), "SatSeg")
+    if home and not in_temp_folder(home):
+        return os.path.join(home, "satseg_results")
+    return os.path.join(os.path.expanduser("~"), "SatSeg")
 
 
 class SatSegDock(QgsDockWidget):

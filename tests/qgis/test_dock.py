@@ -524,7 +524,8 @@ def test_run_forms_offer_the_algorithms_choices_and_defaults(dock):
     for box, algorithm, key in combos:
         assert [box.itemText(i) for i in range(box.count())] == definition(algorithm, key).options(), key
         assert box.currentIndex() == definition(algorithm, key).defaultValue(), key
-    assert [train.encoder.itemText(i) for i in range(train.encoder.count())] == list(ENCODER_CHOICES)
+    assert [train.encoder.itemText(i) for i in range(train.encoder.count())] == list(ENCODER_CHOICES) \
+        == definition(Train, Train.ENCODER).options()  # the toolbox's drop-down, from the registry's one list
     assert train.encoder.currentText() == definition(Train, Train.ENCODER).defaultValue() == "resnet34"
     assert train.epochs.value() == 60 and train.architecture.currentText() == "U-Net"
 
@@ -844,3 +845,31 @@ def test_a_failed_run_reports_the_whole_error_and_cancel_says_canceling(dock, tm
     dock.cancel()
     assert dock.status.text() == "Canceling…" and not dock.cancel_button.isEnabled()
     assert wait_for(lambda: chain.done, 60) and chain.error == "Many patches: canceled."
+
+
+def test_results_stay_out_of_the_temporary_folder_whose_layers_qgis_asks_about(qgis_app, tmp_path):
+    """QGIS asks on quit about every layer under the system's temporary folder (issue 18: after demo runs): the
+    panel's default results folder is beside the project only when the project is not in that folder."""
+    import tempfile
+
+    from qgis.core import QgsSettings
+
+    from satseg_plugin.ui.dock import SETTINGS_RESULTS_DIR, default_results_dir, in_temp_folder
+
+    settings, project = QgsSettings(), QgsProject.instance()
+    saved = settings.value(SETTINGS_RESULTS_DIR, "")
+    settings.remove(SETTINGS_RESULTS_DIR)
+    try:
+        project.setFileName(str(tmp_path / "demo.qgz"))
+        assert in_temp_folder(str(tmp_path)) and tmp_path.is_relative_to(tempfile.gettempdir())
+        assert default_results_dir() == os.path.join(os.path.expanduser("~"), "SatSeg")
+        layer = QgsRasterLayer(write_raster(str(tmp_path / "r.tif"), np.zeros((1, 4, 4), np.uint8)), "r")
+        assert layer.isTemporary()  # what QGIS asks about when the project closes
+        kept = os.path.join(os.path.expanduser("~"), "maps", "demo.qgz")
+        project.setFileName(kept)
+        assert not in_temp_folder(os.path.dirname(kept))
+        assert default_results_dir() == os.path.join(os.path.dirname(kept), "satseg_results")
+    finally:
+        project.clear()
+        if saved:
+            settings.setValue(SETTINGS_RESULTS_DIR, saved)

@@ -28,7 +28,6 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ...core.deps import find_missing
-from ...models.registry import ENCODER_CHOICES
 from ...processing.algorithms.clustering.cluster_raster import ClusterRasterAlgorithm
 from ...processing.algorithms.clustering.train_clusternet import TrainClusterNetAlgorithm
 from ...processing.algorithms.export.export_cog import ExportCogAlgorithm
@@ -40,6 +39,7 @@ from ...processing.algorithms.population.track_communities import TrackCommuniti
 from ...processing.algorithms.segmentation.export_rle import ExportRleAlgorithm
 from ...processing.algorithms.segmentation.segment_raster import SegmentRasterAlgorithm
 from ...processing.algorithms.segmentation.train_segmentation import TrainSegmentationAlgorithm
+from ...processing.parameters import MODEL_FILE_FILTER
 from ..tasks import Step, on_map
 from .annotate import annotation_classes, class_field_of
 from .form_base import WorkflowForm, algorithm_parameter, combo_box, enum_combo, layer_combo, spin_box
@@ -78,8 +78,13 @@ class TrainSegmentForm(WorkflowForm):
         self.aoi.setToolTip(self.tr("Where the annotations are complete (unlabelled pixels there are background). "
                                     "Empty: the whole raster."))
         self.architecture = enum_combo(TRAIN, TRAIN.ARCHITECTURE, "satsegArchitecture")
-        self.encoder = combo_box(ENCODER_CHOICES, "satsegEncoder", editable=True)
-        self.encoder.setCurrentText(algorithm_parameter(TRAIN, TRAIN.ENCODER).defaultValue())
+        # The toolbox's drop-down (choices and default from the algorithm); editable, as scripts may pass any
+        # smp encoder or tu-<timm name> as ENCODER (the toolbox dialog has ENCODER_NAME for that).
+        encoder = algorithm_parameter(TRAIN, TRAIN.ENCODER)
+        self.encoder = combo_box(encoder.options(), "satsegEncoder", editable=True)
+        self.encoder.setCurrentText(encoder.defaultValue())
+        self.encoder.setToolTip(self.tr("Choose an encoder, or type any segmentation-models-pytorch encoder or "
+                                        "tu-<timm name>"))
         self.encoder_weights = enum_combo(TRAIN, TRAIN.ENCODER_WEIGHTS, "satsegEncoderWeights")
         self.encoder_weights.setToolTip(self.tr("auto: ImageNet weights when cached or downloadable, else random. "
                                                 "A weights file can be chosen in the Processing toolbox."))
@@ -385,8 +390,7 @@ class SegmentForm(WorkflowForm):
         self.raster = layer_combo(QgsMapLayerProxyModel.RasterLayer, "satsegSegmentRaster")
         self.model = QgsFileWidget()
         self.model.setObjectName("satsegSegmentModel")
-        self.model.setFilter(self.tr("Segmentation models (*.satseg *.onnx);;SatSeg models (*.satseg);;"
-                                     "ONNX models (*.onnx)"))
+        self.model.setFilter(MODEL_FILE_FILTER)  # the toolbox's MODELS filter
         self.model.setToolTip(self.tr("A model written by 'Train + segment' (model.satseg in its results folder) "
                                       "or by Train segmentation"))
         self.min_area = spin_box(SEGMENT, SEGMENT.MIN_AREA, 1000000, name="satsegSegmentMinArea")

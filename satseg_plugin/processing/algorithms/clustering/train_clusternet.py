@@ -23,7 +23,7 @@ from ....pipelines.clustering.pixel.config import ClusterNetConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path
-from ...parameters import architecture_parameter, config_defaults, encoder_parameter
+from ...parameters import ENCODER_NAME, architecture_parameter, config_defaults, encoder_parameters, encoder_value
 
 __all__ = ["TrainClusterNetAlgorithm"]
 
@@ -52,6 +52,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
     BANDS = "BANDS"
     ARCHITECTURE = "ARCHITECTURE"
     ENCODER = "ENCODER"
+    ENCODER_NAME = ENCODER_NAME
     FEATURE_DIM = "FEATURE_DIM"
     NUM_CLUSTERS = "NUM_CLUSTERS"
     ROUNDS = "ROUNDS"
@@ -118,7 +119,8 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
         self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
         self.add_advanced_parameter(architecture_parameter(self.ARCHITECTURE, self.tr("Architecture"),
                                                            default["architecture"]))
-        self.add_advanced_parameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
+        for definition in encoder_parameters(self.ENCODER, self.tr("Encoder"), default["encoder"]):
+            self.add_advanced_parameter(definition)
         self.add_advanced_parameter(number(self.STEPS_PER_ROUND, self.tr("Training batches per round"),
                                            number.Integer, default["steps_per_round"], minValue=1))
         self.add_advanced_parameter(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer,
@@ -172,7 +174,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
         bands = parse_bands(self.parameterAsString(parameters, self.BANDS, context), self.BANDS)
         config = ClusterNetConfig(
             architecture=ARCHITECTURE_NAMES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
-            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or ClusterNetConfig.encoder,
+            encoder=encoder_value(self, parameters, self.ENCODER, context),
             bands=tuple(bands) or None, feature_dim=num(parameters, self.FEATURE_DIM, context),
             num_clusters=num(parameters, self.NUM_CLUSTERS, context), rounds=num(parameters, self.ROUNDS, context),
             steps_per_round=num(parameters, self.STEPS_PER_ROUND, context),

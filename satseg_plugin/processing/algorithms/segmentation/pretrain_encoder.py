@@ -18,7 +18,14 @@ from ....pipelines.segmentation.config import PretrainConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path
-from ...parameters import config_defaults, encoder_parameter, encoder_weights_parameters, encoder_weights_value
+from ...parameters import (
+    ENCODER_NAME,
+    config_defaults,
+    encoder_parameters,
+    encoder_value,
+    encoder_weights_parameters,
+    encoder_weights_value,
+)
 
 __all__ = ["PretrainEncoderAlgorithm"]
 
@@ -32,6 +39,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
     INPUT = "INPUT"
     BANDS = "BANDS"
     ENCODER = "ENCODER"
+    ENCODER_NAME = ENCODER_NAME
     ENCODER_WEIGHTS = "ENCODER_WEIGHTS"
     ENCODER_WEIGHTS_FILE = "ENCODER_WEIGHTS_FILE"
     PATCH_SIZE = "PATCH_SIZE"
@@ -84,7 +92,8 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
         self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all)"), None, self.INPUT,
                                                      optional=True, allowMultiple=True))
-        self.addParameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
+        for definition in encoder_parameters(self.ENCODER, self.tr("Encoder"), default["encoder"]):
+            self.addParameter(definition)
         for definition in encoder_weights_parameters(self.tr("Initial encoder weights"), default["encoder_weights"]):
             self.addParameter(definition)
         self.addParameter(number(self.EPOCHS, self.tr("Epochs"), number.Integer, default["epochs"], minValue=1))
@@ -124,7 +133,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
         layer = self.raster_layer(parameters, self.INPUT, context)
         num, dbl = self.parameterAsInt, self.parameterAsDouble
         config = PretrainConfig(
-            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or PretrainConfig.encoder,
+            encoder=encoder_value(self, parameters, self.ENCODER, context),
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
             patch_size=num(parameters, self.PATCH_SIZE, context), view_size=num(parameters, self.VIEW_SIZE, context),
             min_scale=dbl(parameters, self.MIN_SCALE, context), batch_size=num(parameters, self.BATCH_SIZE, context),

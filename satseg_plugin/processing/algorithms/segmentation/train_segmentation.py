@@ -29,9 +29,11 @@ from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path, source_to_labels, source_to_shapely
 from ...parameters import (
+    ENCODER_NAME,
     architecture_parameter,
     config_defaults,
-    encoder_parameter,
+    encoder_parameters,
+    encoder_value,
     encoder_weights_parameters,
     encoder_weights_value,
 )
@@ -67,6 +69,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
     AOI = "AOI"
     ARCHITECTURE = "ARCHITECTURE"
     ENCODER = "ENCODER"
+    ENCODER_NAME = ENCODER_NAME
     ENCODER_WEIGHTS = "ENCODER_WEIGHTS"
     ENCODER_WEIGHTS_FILE = "ENCODER_WEIGHTS_FILE"
     PATCH_SIZE = "PATCH_SIZE"
@@ -165,7 +168,8 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(architecture_parameter(self.ARCHITECTURE, self.tr("Architecture"),
                                                  default["architecture"]))
-        self.addParameter(encoder_parameter(self.ENCODER, self.tr("Encoder"), default["encoder"]))
+        for definition in encoder_parameters(self.ENCODER, self.tr("Encoder"), default["encoder"]):
+            self.addParameter(definition)
         for definition in encoder_weights_parameters(self.tr("Encoder weights"), default["encoder_weights"]):
             self.addParameter(definition)
         self.addParameter(number(self.PATCH_SIZE, self.tr("Patch size (pixels)"), number.Integer,
@@ -244,7 +248,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
         num = self.parameterAsInt
         config = TrainConfig(
             architecture=ARCHITECTURE_NAMES[self.parameterAsEnum(parameters, self.ARCHITECTURE, context)],
-            encoder=self.parameterAsString(parameters, self.ENCODER, context).strip() or TrainConfig.encoder,
+            encoder=encoder_value(self, parameters, self.ENCODER, context),
             bands=tuple(self.parameterAsInts(parameters, self.BANDS, context)) or None,
             patch_size=num(parameters, self.PATCH_SIZE, context), batch_size=num(parameters, self.BATCH_SIZE, context),
             epochs=num(parameters, self.EPOCHS, context),
