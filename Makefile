@@ -66,6 +66,7 @@ bench: install
 	$(PY) bench/bench_kmeans.py --write-results bench/RESULTS.md
 	$(PY) bench/bench_clustering.py --write-results bench/RESULTS.md
 	$(PY) bench/bench_silhouette.py --write-results bench/RESULTS.md
+	$(PY) bench/bench_distributed.py --write-results bench/RESULTS.md
 
 # QGIS desktop with the plugin enabled (in your default QGIS profile) and the venv's packages importable.
 qgis: install

@@ -82,6 +82,8 @@ def parameter_values(definition) -> str:
     from qgis.core import QgsProcessingParameterEnum, QgsProcessingParameterNumber
 
     if isinstance(definition, QgsProcessingParameterEnum):
+        if definition.usesStaticStrings():  # the value is the option's text (SatSeg's ENCODER also takes others)
+            return ", ".join(definition.options()) + " (the name)"
         return "; ".join(f"{index} = {label}" for index, label in enumerate(definition.options()))
     if isinstance(definition, QgsProcessingParameterNumber):
         low, high = definition.minimum(), definition.maximum()
@@ -163,7 +165,7 @@ def render_reference(algorithms: Iterable, registry, order: Sequence[type]) -> s
              f"generated from the algorithms' own definitions: after changing one, run `{REGENERATE}` "
              "(`tests/qgis/test_docs.py` fails while it is out of date).", "",
              "Parameter names are the keys of `processing.run` and `qgis_process`; an Enum takes the index "
-             "of its option. `qgis_process.bin help <id>` prints the same for one tool.", ""]
+             "of its option (or the option's name where the values say so). `qgis_process.bin help <id>` prints the same for one tool.", ""]
     for group, members in groups.items():
         links = ", ".join(f"[{alg.displayName()}](#{slug(alg.displayName())})" for alg in members)
         lines.append(f"- **{group}**: {links}")

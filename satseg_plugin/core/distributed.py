@@ -1,8 +1,10 @@
 """Running a tool's work units on a Dask cluster: the SCHEDULER value, the client, shared storage, the futures.
 
-A tiled tool cuts its run into work units (a column band of the shared sweep, a group of patch rows), each a
-plain top-level function called with a plain, picklable description of its unit (paths and config
-dataclasses: models travel as their ``.satseg`` paths, never as pickled modules) and a :class:`Feedback`.
+A tool cuts its run into work units (a column band of the shared sweep restricted to a range of rows
+(:func:`tile_units`), a group of patch rows, a frame pair, a frame), about :data:`UNITS_PER_WORKER` per
+worker where the input allows: each a plain top-level function called with a plain, picklable description
+of its unit (paths and config dataclasses: models travel as their ``.satseg`` paths, never as pickled
+modules) and a :class:`Feedback`.
 In-process the caller runs the units itself; on a cluster :func:`run_units` runs them as Dask futures with
 Dask's own ``retries=``, while the caller's thread polls cancel, aggregates progress over finished units and,
 on cancel or failure, stops the units still running before the caller removes their staged parts.
@@ -36,9 +38,10 @@ from .deps import python_interpreter, require
 from .errors import InputError, OutputError, SatSegError
 from .progress import Feedback, check_canceled
 
-__all__ = ["SCHEDULER_PARAMETER", "CONNECT_TIMEOUT", "DEFAULT_RETRIES", "Scheduler", "ClusterError",
-           "UnitFeedback", "parse_scheduler", "cluster_client", "check_shared_storage", "run_units",
-           "parts_folder", "cluster_with_parts", "assemble_part"]
+__all__ = ["SCHEDULER_PARAMETER", "CONNECT_TIMEOUT", "DEFAULT_RETRIES", "UNITS_PER_WORKER", "Scheduler",
+           "ClusterError", "UnitFeedback", "parse_scheduler", "cluster_client", "check_shared_storage", "run_units",
+           "parts_folder", "cluster_with_parts", "assemble_part", "worker_slots", "unit_count", "tile_units",
+           "describe_tile_units"]
 
 #: The Processing parameter every message about the scheduler names.
 SCHEDULER_PARAMETER = "SCHEDULER"
@@ -52,6 +55,12 @@ POLL_SECONDS = 0.2
 CANCEL_CHECK_SECONDS = 0.5
 #: Seconds the units still running get to notice a cancel before their futures are dropped.
 STOP_GRACE_SECONDS = 30.0
+#: Work units a run aims at per worker thread: with one unit each, the slowest (a narrow last column band
+#: finishes early, a wide one late) sets the run's time; with a few each, Dask evens the load out.
+UNITS_PER_WORKER = 4
+#: Rows a tiled unit's output rows start on (None: the outputs' block height, ``tiling.ROW_BLOCK``, so that
+#: parts fill whole output blocks); tests lower it to cut small rasters into several units.
+UNIT_ROW_STEP: Optional[int] = None
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -258,6 +267,45 @@ def assemble_part(part_path: str, dst: Any, col_off: int, row_off: int = 0, rows
         for r in range(0, part.height, rows):
             window = Window(0, r, part.width, min(rows, part.height - r))
             dst.write(part.read(window=window), window=Window(col_off, row_off + r, part.width, window.height))
+
+
+def worker_slots(client: Any) -> int:
+    """Units the cluster runs at once: its workers' threads (at least 1)."""
+    return max(1, sum(client.nthreads().values()))
+
+
+def unit_count(client: Any) -> int:
+    """How many units a run aims at on ``client``'s cluster: :data:`UNITS_PER_WORKER` per worker thread."""
+    return UNITS_PER_WORKER * worker_slots(client)
+
+
+def tile_units(grid: Any, band_columns: int, units: int) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """A tiled sweep's work units: ``(column band, output rows)``, about ``units`` of them (at least one per band).
+
+    The column bands are the in-process sweep's (``grid.column_bands(band_columns)``), so every tile row is
+    batched as in-process and the outputs are bit for bit the same; each band is cut into the same row
+    ranges (:meth:`~.tiling.grid.TileGrid.row_ranges`: multiples of :data:`UNIT_ROW_STEP` rows, at least a
+    tile tall, since the tile rows crossing a range's borders are computed by both units).
+
+    Args:
+        grid: the run's :class:`~.tiling.grid.TileGrid`.
+        band_columns: widest column band.
+        units: how many units to aim at (:func:`unit_count`).
+    """
+    from .tiling.writing import ROW_BLOCK
+
+    bands = grid.column_bands(band_columns)
+    parts = -(-int(units) // len(bands))
+    rows = grid.row_ranges(parts, UNIT_ROW_STEP or ROW_BLOCK, grid.tile)
+    # the narrow band is the last one: its short units fill the workers' gaps at the end of the run
+    return [(band, span) for band in bands for span in rows]
+
+
+def describe_tile_units(units: Sequence[Tuple[Tuple[int, int], Tuple[int, int]]], band_columns: int) -> str:
+    """What :func:`tile_units` made, for the log."""
+    bands, rows = len({band for band, _ in units}), len({span for _, span in units})
+    return (f"{len(units)} Dask work units: {bands} column bands of at most {band_columns} px, each in {rows} "
+            f"{'range' if rows == 1 else 'ranges'} of rows.")
 
 
 class UnitFeedback:

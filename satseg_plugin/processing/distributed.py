@@ -1,4 +1,5 @@
-"""The SCHEDULER parameter of the tiled tools, defined once: where their work units run.
+"""The SCHEDULER parameter, defined once: where a tool's work units run (the tiled tools: column bands x row
+ranges, patch rows; the population tools: frame pairs, frames).
 
 Empty runs in-process, as without a cluster; ``local:N`` starts N worker processes on this machine for the
 run; ``tcp://host:port`` (or ``tls://``) hands the units to a running Dask scheduler whose workers share the
@@ -29,8 +30,8 @@ def add_scheduler_parameter(algorithm: Any) -> None:
         "Where the work runs. Empty: in this process, as usual. local:N: N worker processes on this machine, "
         "started and stopped by the run. tcp://host:port or tls://host:port: the workers of a running Dask "
         "scheduler (dask-jobqueue on SLURM/PBS, dask-kubernetes, or started by hand), which must see the "
-        "input, the model files and the output folder at the same paths (shared storage). The outputs are the "
-        "same as in-process. Needs the Python packages dask and distributed."))
+        "inputs (rasters, model and flow files) and the output folder at the same paths (shared storage). The "
+        "outputs are the same as in-process. Needs the Python packages dask and distributed."))
     algorithm.add_advanced_parameter(param)
 
 

@@ -13,9 +13,13 @@ is given, every row of the band above ``r0`` has been given).
   for D = 32..64 feature channels; the ramp carries only the ``D x 2 half x band`` rows where tile rows
   meet, and removes the seams that taking each pixel from one tile leaves in deep features.
 
-Both run in numpy on the host. :class:`HannBlend` can also keep its accumulators on the model's GPU
-(``HannBlend(tile, device)``): the tiles' outputs then never leave the device, and only finished rows are
-copied back (issue 16: on an H200 the host's blending was a third of ``segment_raster``'s time).
+Both run in numpy on the host, or in torch on the model's GPU (``HannBlend(tile, device)``,
+``RampBlend(device)``): the tiles' outputs then never leave the device (issue 16: on an H200 the host's
+blending was a third of ``segment_raster``'s time, and copying 35 feature channels a pixel to the host held
+``cluster_raster`` to 1/100 of its forward). One band class per strategy runs on either, through the array
+operations of :class:`_NumpyArrays` or :class:`_TorchArrays`. :class:`HannBlend` gives finished blocks back
+as numpy (a few class probabilities a pixel); :class:`RampBlend` leaves them on the device, where the cluster
+map turns the features into ids, so only 2 bytes a pixel come back.
 """
 
 from __future__ import annotations
@@ -37,15 +41,17 @@ class Block:
     """Finished values of raster pixels ``[r0, r1) x [c0, c1)`` of the column band ``band``.
 
     Attributes:
-        values: ``(D, r1 - r0, c1 - c0)`` float32 blended outputs (may be a view into a tile's output).
-        empty: ``(r1 - r0, c1 - c0)`` bool: nodata pixels (no output should be written there).
+        values: ``(D, r1 - r0, c1 - c0)`` float32 blended outputs (may be a view into a tile's output): a
+            numpy array, or from ``RampBlend(device)`` a torch tensor on that device.
+        empty: ``(r1 - r0, c1 - c0)`` bool: nodata pixels (no output should be written there). Always numpy:
+            the reader flags nodata on the host, and what is written there is decided on the host.
     """
 
     r0: int
     r1: int
     c0: int
     c1: int
-    values: np.ndarray
+    values: Any
     empty: np.ndarray
     band: Tuple[int, int]
 
@@ -67,10 +73,17 @@ def ramp_weights(half: int) -> np.ndarray:
 
 
 class _NumpyArrays:
-    """The array operations a Hann band needs, on the host (numpy)."""
+    """The array operations the band blenders need, on the host (numpy)."""
 
     def zeros(self, shape: Tuple[int, ...], dtype: str) -> np.ndarray:
         return np.zeros(shape, dtype)
+
+    def asarray(self, array: np.ndarray) -> np.ndarray:
+        """A host array (weights) where the blend computes."""
+        return array
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        return array.copy()
 
     def flags(self, empty: np.ndarray) -> np.ndarray:
         return empty
@@ -98,6 +111,12 @@ class _TorchArrays:
     def zeros(self, shape: Tuple[int, ...], dtype: str) -> "Any":
         return self.torch.zeros(shape, dtype=getattr(self.torch, dtype), device=self.device)
 
+    def asarray(self, array: np.ndarray) -> "Any":
+        return self.torch.from_numpy(array).to(self.device)
+
+    def copy(self, tensor: "Any") -> "Any":
+        return tensor.clone()
+
     def flags(self, empty: np.ndarray) -> "Any":
         return self.torch.from_numpy(np.ascontiguousarray(empty)).to(self.device, non_blocking=True)
 
@@ -123,7 +142,7 @@ class _HannBand:
     def __init__(self, weight: Any, grid: TileGrid, band: Tuple[int, int], arrays: Any) -> None:
         self.weight, self.band, self.arrays = weight, band, arrays
         self.c0, self.width = band[0], band[1] - band[0]
-        self.y0, self.y1 = int(grid.region.row_off), int(grid.region.row_off + grid.region.height)
+        self.y0, self.y1 = grid.output_rows  # the region's rows, or a work unit's part of them
         self.rows = grid.tile
         self.base = self.y0  # raster row of buffer row 0; moves down as rows are emitted
         self.acc: Any = None
@@ -170,7 +189,19 @@ class _HannBand:
         return [block]
 
 
-class HannBlend:
+class _Blend:
+    """What both strategies share: where they compute (None: the host, in numpy; a ``torch.device``: there)."""
+
+    def __init__(self, device: Any = None) -> None:
+        self.arrays = _NumpyArrays() if device is None else _TorchArrays(device)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether tile outputs must be tensors on the device (not numpy arrays)."""
+        return not isinstance(self.arrays, _NumpyArrays)
+
+
+class HannBlend(_Blend):
     """Hann-weighted mean of every tile holding a pixel (use with :func:`~.grid.hann_grid`).
 
     Args:
@@ -181,14 +212,8 @@ class HannBlend:
     """
 
     def __init__(self, tile: int, device: Any = None) -> None:
-        self.arrays = _NumpyArrays() if device is None else _TorchArrays(device)
-        weight = hann_window(tile)
-        self.weight = weight if device is None else self.arrays.torch.from_numpy(weight).to(device)
-
-    @property
-    def on_device(self) -> bool:
-        """Whether tile outputs must be tensors on the device (not numpy arrays)."""
-        return not isinstance(self.arrays, _NumpyArrays)
+        super().__init__(device)
+        self.weight = self.arrays.asarray(hann_window(tile))
 
     def band(self, grid: TileGrid, band: Tuple[int, int]) -> _HannBand:
         """The blender of one column band."""
@@ -196,23 +221,27 @@ class HannBlend:
 
 
 class _RampBand:
-    """Ramp blending of one column band; tiles come left to right, tile rows top to bottom."""
+    """Ramp blending of one column band; tiles come left to right, tile rows top to bottom.
 
-    def __init__(self, grid: TileGrid, band: Tuple[int, int]) -> None:
-        self.grid, self.band = grid, band
-        self.h, self.ramp = grid.half, ramp_weights(grid.half)
-        self.y0, self.y1 = int(grid.region.row_off), int(grid.region.row_off + grid.region.height)
+    The carried ramps live where ``arrays`` keeps them (host or GPU); tile outputs must be there too, and
+    the emitted blocks' values stay there (views into the tile outputs, blended in place).
+    """
+
+    def __init__(self, grid: TileGrid, band: Tuple[int, int], arrays: Any) -> None:
+        self.grid, self.band, self.arrays = grid, band, arrays
+        self.h, self.ramp = grid.half, arrays.asarray(ramp_weights(grid.half))
+        self.y0, self.y1 = grid.output_rows  # the region's rows, or a work unit's part of them
         # The ramp rows of the previous tile row (blended in x), one buffer for the band: a tile's columns
         # are read from it and then overwritten with this row's ramp rows (tiles of a row never share columns).
-        self.carry: Optional[np.ndarray] = None  # (D, 2h, band) float32
+        self.carry: Any = None  # (D, 2h, band) float32
         self.carry_row: Optional[int] = None  # raster row of carry[:, 0] for the tile row being processed
-        self.left: Optional[Tuple[int, np.ndarray]] = None  # (first column, (D, rows, 2h)): previous tile's ramp
+        self.left: Optional[Tuple[int, Any]] = None  # (first column, (D, rows, 2h)): previous tile's ramp
 
     def start_row(self, row: Span) -> List[Block]:
         self.left = None
         return []
 
-    def add(self, row: Span, col: Span, values: np.ndarray, empty: np.ndarray) -> List[Block]:
+    def add(self, row: Span, col: Span, values: Any, empty: np.ndarray) -> List[Block]:
         """Blend a tile's outputs with its left neighbour's and the previous row's ramps; give its finished part."""
         h, ramp, (bc0, bc1) = self.h, self.ramp, self.band
         ty, ys0, ys1 = row
@@ -222,7 +251,7 @@ class _RampBand:
             piece[:, :, :2 * h] = self.left[1] * (1 - ramp) + piece[:, :, :2 * h] * ramp
         if xs1 < self.grid.raster_width:  # the last 2h columns wait for the next tile
             xs1 -= 2 * h
-            self.left = (xs1, piece[:, :, xs1 - xs0:].copy())
+            self.left = (xs1, self.arrays.copy(piece[:, :, xs1 - xs0:]))
         a, b = max(xs0, bc0), min(xs1, bc1)
         if b <= a:
             return []
@@ -234,7 +263,7 @@ class _RampBand:
         if ys1 < self.grid.raster_height:  # the last 2h rows wait for the next tile row
             r1 = ys1 - 2 * h
             if self.carry is None:
-                self.carry = np.empty((piece.shape[0], 2 * h, bc1 - bc0), np.float32)
+                self.carry = self.arrays.zeros((piece.shape[0], 2 * h, bc1 - bc0), "float32")
             self.carry[:, :, a - bc0:b - bc0] = piece[:, r1 - ys0:]
         r0, r1 = max(ys0, self.y0), min(r1, self.y1)
         if r1 <= r0:
@@ -249,9 +278,16 @@ class _RampBand:
         return []
 
 
-class RampBlend:
-    """Cores with linear ramps across their borders (use with :func:`~.grid.ramp_grid`)."""
+class RampBlend(_Blend):
+    """Cores with linear ramps across their borders (use with :func:`~.grid.ramp_grid`).
+
+    Args:
+        device: None (default): blend on the host, tile outputs are numpy arrays and so are the blocks'
+            values. A ``torch.device``: blend there; tile outputs must then be ``(D, T, T)`` float32 tensors on
+            that device, and the blocks' values are tensors there too (only ``Block.empty`` is numpy), so a
+            consumer can reduce them on the device before anything is copied back.
+    """
 
     def band(self, grid: TileGrid, band: Tuple[int, int]) -> _RampBand:
         """The blender of one column band."""
-        return _RampBand(grid, band)
+        return _RampBand(grid, band, self.arrays)

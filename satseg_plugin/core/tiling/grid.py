@@ -15,7 +15,7 @@ The tile side comes from :func:`plan_tiles`: TILE_SIZE clamped to the pixels cov
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -53,6 +53,8 @@ class TileGrid:
         raster_height: the raster's height in pixels.
         raster_width: the raster's width in pixels.
         half: half width of the blend ramp centred on core borders (ramp grids); 0 for Hann grids.
+        part_rows: raster rows ``[a, b)`` of the region a distributed work unit gives (:meth:`row_part`);
+            None: every row of the region.
     """
 
     tile: int
@@ -63,6 +65,7 @@ class TileGrid:
     raster_height: int
     raster_width: int
     half: int = 0
+    part_rows: Optional[Tuple[int, int]] = None
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
@@ -82,6 +85,49 @@ class TileGrid:
     def cols_meeting(self, band: Tuple[int, int]) -> List[Span]:
         """The tile columns whose output counts for some column of ``band``."""
         return [c for c in self.cols if c.stop > band[0] and c.start < band[1]]
+
+    @property
+    def output_rows(self) -> Tuple[int, int]:
+        """Raster rows ``[y0, y1)`` a sweep of this grid gives blocks for: the region's, or :attr:`part_rows`."""
+        if self.part_rows is not None:
+            return self.part_rows
+        return int(self.region.row_off), int(self.region.row_off + self.region.height)
+
+    def row_part(self, rows: Tuple[int, int]) -> "TileGrid":
+        """The grid of a work unit that gives only raster rows ``[a, b)`` of the region, the same values.
+
+        It keeps the tile rows whose output counts for some row of ``[a, b)``; the region, the tile columns
+        and so the column bands stay the whole run's, so each tile row is batched as in the whole sweep.
+        The blends then give every row of ``[a, b)`` bit for bit: a Hann pixel is the same sum, from zero,
+        of the same tiles in the same order (tile rows top to bottom, tiles left to right), and a ramp
+        pixel's earlier tile row (whose ramp rows are carried into the next) also holds the pixel in its
+        support, so it is kept. Cost: the tile rows crossing ``a`` and ``b`` are computed by both units.
+
+        Raises:
+            ValueError: when ``[a, b)`` is empty or not inside the region's rows.
+        """
+        a, b = int(rows[0]), int(rows[1])
+        y0, y1 = int(self.region.row_off), int(self.region.row_off + self.region.height)
+        if not y0 <= a < b <= y1:
+            raise ValueError(f"rows {a}..{b} are not inside the region's rows {y0}..{y1}")
+        return replace(self, rows=tuple(r for r in self.rows if r.stop > a and r.start < b), part_rows=(a, b))
+
+    def row_ranges(self, parts: int, step: int, min_rows: int = 1) -> List[Tuple[int, int]]:
+        """The region's rows cut into at most ``parts`` ranges ``(a, b)`` for :meth:`row_part`.
+
+        Every range starts a whole number of ``step`` rows below the region's first row (``step`` =
+        the outputs' block height: parts then fill whole output blocks) and, unless the region is shorter,
+        holds at least ``min_rows`` rows (a unit much shorter than a tile would mostly recompute the tile
+        rows it shares with its neighbours). The ranges are as equal as ``step`` allows; the last one takes
+        the rest (or joins the one before when it would be shorter than ``min_rows``).
+        """
+        y0, height = int(self.region.row_off), int(self.region.height)
+        steps = -(-height // step)
+        parts = max(1, min(int(parts), steps // -(-max(int(min_rows), 1) // step)))
+        cuts = [y0 + i * steps // parts * step for i in range(parts)] + [y0 + height]
+        if len(cuts) > 2 and cuts[-1] - cuts[-2] < min_rows:
+            del cuts[-2]
+        return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -3,12 +3,15 @@
 Memory is bounded by the tile size and the band width, never by the raster's size: the region is cut into
 column bands (:meth:`~.grid.TileGrid.column_bands`), each swept top to bottom; a band computes every tile
 whose output counts for it, so a tile column straddling a band border is computed twice (about
-``tile / band_columns`` extra work) and every pixel gets the same blend as in a single sweep.
+``tile / band_columns`` extra work) and every pixel gets the same blend as in a single sweep. A distributed
+run cuts further: a work unit is some column bands of a grid restricted to a range of output rows
+(:meth:`~.grid.TileGrid.row_part`), whose blocks are the whole sweep's rows of that range, bit for bit.
 
 Producer / consumer seam: a :class:`~.readahead.TileQueue` reads the tiles in the sweep's order, a few
 batches ahead on reader threads (:mod:`.concurrency` says how many); :meth:`TileBatches.tile_outputs` takes
 them a batch at a time and runs the model on them in the caller's thread; the blender consumes the outputs.
-Blending on the GPU would replace the consumer side without touching the reading.
+On a GPU the blender keeps its accumulators there (``HannBlend(tile, device)``): the consumer side
+changes, the reading does not.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class TileBatches:
 def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback: Feedback, batch_size: int,
           band_columns: int, threads: SweepThreads = DEFAULT_THREADS,
           bands: Optional[Sequence[Tuple[int, int]]] = None) -> Iterator[Block]:
-    """Finished, blended blocks of the grid's region, band by band, each band top to bottom.
+    """Finished, blended blocks of the grid's region (its :attr:`~.grid.TileGrid.output_rows`), band by band,
+    each band top to bottom.
 
     Args:
         grid: where the tiles lie (:func:`~.grid.hann_grid` or :func:`~.grid.ramp_grid`).

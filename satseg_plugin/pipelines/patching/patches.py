@@ -21,7 +21,14 @@ from affine import Affine
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from ...core.distributed import Scheduler, check_shared_storage, cluster_client, parse_scheduler, run_units
+from ...core.distributed import (
+    Scheduler,
+    check_shared_storage,
+    cluster_client,
+    parse_scheduler,
+    run_units,
+    unit_count,
+)
 from ...core.errors import InputError
 from ...core.grid import PatchWindow, patch_grid
 from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
@@ -45,8 +52,9 @@ __all__ = ["PatchConfig", "PatchRecord", "PatchResult", "PatchRows", "write_patc
 
 #: GDAL block cache while patching (bytes): enough for a row of source blocks of a wide raster.
 PATCH_CACHE_BYTES = 64 * 2**20
-#: Patches per Dask work unit (whole patch rows): a unit costs a scheduler round trip and a task of a few
-#: seconds at 256 px patches keeps that small.
+#: Most patches per Dask work unit (whole patch rows): a unit costs a scheduler round trip and a task of a few
+#: seconds at 256 px patches keeps that small. Units are smaller when that gives each worker thread fewer
+#: than :data:`~...core.distributed.UNITS_PER_WORKER` of them (so the last units even the load out).
 UNIT_PATCHES = 512
 
 
@@ -246,10 +254,11 @@ def _write_on_cluster(scheduler: Scheduler, source: str, bands: Tuple[int, ...],
     order are removed again, so the sample is the one an in-process run draws.
     """
     staged_dir, final_dir = staging.staged_path(""), staging.final_path("")
-    units = [PatchRows(os.path.abspath(source), bands, config, staged_dir, final_dir, name_format, group)
-             for group in _row_groups(windows, UNIT_PATCHES)]
     with cluster_client(scheduler, feedback) as client:
         check_shared_storage(client, [(source, "INPUT")], staged_dir, "OUTPUT_DIR")
+        size = min(UNIT_PATCHES, -(-len(windows) // unit_count(client)))
+        units = [PatchRows(os.path.abspath(source), bands, config, staged_dir, final_dir, name_format, group)
+                 for group in _row_groups(windows, size)]
         feedback.info(f"{len(units)} groups of patch rows run as Dask work units.")
         results = run_units(client, write_patch_rows, units, SubFeedback(feedback, 0, 95),
                             what="group of patch rows")

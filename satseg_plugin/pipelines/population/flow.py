@@ -40,6 +40,7 @@ __all__ = [
     "FlowResult",
     "FlowVector",
     "FramePair",
+    "flow_message",
     "flow_series",
     "flow_to_map",
     "flow_vectors",
@@ -368,11 +369,15 @@ def flow_series(series: "FrameSeries", config: Optional[FlowConfig] = None,
         check_canceled(feedback)
         sub = SubFeedback(feedback, 100.0 * t / pairs, 100.0 * (t + 1) / pairs)
         result = horn_schunck(series.arrays[t], series.arrays[t + 1], config, sub)
-        feedback.info(f"Flow {series.names[t]} -> {series.names[t + 1]}: {result.iterations} iterations, last "
-                      f"change {result.change:.2g} px, mean speed "
-                      f"{float(np.mean(np.hypot(result.u, result.v))):.3g} px/frame.")
+        feedback.info(flow_message(series.names[t], series.names[t + 1], result))
         flows.append(result)
     return flows
+
+
+def flow_message(from_name: str, to_name: str, result: FlowResult) -> str:
+    """The log line of one pair's flow."""
+    return (f"Flow {from_name} -> {to_name}: {result.iterations} iterations, last change {result.change:.2g} px, "
+            f"mean speed {float(np.mean(np.hypot(result.u, result.v))):.3g} px/frame.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, track
 from ...core.raster import Grid, check_georeferencing, crs_text, open_raster, pixel_window, raster_env, same_grid
 
-__all__ = ["MAX_FRAME_PIXELS", "FrameSeries", "load_frames"]
+__all__ = ["MAX_FRAME_PIXELS", "FrameSeries", "load_frames", "frame_on_grid"]
 
 #: Largest frame (width x height) held in memory; a GPWv4 frame of a country is a few million pixels.
 MAX_FRAME_PIXELS = 50_000_000
@@ -172,6 +172,22 @@ def load_frames(paths: Sequence[str], feedback: Optional[Feedback] = None, param
                     values = _align(values, src, transform, width, height, name, names[0], parameter, feedback)
             arrays.append(values)
     return FrameSeries(arrays, names, crs, transform, width, height)
+
+
+def frame_on_grid(paths: Sequence[str], index: int, band: int = 1, parameter: str = "FRAMES") -> np.ndarray:
+    """Frame ``index`` of ``paths`` exactly as :func:`load_frames` gives it (on the first frame's grid), reading
+    only that frame and the first frame's grid: what a distributed work unit of the population tools reads.
+
+    The checks and warnings are :func:`load_frames`', which the run's client has made on the whole series.
+    """
+    with raster_env():
+        with open_raster(paths[0], parameter) as first:
+            grid = Grid.of(first)
+        with open_raster(paths[index], parameter) as src:
+            values = _read_band(src, band)
+            if index > 0 and not same_grid(Grid.of(src), grid):
+                values = _resample(values, src, grid.transform, grid.width, grid.height)
+    return values
 
 
 def _check_values(values: np.ndarray, name: str, parameter: str) -> None:

@@ -7,7 +7,8 @@
 
 Each run reads its inputs, calls the engine modules that do the work (:mod:`.frames`, :mod:`.flow`,
 :mod:`.communities`, :mod:`.tracks`) and writes its rasters into one output folder that is staged: a failed
-or canceled run leaves no half-written folder and keeps an earlier output intact.
+or canceled run leaves no half-written folder and keeps an earlier output intact. With a SCHEDULER the first
+two hand their frame pairs / frames to a Dask cluster as work units (:mod:`.units`), with the same outputs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from affine import Affine
 
+from ...core.distributed import parse_scheduler
 from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ...core.staging import StagedDirectory, Transaction, stages_outputs
@@ -120,7 +122,8 @@ def flow_index_for_frame(frame: int, frames: int) -> int:
 @stages_outputs
 def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[Any] = None, vector_step: int = 10,
                      min_magnitude: float = 0.0, overwrite: bool = False, band: int = 1,
-                     feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> FlowRun:
+                     feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None,
+                     scheduler: str = "") -> FlowRun:
     """Horn–Schunck flow between every pair of consecutive frames, written as GeoTIFFs.
 
     Args:
@@ -134,11 +137,14 @@ def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[
         feedback: progress, messages and cancel.
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        scheduler: SCHEDULER (:func:`~...core.distributed.parse_scheduler`): empty runs in-process; ``local:N``
+            or a scheduler's address run the frame pairs as Dask work units (:mod:`.units`) on storage the
+            workers share, with the same flows.
 
     Returns:
         The flow files ``flow_<t>_<frame t>_<frame t+1>.tif`` and the sampled arrows.
     """
-    from .flow import FlowConfig, FramePair, flow_series, flow_vectors, write_flow
+    from .flow import FlowConfig, FramePair, flow_message, flow_series, flow_vectors, write_flow
     from .frames import load_frames
 
     feedback = feedback or NullFeedback()
@@ -146,20 +152,31 @@ def run_optical_flow(frame_paths: Sequence[str], out_dir: str, config: Optional[
     config.validate()
     if vector_step < 1:
         raise InputError(f"must be at least 1 pixel, got {vector_step}.", "VECTOR_STEP")
+    cluster = parse_scheduler(scheduler)
     staged = StagedDirectory(out_dir, overwrite, "OUTPUT_DIR")
     series = load_frames(frame_paths, SubFeedback(feedback, 0, 5), band=band)
     with staged:
-        flows = flow_series(series, config, SubFeedback(feedback, 5, 90))
+        names = [f"flow_{t}_{series.names[t]}_{series.names[t + 1]}.tif" for t in range(len(series) - 1)]
+        pairs = [FramePair(t, t + 1, os.path.basename(frame_paths[t]), os.path.basename(frame_paths[t + 1]),
+                           series.names[t], series.names[t + 1]) for t in range(len(series) - 1)]
+        if cluster.in_process:
+            flows = flow_series(series, config, SubFeedback(feedback, 5, 90))
+        else:
+            from .units import FlowPairUnit, flows_on_cluster
+
+            units = [FlowPairUnit(tuple(os.path.abspath(p) for p in frame_paths), pair, band, config, series.grid,
+                                  staged.staged_path(name)) for pair, name in zip(pairs, names)]
+            flows = flows_on_cluster(cluster, units, staged.staged_path(""), SubFeedback(feedback, 5, 90))
+            for pair, flow in zip(pairs, flows):
+                feedback.info(flow_message(pair.from_name, pair.to_name, flow))
         paths, vectors, stats = [], [], []
         for t, flow in enumerate(flows):
             check_canceled(feedback)
-            name = f"flow_{t}_{series.names[t]}_{series.names[t + 1]}.tif"
             nodata = series.nodata_mask(t, t + 1)
-            pair = FramePair(t, t + 1, os.path.basename(frame_paths[t]), os.path.basename(frame_paths[t + 1]),
-                             series.names[t], series.names[t + 1])
-            write_flow(staged.staged_path(name), flow, series, nodata_mask=nodata, parameter="OUTPUT_DIR",
-                       pair=pair)
-            paths.append(staged.final_path(name))
+            if cluster.in_process:  # on a cluster each unit wrote its flow file
+                write_flow(staged.staged_path(names[t]), flow, series, nodata_mask=nodata, parameter="OUTPUT_DIR",
+                           pair=pairs[t])
+            paths.append(staged.final_path(names[t]))
             u, v = np.where(nodata, np.nan, flow.u), np.where(nodata, np.nan, flow.v)
             vectors += [(t, vec) for vec in flow_vectors(u, v, series.transform, vector_step, min_magnitude)]
             speed = np.hypot(flow.u, flow.v)[~nodata]
@@ -252,7 +269,8 @@ def _require_grid(what: str, crs: Any, transform: Affine, shape: Tuple[int, int]
 @stages_outputs
 def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_dir: str, config: Optional[Any] = None,
                     report_k: bool = False, overwrite: bool = False, band: int = 1,
-                    feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None) -> CommunityRun:
+                    feedback: Optional[Feedback] = None, transaction: Optional[Transaction] = None,
+                    scheduler: str = "") -> CommunityRun:
     """Communities per frame: window autoencoder codes, k-means, then DBSCAN on pixel positions per label.
 
     Frame ``t`` uses the flow of pair ``(t, t + 1)``; the last frame uses the pair before it.
@@ -268,50 +286,56 @@ def run_communities(frame_paths: Sequence[str], flow_paths: Sequence[str], out_d
         feedback: progress, messages and cancel.
         transaction: stage the outputs into this run's transaction and leave the commit to its owner
             (default: the current run's, else they are moved into place together when this returns).
+        scheduler: SCHEDULER (:func:`~...core.distributed.parse_scheduler`): empty runs in-process; ``local:N``
+            or a scheduler's address run the frames as Dask work units (:mod:`.units`) on storage the workers
+            share, with the same segments and records.
     """
-    import rasterio
-
-    from ...core.raster import geotiff_profile, raster_env
     from .communities import CommunityConfig, frame_communities
     from .frames import load_frames
+    from .units import FrameUnit, communities_on_cluster, frame_report, write_segments
 
     feedback = feedback or NullFeedback()
     config = config or CommunityConfig()
     config.validate()
     _check_flow_count(len(frame_paths), len(flow_paths))
+    cluster = parse_scheduler(scheduler)
     staged = StagedDirectory(out_dir, overwrite, "OUTPUT_DIR")
     series = load_frames(frame_paths, SubFeedback(feedback, 0, 3), band=band)
     shape = (series.height, series.width)
     for path in flow_paths:
         _check_same_grid(path, series.crs, series.transform, shape, "FLOWS")
     _check_flow_pairs(flow_paths, [os.path.basename(p) for p in frame_paths], series.names, feedback)
-    flows = _read_flows(flow_paths, shape)
     area = pixel_area_m2(series.crs, series.transform, series.height, feedback)
     n = len(series)
+    names = [f"segments_{t}_{series.names[t]}.tif" for t in range(n)]
     paths, communities, reports, k_reports = [], [], [], []
+
+    def keep(records: List[Any], k_report: List[Dict[str, float]], report: Dict[str, Any]) -> None:
+        paths.append(staged.final_path(names[report["frame"]]))
+        communities.append(records)
+        k_reports.append(k_report)
+        reports.append(report)
+        feedback.info(f"Frame {report['name']}: {report['communities']} communities; autoencoder MSE "
+                      f"{report['ae_mse']:.2e} ± {report['ae_mse_std']:.1e} (mean-window baseline "
+                      f"{report['ae_baseline_mse']:.2e}).")
+
     with staged:
-        for t in range(n):
-            check_canceled(feedback)
-            u, v = flows[flow_index_for_frame(t, n)]
-            sub = SubFeedback(feedback, 3 + 95 * t / n, 3 + 95 * (t + 1) / n)
-            result = frame_communities(series.arrays[t], u, v, series.transform, area, config, sub,
-                                       report_k=report_k, name=series.names[t])
-            name = f"segments_{t}_{series.names[t]}.tif"
-            profile = geotiff_profile(series.width, series.height, 1, "int32", series.crs, series.transform, 0)
-            with raster_env(), rasterio.open(staged.staged_path(name), "w", **profile) as dst:
-                dst.write(result.segments.astype(np.int32), 1)
-                dst.set_band_description(1, f"community segment id ({series.names[t]})")
-                dst.update_tags(SATSEG_KIND="population-segments", FRAME=str(t), FRAME_NAME=series.names[t])
-            paths.append(staged.final_path(name))
-            communities.append(result.records)
-            k_reports.append(result.k_report)
-            reports.append({"frame": t, "name": series.names[t], "communities": len(result.records),
-                            "ae_mse": result.ae_mse, "ae_mse_std": result.ae_mse_std,
-                            "ae_baseline_mse": result.ae_baseline_mse, "kmeans_objective": result.kmeans_objective,
-                            "clustered_pixels": result.clustered_pixels})
-            feedback.info(f"Frame {series.names[t]}: {len(result.records)} communities; autoencoder MSE "
-                          f"{result.ae_mse:.2e} ± {result.ae_mse_std:.1e} (mean-window baseline "
-                          f"{result.ae_baseline_mse:.2e}).")
+        if cluster.in_process:
+            flows = _read_flows(flow_paths, shape)
+            for t in range(n):
+                check_canceled(feedback)
+                u, v = flows[flow_index_for_frame(t, n)]
+                sub = SubFeedback(feedback, 3 + 95 * t / n, 3 + 95 * (t + 1) / n)
+                result = frame_communities(series.arrays[t], u, v, series.transform, area, config, sub,
+                                           report_k=report_k, name=series.names[t])
+                write_segments(staged.staged_path(names[t]), result.segments, series.grid, t, series.names[t])
+                keep(result.records, result.k_report, frame_report(t, series.names[t], result))
+        else:
+            frames = tuple(os.path.abspath(p) for p in frame_paths)
+            units = [FrameUnit(frames, t, series.names[t], band, os.path.abspath(flow_paths[flow_index_for_frame(t, n)]),
+                               config, series.grid, area, report_k, staged.staged_path(names[t])) for t in range(n)]
+            for outcome in communities_on_cluster(cluster, units, staged.staged_path(""), SubFeedback(feedback, 3, 98)):
+                keep(*outcome)
         staged.write_manifest({"kind": "satseg-population-segments",
                                "frames": [os.path.abspath(p) for p in frame_paths],
                                "flows": [os.path.abspath(p) for p in flow_paths],

@@ -8,16 +8,16 @@ region's origin and overlap; each pixel is the Hann-weighted mean of every tile 
 no seams. Outputs are moved into place only when the whole raster is done.
 
 One function sweeps column bands into open outputs (:func:`_sweep_bands`): in-process it fills the staged
-outputs with every band; with a SCHEDULER each band is a Dask work unit (:func:`segment_band`) that fills its
-own part GeoTIFFs, which the caller copies into the staged outputs before the same sieve, overviews and
-commit (:mod:`...core.distributed`; docs/distributed.md).
+outputs with every band; with a SCHEDULER each column band, cut into ranges of output rows, is a set of Dask
+work units (:func:`segment_band`) that fill their own part GeoTIFFs, which the caller copies into the staged
+outputs before the same sieve, overviews and commit (:mod:`...core.distributed`; docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
@@ -26,7 +26,16 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ...core.distributed import Scheduler, assemble_part, cluster_with_parts, parse_scheduler, run_units
+from ...core.distributed import (
+    Scheduler,
+    assemble_part,
+    cluster_with_parts,
+    describe_tile_units,
+    parse_scheduler,
+    run_units,
+    tile_units,
+    unit_count,
+)
 from ...core.errors import InputError
 from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
 from ...core.raster import (
@@ -106,19 +115,22 @@ class SegmentPlan:
 
 @dataclass(frozen=True)
 class SegmentBand:
-    """A distributed run's work unit: one column band, written to its own part GeoTIFFs.
+    """A distributed run's work unit: one column band (or a range of its rows), written to its own part GeoTIFFs.
 
     Attributes:
         plan: the run's shared plan.
         band: ``(first column, stop column)`` in raster pixels, one of ``plan.grid.column_bands``.
-        probability_part: where the band's probabilities go (a folder every worker and the client share).
-        mask_part: where the band's class mask goes (before the sieve, which runs on the assembled mask).
+        probability_part: where the unit's probabilities go (a folder every worker and the client share).
+        mask_part: where the unit's class mask goes (before the sieve, which runs on the assembled mask).
+        rows: ``(first row, stop row)`` of the region the unit gives (:meth:`~...core.tiling.TileGrid.row_part`);
+            None: all of them.
     """
 
     plan: SegmentPlan
     band: Tuple[int, int]
     probability_part: str
     mask_part: str
+    rows: Optional[Tuple[int, int]] = None
 
 
 def _profiles(src: rasterio.DatasetReader, window: Window, k: int, threaded: bool) -> Tuple[dict, dict]:
@@ -199,17 +211,20 @@ def _worker_ensemble(model_paths: Tuple[str, ...], weights: Optional[Tuple[float
 
 
 def segment_band(unit: SegmentBand, feedback: Feedback) -> Tuple[int, bool]:
-    """Run one column band into its part GeoTIFFs (a Dask work unit; also runs in-process).
+    """Run one unit (a column band, or a range of its rows) into its part GeoTIFFs (a Dask work unit; also
+    runs in-process): the in-process run's pixels of that window, bit for bit.
 
     Returns:
-        :func:`_sweep_bands`' foreground pixels and whether the band holds data.
+        :func:`_sweep_bands`' foreground pixels and whether the unit holds data.
     """
     plan = unit.plan
     config = plan.config
     ensemble = _worker_ensemble(tuple(plan.model_paths), tuple(config.weights) if config.weights else None,
                                 plan.device, config.amp)
-    region = plan.grid.region
-    window = Window(unit.band[0], region.row_off, unit.band[1] - unit.band[0], region.height)
+    if unit.rows is not None:
+        plan = replace(plan, grid=plan.grid.row_part(unit.rows))
+    y0, y1 = plan.grid.output_rows
+    window = Window(unit.band[0], y0, unit.band[1] - unit.band[0], y1 - y0)
     with raster_env(), open_raster(plan.source) as src, \
             _open_outputs(src, window, ensemble.metadata.classes, unit.probability_part, unit.mask_part,
                           threaded=False) as (prob_dst, mask_dst):
@@ -219,22 +234,23 @@ def segment_band(unit: SegmentBand, feedback: Feedback) -> Tuple[int, bool]:
 def _segment_on_cluster(scheduler: Scheduler, src: rasterio.DatasetReader, plan: SegmentPlan, classes: Sequence[str],
                         prob_tmp: str, mask_tmp: str, probability_path: str,
                         feedback: Feedback) -> Tuple[int, bool]:
-    """Run the plan's column bands on a Dask cluster and assemble their parts into the staged outputs."""
+    """Run the plan's units (column bands x row ranges) on a Dask cluster and assemble their parts into the
+    staged outputs."""
     region = plan.grid.region
-    bands = plan.grid.column_bands(plan.band_columns)
     inputs = [(plan.source, "INPUT")] + [(p, "MODELS") for p in plan.model_paths]
     with cluster_with_parts(scheduler, feedback, inputs, probability_path, "OUTPUT_PROBABILITY",
                             current_transaction()) as (client, folder):
-        units = [SegmentBand(plan, band, os.path.join(folder, f"probability-{band[0]}.tif"),
-                             os.path.join(folder, f"mask-{band[0]}.tif")) for band in bands]
-        feedback.info(f"{len(units)} column bands of at most {plan.band_columns} px run as Dask work units.")
-        results = run_units(client, segment_band, units, SubFeedback(feedback, 0, 90), what="column band")
+        cells = tile_units(plan.grid, plan.band_columns, unit_count(client))
+        units = [SegmentBand(plan, band, os.path.join(folder, f"probability-{band[0]}-{rows[0]}.tif"),
+                             os.path.join(folder, f"mask-{band[0]}-{rows[0]}.tif"), rows) for band, rows in cells]
+        feedback.info(describe_tile_units(cells, plan.band_columns))
+        results = run_units(client, segment_band, units, SubFeedback(feedback, 0, 90), what="work unit")
         with _open_outputs(src, region, classes, prob_tmp, mask_tmp) as (prob_dst, mask_dst):
             for unit in units:
                 check_canceled(feedback)
-                offset = unit.band[0] - int(region.col_off)
-                assemble_part(unit.probability_part, prob_dst, offset)
-                assemble_part(unit.mask_part, mask_dst, offset)
+                offset = unit.band[0] - int(region.col_off), unit.rows[0] - int(region.row_off)
+                assemble_part(unit.probability_part, prob_dst, *offset)
+                assemble_part(unit.mask_part, mask_dst, *offset)
         feedback.set_progress(95.0)
     return sum(r[0] for r in results), any(r[1] for r in results)
 

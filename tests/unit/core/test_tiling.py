@@ -195,14 +195,17 @@ class FieldReader:
         return Tile(window, np.stack([y, x]).astype(np.float32), empty)
 
 
-def assemble(grid, blend, predict, band_columns, reader):
+def assemble(grid, blend, predict, band_columns, reader, kinds=None):
+    """The sweep's blocks pasted into the region; ``kinds`` (a set) collects the types of ``Block.values``."""
     x0, y0 = int(grid.region.col_off), int(grid.region.row_off)
     out = np.full((1, int(grid.region.height), int(grid.region.width)), np.nan, np.float32)
     empty = np.zeros(out.shape[1:], bool)
     for block in sweep(grid, reader, predict, blend, NullFeedback(), 3, band_columns):
         target = out[:, block.r0 - y0:block.r1 - y0, block.c0 - x0:block.c1 - x0]
         assert np.isnan(target).all()  # every pixel comes once
-        target[:] = block.values
+        if kinds is not None:
+            kinds.add(type(block.values))
+        target[:] = block.values if isinstance(block.values, np.ndarray) else block.values.cpu().numpy()
         empty[block.r0 - y0:block.r1 - y0, block.c0 - x0:block.c1 - x0] = block.empty
     assert not np.isnan(out).any()
     return out[0], empty
@@ -255,6 +258,36 @@ def test_ramp_sweep_blends_linearly_across_core_borders():
     np.testing.assert_allclose(out[:, 80], 48)
     np.testing.assert_allclose(out[0, 100:108], 48 + 48 * w)
     np.testing.assert_allclose(out[:, 199], 136)
+
+
+@pytest.mark.parametrize("band_columns", [1000, 50])
+def test_ramp_blend_on_a_device_gives_the_host_blend(band_columns):
+    """Ramps carried as torch tensors (on a GPU in use; here the CPU) give the numpy blend's blocks bit for bit,
+    and the blocks' values stay tensors there (for the cluster map to reduce to ids before the copy back)."""
+    torch = pytest.importorskip("torch")
+    grid = ramp_grid(Window(5, 3, 140, 90), 120, 160, 32, 16)
+    assert grid.half == 4 and len(grid.rows) > 2 and len(grid.cols) > 2  # ramps in x and y, four tiles at corners
+    noise = np.random.default_rng(1).random((1, 120 + 32, 160 + 32), dtype=np.float32)
+    reader = FieldReader(32, empty_at=lambda y, x: (y >= 40) & (y < 50) & (x >= 60) & (x < 70))
+
+    def predict(raw):  # a different value per tile and pixel, so every ramp weight matters
+        y, x = raw[:, 0, 0, 0].astype(int), raw[:, 1, 0, 0].astype(int)
+        return np.stack([noise[:, a:a + 32, b:b + 32] + 0.25 * a + 0.5 * b for a, b in zip(y, x)])
+
+    host_kinds, device_kinds = set(), set()
+    host = assemble(grid, RampBlend(), predict, band_columns, reader, host_kinds)
+    blend = RampBlend(torch.device("cpu"))
+    assert blend.on_device and not RampBlend().on_device
+    on_device = assemble(grid, blend, lambda raw: torch.from_numpy(predict(raw)), band_columns, reader,
+                         device_kinds)
+    assert host_kinds == {np.ndarray} and device_kinds == {torch.Tensor}
+    np.testing.assert_array_equal(on_device[0], host[0])
+    np.testing.assert_array_equal(on_device[1], host[1])
+    assert host[1].any() and not host[1].all()
+    # the ramps are in play: blended offsets take many more values than the tiles' own offsets
+    y, x = np.mgrid[3:93, 5:145]
+    offsets = np.unique(np.round(host[0] - noise[0, y, x], 3))
+    assert len(offsets) > 4 * len(grid.rows) * len(grid.cols)
 
 
 def test_block_writer_writes_whole_blocks_with_the_mask_as_nodata(make_raster, tmp_path):

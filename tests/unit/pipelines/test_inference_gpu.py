@@ -26,7 +26,7 @@ from satseg_plugin.core.labels import LabelSet
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.core.tiling import GPU_THREADS, threads_for
 from satseg_plugin.models.checkpoint import load_checkpoint
-from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster
+from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, ClusterModel, cluster_raster
 from satseg_plugin.pipelines.clustering.pixel.train import ClusterNetConfig, train_clusternet
 from satseg_plugin.pipelines.population.flow import FlowConfig, horn_schunck
 from satseg_plugin.pipelines.segmentation.config import PretrainConfig
@@ -81,17 +81,17 @@ def cluster_model(scene, tmp_path_factory):
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "mixed"])
 def test_segment_raster_on_the_device_matches_the_cpu(scene, segmentation_model, tmp_path, amp):
     runs = {}
-    for device in ("cpu", DEVICE):
-        out = tmp_path / device
-        out.mkdir(exist_ok=True)
+    for run, device in (("cpu", "cpu"), ("device", DEVICE)):  # two runs even when DEVICE is the CPU
+        out = tmp_path / run
+        out.mkdir()
         feedback = RecordingFeedback()
         config = InferenceConfig(tile_size=96, overlap=16, batch_size=4, amp=amp, min_object_pixels=0)
         result = segment_raster(scene[0], [segmentation_model], str(out / "p.tif"), str(out / "m.tif"), config,
                                 device, feedback)
         assert result.tiles == 9
-        runs[device] = read(result.probability_path), read(result.mask_path)
+        runs[run] = read(result.probability_path), read(result.mask_path)
     (cpu_prob, transform, crs), (cpu_mask, _, _) = runs["cpu"]
-    (dev_prob, dev_transform, dev_crs), (dev_mask, _, _) = runs[DEVICE]
+    (dev_prob, dev_transform, dev_crs), (dev_mask, _, _) = runs["device"]
     assert dev_transform == transform and dev_crs == crs and dev_prob.shape == cpu_prob.shape
     if not CUDA:
         assert np.array_equal(dev_prob, cpu_prob) and np.array_equal(dev_mask, cpu_mask)
@@ -106,16 +106,30 @@ def test_a_cuda_sweep_reads_ahead_on_threads():
     assert threads_for(torch.device("cpu")).readers == 0
 
 
-def test_cluster_raster_on_the_device_matches_the_cpu(scene, cluster_model, tmp_path):
+def test_cluster_raster_on_the_device_matches_the_cpu(scene, cluster_model, tmp_path, monkeypatch):
+    """On the device the features are blended and assigned as tensors there (issue 16); the dry run on the CPU
+    takes that path too (then it must give the host path's ids exactly)."""
+    seen = set()
+    assign = ClusterModel.assign
+
+    def spy(self, features, splits=None):  # where the features are assigned: "host" (numpy) or a device type
+        seen.add(features.device.type if isinstance(features, torch.Tensor) else "host")
+        return assign(self, features, splits)
+
+    monkeypatch.setattr(ClusterModel, "assign", spy)
     ids = {}
-    for device in ("cpu", DEVICE):
-        path = str(tmp_path / f"{device}.tif")
+    for run, device in (("cpu", "cpu"), ("device", DEVICE)):  # two runs even when DEVICE is the CPU
+        if run == "device" and not CUDA:
+            monkeypatch.setattr(ClusterModel, "on_device", True)  # the GPU's path, on the CPU
+        seen.clear()
+        path = str(tmp_path / f"{run}.tif")
         result = cluster_raster(scene[0], cluster_model, path, ClusterMapConfig(tile_size=96, overlap=16,
                                                                                 batch_size=4, amp=False), device)
         assert result.num_clusters == 4
-        ids[device] = read(path)
+        assert seen == ({"host"} if run == "cpu" else {DEVICE})
+        ids[run] = read(path)
     cpu_ids, transform, crs = ids["cpu"]
-    dev_ids, dev_transform, dev_crs = ids[DEVICE]
+    dev_ids, dev_transform, dev_crs = ids["device"]
     assert dev_transform == transform and dev_crs == crs and dev_ids.dtype == np.uint16
     agree = (dev_ids == cpu_ids).mean()
     assert agree == 1.0 if not CUDA else agree >= 0.99
@@ -123,8 +137,7 @@ def test_cluster_raster_on_the_device_matches_the_cpu(scene, cluster_model, tmp_
 
 def test_optical_flow_on_the_device_matches_the_cpu():
     f1, f2 = blob(), blob(1.5, -1.0)
-    flows = {device: horn_schunck(f1, f2, FlowConfig(device=device, pyramid_levels=2)) for device in ("cpu", DEVICE)}
-    cpu, dev = flows["cpu"], flows[DEVICE]
+    cpu, dev = (horn_schunck(f1, f2, FlowConfig(device=device, pyramid_levels=2)) for device in ("cpu", DEVICE))
     assert dev.converged and dev.u.dtype == np.float32
     np.testing.assert_allclose(dev.u, cpu.u, atol=0 if not CUDA else 1e-3)
     np.testing.assert_allclose(dev.v, cpu.v, atol=0 if not CUDA else 1e-3)

@@ -11,24 +11,33 @@ from one tile's to the other's (:class:`~....core.tiling.RampBlend`, which says 
 Hann window segmentation uses). A pixel's features depend only on the grid, so its cluster is the same in a
 whole-raster run and in an EXTENT run.
 
-With a SCHEDULER each column band is a Dask work unit (:func:`cluster_band`) writing its ids into a part
-GeoTIFF that the caller copies into the staged output (:mod:`....core.distributed`; docs/distributed.md).
+With a SCHEDULER each column band, cut into ranges of output rows, is a set of Dask work units
+(:func:`cluster_band`), each writing its ids into a part GeoTIFF that the caller copies into the staged output (:mod:`....core.distributed`; docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from ....core.deps import require
-from ....core.distributed import Scheduler, assemble_part, cluster_with_parts, parse_scheduler, run_units
+from ....core.distributed import (
+    Scheduler,
+    assemble_part,
+    cluster_with_parts,
+    describe_tile_units,
+    parse_scheduler,
+    run_units,
+    tile_units,
+    unit_count,
+)
 from ....core.errors import InputError
 from ....core.fit import choose_precision
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
@@ -120,27 +129,48 @@ class ClusterModel:
         """K."""
         return int(self.centroids.shape[0])
 
-    def features(self, raw: np.ndarray, amp: bool = False) -> np.ndarray:
-        """Raw tiles ``(N, C, H, W)`` (band units) -> features ``(N, D, H, W)`` float32."""
+    @property
+    def on_device(self) -> bool:
+        """Whether a cluster map keeps the features on the model's device from the forward to the ids: on a
+        GPU (issue 16: copying 35 float32 channels a pixel to the host held ``cluster_raster`` to 1/100 of its
+        forward on an H200). The CPU keeps the host path (numpy blend, the same ids; see :func:`_block_ids`)."""
+        return self.device.type == "cuda"
+
+    def features(self, raw: np.ndarray, amp: bool = False, on_device: bool = False) -> Any:
+        """Raw tiles ``(N, C, H, W)`` (band units) -> features ``(N, D, H, W)`` float32: numpy, or with
+        ``on_device`` the tensor on the model's device (for ``RampBlend(device)``)."""
         torch = self.torch
         # normalised on the device, as segmentation's Ensemble does (float32 either way; torch.nan_to_num has
         # numpy's defaults, so the CPU result is bit-identical to the former host pass)
         x = torch.nan_to_num((torch.from_numpy(np.ascontiguousarray(raw, np.float32)).to(self.device)
                               - self._mean) / self._std)
         with torch.no_grad(), self.precision[amp].autocast():
-            return self.model.features(x).float().cpu().numpy()
+            out = self.model.features(x).float()
+        return out if on_device else out.cpu().numpy()
 
-    def assign(self, features: np.ndarray,
+    def assign(self, features: Any,
                splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None) -> np.ndarray:
-        """``(n, D)`` raw features -> cluster ids 1..K (int64); see :func:`cluster_raster` for ``splits``.
+        """``(n, D)`` raw features -> cluster ids 1..K as uint16 (the id raster's type); see
+        :func:`cluster_raster` for ``splits``.
 
         On the model's device, in torch (:func:`~....core.kmeans.nearest_centroid_tensor`): on the CPU about a
         fifth of ``cluster_raster``'s time went to faiss's search and the numpy transform around it.
+
+        Args:
+            features: a numpy array, or a float32 tensor (features kept on the device are used there; any
+                strides: the rows are made contiguous, as a numpy array's are, so both give the same ids).
+            splits: see :func:`cluster_raster`.
+
+        Returns:
+            ``(n,)`` uint16 numpy ids, narrowed on the device: 2 bytes a pixel are copied back.
         """
         from ....core.kmeans import nearest_centroid_tensor
 
         torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device)
+        if isinstance(features, torch.Tensor):
+            x = features.to(self.device, torch.float32).contiguous()
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device)
         space = self.transform.apply_tensor(x)
         labels = nearest_centroid_tensor(space, self._centroids) + 1
         for cluster, (centroids, new_ids) in (splits or {}).items():
@@ -149,7 +179,7 @@ class ClusterModel:
                 sub = nearest_centroid_tensor(space[hit], torch.as_tensor(np.asarray(centroids, np.float32),
                                                                           device=self.device))
                 labels[hit] = torch.as_tensor(np.asarray(new_ids, np.int64), device=self.device)[sub]
-        return labels.cpu().numpy()
+        return labels.to(torch.uint16).cpu().numpy()
 
 
 def _palette(k: int) -> List[Tuple[int, int, int]]:
@@ -181,7 +211,7 @@ def cluster_grid(src: rasterio.DatasetReader, cm: ClusterModel, config: ClusterM
 
 def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: TileGrid, config: ClusterMapConfig,
                    feedback: Feedback, band_columns: Optional[int] = None,
-                   bands: Optional[Sequence[Tuple[int, int]]] = None) -> Iterator[Block]:
+                   bands: Optional[Sequence[Tuple[int, int]]] = None, on_device: bool = False) -> Iterator[Block]:
     """Blended per-pixel features (``Block.values``, ``(D, h, w)``) of the grid's region.
 
     The region is swept in column bands of at most ``band_columns`` pixels (None: ``CLUSTER_BAND_COLUMNS``),
@@ -189,9 +219,13 @@ def feature_blocks(src: rasterio.DatasetReader, cm: ClusterModel, grid: TileGrid
     depend only on the raster-anchored grid, never on the region or on the column bands. Memory is one
     batch of tile features and the ramp rows carried from one tile row to the next (``D x 2 half x band``
     floats), never the raster's size.
+
+    ``on_device``: blend on the model's device (``RampBlend(cm.device)``): the tiles' features never leave it
+    and ``Block.values`` are tensors there (the same values as the host blend's); else numpy.
     """
     reader = TileReader(src, cm.metadata.bands, cm.mean, grid.tile)
-    return sweep(grid, reader, lambda raw: cm.features(raw, config.amp), RampBlend(), feedback, config.batch_size,
+    return sweep(grid, reader, lambda raw: cm.features(raw, config.amp, on_device),
+                 RampBlend(cm.device if on_device else None), feedback, config.batch_size,
                  band_columns or CLUSTER_BAND_COLUMNS, threads_for(cm.device), bands)
 
 
@@ -233,11 +267,13 @@ class ClusterPlan:
 
 @dataclass(frozen=True)
 class ClusterBand:
-    """A distributed cluster map's work unit: one column band, written to its own part GeoTIFF."""
+    """A distributed cluster map's work unit: one column band (or a range of its rows, ``rows``: see
+    :meth:`~....core.tiling.TileGrid.row_part`; None: all of them), written to its own part GeoTIFF."""
 
     plan: ClusterPlan
     band: Tuple[int, int]
     part: str
+    rows: Optional[Tuple[int, int]] = None
 
 
 def _id_profile(src: rasterio.DatasetReader, window: Window, threaded: bool) -> dict:
@@ -277,17 +313,35 @@ def _sweep_cluster_bands(src: rasterio.DatasetReader, cm: ClusterModel, plan: Cl
     with previous or contextlib.nullcontext():
         writer = BlockWriter([Output(dst, 1, "uint16", CLUSTER_NODATA)], region, grid.tile, src.window_transform,
                              config.mask, finish_strip, threads_for(cm.device))
-        blocks = feature_blocks(src, cm, grid, config, feedback, plan.band_columns, bands)
+        blocks = feature_blocks(src, cm, grid, config, feedback, plan.band_columns, bands, cm.on_device)
         # strips are finished and counted on the writer thread: counts are complete once it is closed
         with writer, contextlib.closing(blocks):
             for block in blocks:
-                ids = np.full(block.empty.shape, CLUSTER_NODATA, np.uint16)
-                keep = ~block.empty
-                valid = valid or bool(keep.any())
-                if keep.any():
-                    ids[keep] = cm.assign(np.ascontiguousarray(block.values[:, keep].T), plan.splits)
-                writer.put(block.r0, block.c0, block.band, [ids[None]])
+                valid = valid or not block.empty.all()
+                writer.put(block.r0, block.c0, block.band, [_block_ids(cm, block, plan.splits)[None]])
     return counts, valid
+
+
+def _block_ids(cm: ClusterModel, block: Block,
+              splits: Optional[Dict[int, Tuple[np.ndarray, Sequence[int]]]] = None) -> np.ndarray:
+    """The uint16 cluster ids ``(h, w)`` of a block of blended features, CLUSTER_NODATA where it is empty.
+
+    Features kept on the device (tensors) are assigned there, every pixel through one ``(h w, D)`` copy of
+    the block (no boolean gather on the device, no mask sent to it); the empty pixels are then set to nodata
+    on the host, so from a GPU only 2 bytes a pixel come back. Host features assign only the kept pixels:
+    on the CPU assigning every pixel was no faster (cProfile, 2048 px, 448 px blocks of 35 channels: the
+    gather and the ``(n, D)`` copy both ~27 ms, the assignment ~100 ms) and would spend it on the empty ones.
+    """
+    keep, values = ~block.empty, block.values
+    if not keep.any():
+        return np.full(keep.shape, CLUSTER_NODATA, np.uint16)
+    if isinstance(values, np.ndarray):
+        ids = np.full(keep.shape, CLUSTER_NODATA, np.uint16)
+        ids[keep] = cm.assign(np.ascontiguousarray(values[:, keep].T), splits)
+    else:
+        ids = cm.assign(values.movedim(0, -1).reshape(-1, values.shape[0]), splits).reshape(keep.shape)
+        ids[block.empty] = CLUSTER_NODATA
+    return ids
 
 
 @lru_cache(maxsize=1)
@@ -299,15 +353,18 @@ def _worker_model(model_path: str, device: str) -> ClusterModel:
 
 
 def cluster_band(unit: ClusterBand, feedback: Feedback) -> Tuple[np.ndarray, bool]:
-    """Run one column band into its part GeoTIFF (a Dask work unit; also runs in-process).
+    """Run one unit (a column band, or a range of its rows) into its part GeoTIFF (a Dask work unit; also runs
+    in-process): the in-process run's ids of that window, bit for bit.
 
     Returns:
-        :func:`_sweep_cluster_bands`' pixels per id and whether the band holds data.
+        :func:`_sweep_cluster_bands`' pixels per id and whether the unit holds data.
     """
     plan = unit.plan
     cm = _worker_model(plan.model_path, plan.device)
-    region = plan.grid.region
-    window = Window(unit.band[0], region.row_off, unit.band[1] - unit.band[0], region.height)
+    if unit.rows is not None:  # the region stays the run's, so KEEP_NODATA_OF's offsets stay right
+        plan = replace(plan, grid=plan.grid.row_part(unit.rows))
+    y0, y1 = plan.grid.output_rows
+    window = Window(unit.band[0], y0, unit.band[1] - unit.band[0], y1 - y0)
     with raster_env(), open_raster(plan.source) as src, \
             rasterio.open(unit.part, "w", **_id_profile(src, window, threaded=False)) as dst:
         return _sweep_cluster_bands(src, cm, plan, dst, window, feedback, [unit.band])
@@ -315,20 +372,22 @@ def cluster_band(unit: ClusterBand, feedback: Feedback) -> Tuple[np.ndarray, boo
 
 def _cluster_on_cluster(scheduler: Scheduler, plan: ClusterPlan, dst, output_path: str,
                         feedback: Feedback) -> Tuple[np.ndarray, bool]:
-    """Run the plan's column bands on a Dask cluster and assemble their parts into the open output ``dst``."""
+    """Run the plan's units (column bands x row ranges) on a Dask cluster and assemble their parts into the open
+    output ``dst``."""
     region = plan.grid.region
     inputs = [(plan.source, "INPUT"), (plan.model_path, "MODEL")]
     if plan.keep_nodata_of:
         inputs.append((plan.keep_nodata_of, "INPUT"))
     with cluster_with_parts(scheduler, feedback, inputs, output_path, "OUTPUT",
                             current_transaction()) as (client, folder):
-        units = [ClusterBand(plan, band, os.path.join(folder, f"ids-{band[0]}.tif"))
-                 for band in plan.grid.column_bands(plan.band_columns)]
-        feedback.info(f"{len(units)} column bands of at most {plan.band_columns} px run as Dask work units.")
-        results = run_units(client, cluster_band, units, SubFeedback(feedback, 0, 90), what="column band")
+        cells = tile_units(plan.grid, plan.band_columns, unit_count(client))
+        units = [ClusterBand(plan, band, os.path.join(folder, f"ids-{band[0]}-{rows[0]}.tif"), rows)
+                 for band, rows in cells]
+        feedback.info(describe_tile_units(cells, plan.band_columns))
+        results = run_units(client, cluster_band, units, SubFeedback(feedback, 0, 90), what="work unit")
         for unit in units:
             check_canceled(feedback)
-            assemble_part(unit.part, dst, unit.band[0] - int(region.col_off))
+            assemble_part(unit.part, dst, unit.band[0] - int(region.col_off), unit.rows[0] - int(region.row_off))
     return sum(r[0] for r in results), any(r[1] for r in results)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from rasterio.windows import Window
@@ -59,10 +59,20 @@ class FeatureTransform:
         torch = require("torch")
         out = features
         if self.whitening is not None:
-            mean, matrix = (torch.as_tensor(v, dtype=torch.float32, device=features.device)
-                            for v in (self.whitening.mean, self.whitening.matrix))
+            mean, matrix = self._whitening_on(features.device)
             out = (out - mean) @ matrix.T
         return torch.nn.functional.normalize(out, dim=1, eps=1e-12) if self.normalize else out
+
+    def _whitening_on(self, device: Any) -> Tuple["torch.Tensor", "torch.Tensor"]:
+        """The whitening's mean and matrix as float32 tensors on ``device``, copied there once (a map assigns
+        ids block after block: one blocking host-to-device copy per block otherwise)."""
+        torch = require("torch")
+        cache = self.__dict__.setdefault("_on_device", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = tuple(torch.as_tensor(v, dtype=torch.float32, device=device)
+                               for v in (self.whitening.mean, self.whitening.matrix))
+        return cache[key]
 
     def tensors(self) -> Dict[str, np.ndarray]:
         """The arrays stored in the model file (``extra.*``)."""

@@ -18,6 +18,7 @@ from qgis.core import (
 
 from ....pipelines.population.config import FlowConfig
 from ...base import SatSegAlgorithm
+from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
 from ...parameters import config_defaults
@@ -93,6 +94,7 @@ class OpticalFlowAlgorithm(SatSegAlgorithm):
                                            number.Double, 0.05, minValue=0.0))
         self.add_advanced_parameter(number(self.BAND, self.tr("Band"), number.Integer, 1, minValue=1))
         self.add_device_parameter()
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Replace an earlier SatSeg output "
                                                                                  "folder"), False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, self.tr("Flow folder")))
@@ -117,7 +119,8 @@ class OpticalFlowAlgorithm(SatSegAlgorithm):
                                vector_step=self.parameterAsInt(parameters, self.VECTOR_STEP, context),
                                min_magnitude=self.parameterAsDouble(parameters, self.MIN_MAGNITUDE, context),
                                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-                               band=self.parameterAsInt(parameters, self.BAND, context), feedback=feedback)
+                               band=self.parameterAsInt(parameters, self.BAND, context), feedback=feedback,
+                               scheduler=scheduler_value(self, parameters, context))
         crs = qgis_crs(run.crs)
         rows: List = []
         import shapely

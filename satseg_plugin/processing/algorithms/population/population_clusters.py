@@ -19,6 +19,7 @@ from qgis.core import (
 
 from ....pipelines.population.config import CommunityConfig
 from ...base import SatSegAlgorithm
+from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
 from ...layers import qgis_crs, raster_paths, write_features
 from ...parameters import COMMUNITY_FIELDS, config_defaults
@@ -118,6 +119,7 @@ class PopulationClustersAlgorithm(SatSegAlgorithm):
                                            minValue=0))
         self.add_advanced_parameter(number(self.BAND, self.tr("Band"), number.Integer, 1, minValue=1))
         self.add_device_parameter()
+        add_scheduler_parameter(self)
         self.addParameter(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Replace an earlier SatSeg output "
                                                                                  "folder"), False))
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_DIR, self.tr("Segment folder")))
@@ -151,7 +153,8 @@ class PopulationClustersAlgorithm(SatSegAlgorithm):
                               raster_paths(self, parameters, self.FLOWS, context), out_dir, config,
                               report_k=self.parameterAsBool(parameters, self.REPORT_K, context),
                               overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-                              band=as_int(self.BAND), feedback=feedback)
+                              band=as_int(self.BAND), feedback=feedback,
+                              scheduler=scheduler_value(self, parameters, context))
         rows: List = []
         for t, records in enumerate(run.communities):
             for rec in records:
