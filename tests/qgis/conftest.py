@@ -99,6 +99,15 @@ def qgis_process(tmp_path_factory):
     return qgis_process_runner(home, plugins)
 
 
+def train_on_scene(scene: dict, settings: dict, **outputs) -> dict:
+    """``satseg:trainsegmentation`` through ``processing.run`` on a generated scene (``sample_data.generate``)
+    and its building footprints, with ``settings`` and the output paths ``outputs``; returns its results."""
+    import processing
+
+    return processing.run("satseg:trainsegmentation", dict(
+        settings, INPUT=scene["scene"], LABELS=scene["buildings"] + "|layername=buildings", **outputs))
+
+
 def parse_json_output(stdout: str) -> dict:
     """The JSON document qgis_process --json prints (skipping any log lines before it)."""
     return json.loads(stdout[stdout.index("{"):])

@@ -11,6 +11,7 @@ import pytest
 from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
 from sample_data.generate import generate_scene
+from tests.qgis.conftest import train_on_scene
 
 pytest.importorskip("segmentation_models_pytorch")
 pytestmark = pytest.mark.slow
@@ -56,13 +57,10 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(scene, tmp_path_factory, session_plugin):
-    import processing
-
     session_plugin.initProcessing()
     out = tmp_path_factory.mktemp("cancel_model")
-    return processing.run("satseg:trainsegmentation", dict(
-        TRAIN, INPUT=scene["scene"], LABELS=scene["buildings"] + "|layername=buildings", EPOCHS=1,
-        BATCHES_PER_EPOCH=1, OUTPUT_MODEL=str(out / "m.satseg")))["OUTPUT_MODEL"]
+    return train_on_scene(scene, dict(TRAIN, EPOCHS=1, BATCHES_PER_EPOCH=1),
+                          OUTPUT_MODEL=str(out / "m.satseg"))["OUTPUT_MODEL"]
 
 
 def test_segmentraster_cancel_returns_promptly_and_writes_nothing(run_alg, scene, model, tmp_path):

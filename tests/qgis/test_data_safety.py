@@ -14,6 +14,7 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsVectorLayer
 
 from sample_data.generate import generate_scene
+from tests.qgis.conftest import train_on_scene
 
 pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("faiss")
@@ -32,13 +33,9 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seg_model(scene, tmp_path_factory, session_plugin):
-    import processing
-
     session_plugin.initProcessing()
     out = tmp_path_factory.mktemp("safety_model")
-    return processing.run("satseg:trainsegmentation", dict(
-        SEG_FAST, INPUT=scene["scene"], LABELS=scene["buildings"] + "|layername=buildings",
-        OUTPUT_MODEL=str(out / "m.satseg")))["OUTPUT_MODEL"]
+    return train_on_scene(scene, SEG_FAST, OUTPUT_MODEL=str(out / "m.satseg"))["OUTPUT_MODEL"]
 
 
 @pytest.fixture(scope="module")

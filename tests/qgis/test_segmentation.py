@@ -8,6 +8,7 @@ import rasterio
 from qgis.core import QgsProcessingException, QgsProject, QgsVectorLayer
 
 from sample_data.generate import generate_scene
+from tests.qgis.conftest import train_on_scene
 
 pytest.importorskip("segmentation_models_pytorch")
 pytestmark = pytest.mark.slow
@@ -23,14 +24,10 @@ def scene(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(scene, tmp_path_factory, session_plugin):
-    import processing
-
     session_plugin.initProcessing()
     out = tmp_path_factory.mktemp("model")
-    result = processing.run("satseg:trainsegmentation", dict(
-        FAST, INPUT=scene["scene"], LABELS=scene["buildings"] + "|layername=buildings",
-        OUTPUT_MODEL=str(out / "m.satseg"), OUTPUT_LOG=str(out / "log.csv"), OUTPUT_PLOT=str(out / "curve.png")))
-    return result
+    return train_on_scene(scene, FAST, OUTPUT_MODEL=str(out / "m.satseg"), OUTPUT_LOG=str(out / "log.csv"),
+                          OUTPUT_PLOT=str(out / "curve.png"))
 
 
 def test_training_outputs(model):

@@ -30,19 +30,11 @@ from satseg_plugin.pipelines.clustering.scene.deepcluster import DeepClusterConf
 from satseg_plugin.pipelines.clustering.scene.train import SceneTrainConfig, pretrain_scene
 from satseg_plugin.pipelines.population.communities import frame_communities
 from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
+from tests.unit.gpu import CUDA, DEVICE, gpu_marks
 from tests.unit.pipelines.clustering.test_scene_data import write_scene_patches
 from tests.unit.pipelines.population.test_communities import TRANSFORM, small_config, town_frame
 
-ON_CPU = os.environ.get("SATSEG_GPU_TESTS_ON_CPU") == "1"
-DEVICE = "cpu" if ON_CPU else "cuda"
-CUDA = DEVICE == "cuda"
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU (SATSEG_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)"),
-    pytest.mark.usefixtures("one_torch_thread"),
-]
+pytestmark = gpu_marks(torch)
 
 KINDS = ["urban"] * 8 + ["rural"] * 8 + ["uninhabited"] * 4
 CLASSES = ["urban", "rural", "uninhabited"]

@@ -10,7 +10,6 @@ mixed precision in bfloat16 (about 1e-2), so outputs are compared within those a
 share of pixels that agree; the sweep itself is checked bit-exact on the CPU by the tiling goldens.
 """
 
-import os
 
 import numpy as np
 import pytest
@@ -33,18 +32,10 @@ from satseg_plugin.pipelines.segmentation.config import PretrainConfig
 from satseg_plugin.pipelines.segmentation.pretrain import pretrain_encoder
 from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
 from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
+from tests.unit.gpu import CUDA, DEVICE, gpu_marks
 from tests.unit.pipelines.population.test_flow import blob
 
-ON_CPU = os.environ.get("SATSEG_GPU_TESTS_ON_CPU") == "1"
-DEVICE = "cpu" if ON_CPU else "cuda"
-CUDA = DEVICE == "cuda"
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU (SATSEG_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)"),
-    pytest.mark.usefixtures("one_torch_thread"),
-]
+pytestmark = gpu_marks(torch)
 
 
 def read(path):

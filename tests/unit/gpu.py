@@ -1,0 +1,22 @@
+"""What the ``gpu`` tests share: the device they run on and their marks.
+
+Skipped without CUDA; ``SATSEG_GPU_TESTS_ON_CPU=1`` runs them on the CPU instead (the dry run before a GPU run).
+"""
+
+import os
+
+import pytest
+
+ON_CPU = os.environ.get("SATSEG_GPU_TESTS_ON_CPU") == "1"
+DEVICE = "cpu" if ON_CPU else "cuda"
+CUDA = DEVICE == "cuda"
+
+
+def gpu_marks(torch) -> list:
+    """A module's ``pytestmark``: marked ``gpu``, skipped without CUDA (unless run on the CPU), one torch thread."""
+    return [
+        pytest.mark.gpu,
+        pytest.mark.skipif(not ON_CPU and not torch.cuda.is_available(),
+                           reason="needs a CUDA GPU (SATSEG_GPU_TESTS_ON_CPU=1 runs these tests on the CPU)"),
+        pytest.mark.usefixtures("one_torch_thread"),
+    ]
