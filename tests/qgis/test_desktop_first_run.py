@@ -1,7 +1,7 @@
 """Issue 18: QGIS desktop under Xvfb (1600 x 1000, a fresh profile) opens demo.qgz as a first-time user would and
 opens the SatSeg panel: the main window keeps its size, no modal dialog blocks, the map shows the scene, and the
-message log holds no warning from SatSeg's own files. The screenshot goes to docs/img/desktop_first_run.png (the
-README shows it). demo.qgz is written by scripts/demo.py's own project writer on its quick steps (sample data,
+message log holds no warning from SatSeg's own files. With ``SATSEG_UPDATE_SCREENSHOTS=1`` the screenshot replaces
+docs/img/desktop_first_run.png (the README shows it); otherwise the test leaves the checkout as it was. demo.qgz is written by scripts/demo.py's own project writer on its quick steps (sample data,
 patching, population), not the slow training steps."""
 
 import json
@@ -86,5 +86,6 @@ def test_demo_project_opens_well_for_a_first_time_user(tmp_path):
     satseg_warnings = [entry for entry in report["log"] if _satseg_warning(entry)]
     assert satseg_warnings == [], satseg_warnings
     assert shot.stat().st_size > 20_000
-    os.makedirs(os.path.dirname(SHOT), exist_ok=True)
-    shutil.copyfile(shot, SHOT)
+    if os.environ.get("SATSEG_UPDATE_SCREENSHOTS") == "1":
+        os.makedirs(os.path.dirname(SHOT), exist_ok=True)
+        shutil.copyfile(shot, SHOT)
