@@ -42,11 +42,14 @@ class SweepThreads:
             ~20 ms (a tile took ~1.2 ms to read and flag on the H200 machine's CPU; not measured yet).
         read_ahead: batches read beyond the one the model is running.
         write_queue: finished strips that may wait for the writer thread (0: write in the caller's thread).
+        span_rows: fill a batch with the next row's tiles when a tile row has fewer left
+            (:class:`~.sweep.TileBatches`); off keeps every batch within one row (bit-identical CPU outputs).
     """
 
     readers: int = 4
     read_ahead: int = 2
     write_queue: int = 2
+    span_rows: bool = False
 
     def __post_init__(self) -> None:
         if min(self.readers, self.read_ahead, self.write_queue) < 0:
@@ -57,8 +60,9 @@ class SweepThreads:
         return (self.read_ahead + 1) * max(1, int(batch_size))
 
 
-#: With the model on a GPU (fast: the host must keep up): tiles read two batches ahead on four threads.
-GPU_THREADS = SweepThreads(readers=4, read_ahead=2, write_queue=2)
+#: With the model on a GPU (fast: the host must keep up): tiles read two batches ahead on four threads, and
+#: batches filled across tile rows.
+GPU_THREADS = SweepThreads(readers=4, read_ahead=2, write_queue=2, span_rows=True)
 #: With the model on the CPU it sets the pace and reading is about 1 % of the time (bench/RESULTS.md): tiles
 #: are read in the caller's thread, since reading ahead gained nothing measurable on the 2-core machine and
 #: cost about 150 MiB more peak RSS (flat in the raster's size); rows are still written on the writer thread

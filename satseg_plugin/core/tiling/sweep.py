@@ -16,7 +16,8 @@ changes, the reading does not.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,11 +42,18 @@ class TileBatches:
     (:class:`~..fit.OomBackoff`, as the trainers do).
 
     The batch size is kept from one call to the next, so one out-of-memory error shrinks the rest of the run.
+    With ``span_rows`` a batch is filled with the next tiles of the sweep when a tile row has fewer left (a row
+    of an 8192 px band is 16-22 tiles of 512 px, below a GPU's batch of 32): their outputs wait, in order, for
+    their own row. Without it every batch holds tiles of one row, as on the CPU, where a batch's composition
+    could change the last bits of a convolution and the outputs are kept bit-identical to earlier runs.
     """
 
-    def __init__(self, batch_size: int, feedback: Feedback) -> None:
+    def __init__(self, batch_size: int, feedback: Feedback, span_rows: bool = False) -> None:
         self.backoff = OomBackoff(max(1, int(batch_size)), feedback, "tile", _OOM_ADVICE)
         self.feedback = feedback
+        self.span_rows = span_rows
+        #: outputs ``(output, empty)`` of tiles after the current row, computed with an earlier batch, in order
+        self.ready: Deque[Tuple[Any, np.ndarray]] = deque()
 
     @property
     def size(self) -> int:
@@ -53,24 +61,30 @@ class TileBatches:
         return self.backoff.batch_size
 
     def tile_outputs(self, tiles: TileQueue, predict: Predict, cols: List[Span]
-                     ) -> Iterator[Tuple[Span, np.ndarray, np.ndarray]]:
+                     ) -> Iterator[Tuple[Span, Any, np.ndarray]]:
         """``(col, output (D, T, T), empty (T, T))`` of the tiles ``cols`` of one tile row, left to right.
 
-        ``tiles`` gives the row's tiles next, in the order of ``cols``; a batch is popped once the model ran it.
+        ``tiles`` gives the sweep's tiles next, in order (this row's first, in the order of ``cols``); a batch is
+        popped once the model ran it.
         """
         start = 0
+        while start < len(cols) and self.ready:
+            output, empty = self.ready.popleft()
+            yield cols[start], output, empty
+            start += 1
         while start < len(cols):
             check_canceled(self.feedback)
 
             def step(size: int, start: int = start):
-                chunk = cols[start:start + size]
-                batch = tiles.peek(len(chunk))
-                return chunk, batch, predict(np.stack([t.raw for t in batch]))
+                batch = tiles.peek(size if self.span_rows else min(size, len(cols) - start))
+                return batch, predict(np.stack([t.raw for t in batch]))
 
-            chunk, batch, outputs = self.backoff.run(step)
-            tiles.pop(len(chunk))  # the next reads start while this batch is blended
-            yield from zip(chunk, outputs, [t.empty for t in batch])
-            start += len(chunk)
+            batch, outputs = self.backoff.run(step)
+            tiles.pop(len(batch))  # the next reads start while this batch is blended
+            done = min(len(batch), len(cols) - start)
+            yield from zip(cols[start:start + done], outputs[:done], [t.empty for t in batch[:done]])
+            self.ready.extend(zip(outputs[done:], [t.empty for t in batch[done:]]))
+            start += done
 
 
 def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback: Feedback, batch_size: int,
@@ -99,7 +113,7 @@ def sweep(grid: TileGrid, reader: TileReader, predict: Predict, blend, feedback:
         next block. The reader threads stop when the sweep ends, raises, or is closed early (close the
         generator, e.g. with :func:`contextlib.closing`, when not iterating it to the end).
     """
-    batches = TileBatches(batch_size, feedback)
+    batches = TileBatches(batch_size, feedback, threads.span_rows)
     every = grid.column_bands(band_columns)
     if bands is not None and not set(bands) <= set(every):
         raise ValueError(f"bands {list(bands)} are not column bands of {band_columns} px of the grid's region")

@@ -12,6 +12,7 @@ from rasterio.windows import Window
 from satseg_plugin.core.errors import InputError
 from satseg_plugin.core.progress import NullFeedback
 from satseg_plugin.core.tiling import (
+    SERIAL,
     BlockWriter,
     HannBlend,
     Output,
@@ -195,12 +196,13 @@ class FieldReader:
         return Tile(window, np.stack([y, x]).astype(np.float32), empty)
 
 
-def assemble(grid, blend, predict, band_columns, reader, kinds=None):
+def assemble(grid, blend, predict, band_columns, reader, kinds=None, threads=None):
     """The sweep's blocks pasted into the region; ``kinds`` (a set) collects the types of ``Block.values``."""
     x0, y0 = int(grid.region.col_off), int(grid.region.row_off)
     out = np.full((1, int(grid.region.height), int(grid.region.width)), np.nan, np.float32)
     empty = np.zeros(out.shape[1:], bool)
-    for block in sweep(grid, reader, predict, blend, NullFeedback(), 3, band_columns):
+    extra = {} if threads is None else {"threads": threads}
+    for block in sweep(grid, reader, predict, blend, NullFeedback(), 3, band_columns, **extra):
         target = out[:, block.r0 - y0:block.r1 - y0, block.c0 - x0:block.c1 - x0]
         assert np.isnan(target).all()  # every pixel comes once
         if kinds is not None:
@@ -245,6 +247,33 @@ def test_hann_blend_on_a_device_gives_the_host_blend(band_columns):
     on_device = assemble(grid, blend, lambda raw: torch.from_numpy(predict(raw)), band_columns, reader)
     np.testing.assert_allclose(on_device[0], host[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(on_device[1], host[1])
+
+
+@pytest.mark.parametrize("blend, make_grid", [(HannBlend(32), hann_grid), (RampBlend(), ramp_grid)],
+                         ids=["hann", "ramp"])
+def test_batches_across_tile_rows_give_the_same_blocks(blend, make_grid):
+    """With ``span_rows`` (on a GPU) a batch takes the next row's tiles when a row has fewer left: the model sees
+    full batches and every pixel gets the same value as with batches inside rows."""
+    from dataclasses import replace
+
+    grid = make_grid(Window(5, 3, 140, 90), 120, 160, 32, 8)
+    rng = np.random.default_rng(1)
+    noise = np.pad(rng.random((1, 120, 160), dtype=np.float32), ((0, 0), (0, 32), (0, 32)))
+    reader = FieldReader(32, empty_at=lambda y, x: (y >= 40) & (y < 50) & (x >= 60) & (x < 70))
+    sizes = {}
+
+    def predict(raw, key):
+        sizes.setdefault(key, []).append(len(raw))
+        y, x = raw[:, 0, 0, 0].astype(int), raw[:, 1, 0, 0].astype(int)
+        return np.stack([noise[:, a:a + 32, b:b + 32] + a / 7 + b / 11 for a, b in zip(y, x)]).astype(np.float32)
+
+    within = assemble(grid, blend, lambda raw: predict(raw, "within"), 50, reader, threads=SERIAL)
+    across = assemble(grid, blend, lambda raw: predict(raw, "across"), 50, reader,
+                      threads=replace(SERIAL, span_rows=True))
+    np.testing.assert_array_equal(across[0], within[0])
+    np.testing.assert_array_equal(across[1], within[1])
+    total = sum(sizes["within"])
+    assert sum(sizes["across"]) == total and len(sizes["across"]) == -(-total // 3)  # every tile once, full batches
 
 
 def test_ramp_sweep_blends_linearly_across_core_borders():
