@@ -45,6 +45,7 @@ from ..core.paths import check_destinations, check_outputs
 from ..core.staging import Transaction, use_transaction
 from .feedback import QgisFeedback
 from .layers import destination_path, layer_file, staged_sink
+from .parameters import ModelFilesParameter, model_files_value
 
 #: Parameter types whose value names input files (layers are read through their source).
 _LAYER_INPUTS = (QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
@@ -164,7 +165,9 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
             name = definition.name()
             if definition.isDestination() or parameters.get(name) in (None, "", []):
                 continue
-            if isinstance(definition, QgsProcessingParameterFile):
+            if isinstance(definition, ModelFilesParameter):  # a path, a list or ;-separated paths
+                paths = model_files_value(self, parameters, name, context)
+            elif isinstance(definition, QgsProcessingParameterFile):
                 paths = [self.parameterAsFile(parameters, name, context)]
             elif isinstance(definition, QgsProcessingParameterMultipleLayers):
                 if definition.layerType() == QgsProcessing.TypeFile:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from qgis.core import (
     QgsProcessing,
@@ -129,12 +129,6 @@ class SegmentRasterAlgorithm(SatSegAlgorithm):
                                                             QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber(self.POLYGON_COUNT, self.tr("Number of polygons")))
         self.addOutput(QgsProcessingOutputNumber(self.USED_THRESHOLD, self.tr("Threshold used")))
-
-    def input_files(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, List[str]]:
-        """The base class's inputs plus every model file of MODELS (a list, or paths separated by ;)."""
-        inputs = super().input_files(parameters, context)
-        inputs[self.MODELS] = model_files_value(self, parameters, self.MODELS, context)
-        return inputs
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,
                       feedback: QgisFeedback) -> Dict[str, Any]:
