@@ -441,14 +441,19 @@ def test_failed_step_stops_the_chain_with_the_algorithm_message(dock, tmp_path):
     assert missing.done and "not available" in missing.error
 
 
-def test_cancel_stops_a_running_step(dock, tmp_path):
+def many_patches_chain(tmp_path):
+    """A chain of one long step (8 px patches of a 2048 px raster), for progress and cancel."""
     from satseg_plugin.ui.tasks import AlgorithmChain, Step
 
     raster = write_raster(str(tmp_path / "big.tif"), np.random.default_rng(1).integers(0, 255, (1, 2048, 2048),
                                                                                         dtype=np.uint8))
-    chain = AlgorithmChain("Many patches", [Step("satseg:patchraster", lambda r: {
+    return AlgorithmChain("Many patches", [Step("satseg:patchraster", lambda r: {
         "INPUT": raster, "PATCH_WIDTH": 8, "PATCH_HEIGHT": 8, "OUTPUT_DIR": str(tmp_path / "p"),
         "OUTPUT_INDEX": str(tmp_path / "p.gpkg")})])
+
+
+def test_cancel_stops_a_running_step(dock, tmp_path):
+    chain = many_patches_chain(tmp_path)
     progress = []
     chain.progressChanged.connect(progress.append)
     dock.start_chain(chain)
@@ -830,13 +835,7 @@ def test_a_failed_run_reports_the_whole_error_and_cancel_says_canceling(dock, tm
     feedback.reportError("SatSeg needs the Python package 'rasterio' (No module named 'rasterio').\nthen restart.")
     assert feedback.errors == ["SatSeg needs the Python package 'rasterio' (No module named 'rasterio').\n"
                                "then restart."]
-    raster = write_raster(str(tmp_path / "big.tif"), np.random.default_rng(1).integers(0, 255, (1, 2048, 2048),
-                                                                                        dtype=np.uint8))
-    from satseg_plugin.ui.tasks import AlgorithmChain, Step
-
-    chain = AlgorithmChain("Many patches", [Step("satseg:patchraster", lambda r: {
-        "INPUT": raster, "PATCH_WIDTH": 8, "PATCH_HEIGHT": 8, "OUTPUT_DIR": str(tmp_path / "p"),
-        "OUTPUT_INDEX": str(tmp_path / "p.gpkg")})])
+    chain = many_patches_chain(tmp_path)
     progress = []
     chain.progressChanged.connect(progress.append)
     dock.start_chain(chain)

@@ -16,10 +16,7 @@ pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("torchvision")
 pytest.importorskip("faiss")
 
-from sample_data.common import write_tif
-from sample_data.scene import render_scene
 from satseg_plugin.core.fit import OomBackoff, choose_precision
-from satseg_plugin.core.labels import LabelSet
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.models.checkpoint import load_checkpoint
 from satseg_plugin.models.nets.clusternet import build_clusternet
@@ -30,7 +27,7 @@ from satseg_plugin.pipelines.clustering.scene.deepcluster import DeepClusterConf
 from satseg_plugin.pipelines.clustering.scene.train import SceneTrainConfig, pretrain_scene
 from satseg_plugin.pipelines.population.communities import frame_communities
 from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
-from tests.unit.gpu import CUDA, DEVICE, gpu_marks
+from tests.unit.gpu import CUDA, DEVICE, gpu_marks, write_scene
 from tests.unit.pipelines.clustering.test_scene_data import write_scene_patches
 from tests.unit.pipelines.population.test_communities import TRANSFORM, small_config, town_frame
 
@@ -47,10 +44,7 @@ def mixed_precision_logged(feedback: RecordingFeedback) -> bool:
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """The generated test scene and its building footprints (kept in memory: no GDAL Python bindings needed)."""
-    rendered = render_scene(256, seed=3)
-    path = str(tmp_path_factory.mktemp("scene") / "scene.tif")
-    write_tif(path, rendered)
-    return path, LabelSet([b.polygon for b in rendered.buildings], [1] * len(rendered.buildings))
+    return write_scene(tmp_path_factory.mktemp("scene"))
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
 pytest.importorskip("faiss")
 
-from sample_data.common import write_tif
-from sample_data.scene import render_scene
-from satseg_plugin.core.labels import LabelSet
 from satseg_plugin.core.progress import RecordingFeedback
 from satseg_plugin.core.tiling import GPU_THREADS, threads_for
 from satseg_plugin.models.checkpoint import load_checkpoint
@@ -32,7 +29,7 @@ from satseg_plugin.pipelines.segmentation.config import PretrainConfig
 from satseg_plugin.pipelines.segmentation.pretrain import pretrain_encoder
 from satseg_plugin.pipelines.segmentation.segment import InferenceConfig, segment_raster
 from satseg_plugin.pipelines.segmentation.train import TrainConfig, train_segmentation
-from tests.unit.gpu import CUDA, DEVICE, gpu_marks
+from tests.unit.gpu import CUDA, DEVICE, gpu_marks, write_scene
 from tests.unit.pipelines.population.test_flow import blob
 
 pytestmark = gpu_marks(torch)
@@ -46,10 +43,7 @@ def read(path):
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     """A generated 256 px scene (a 3 x 3 grid of 96 px tiles with overlap 16) and its buildings."""
-    rendered = render_scene(256, seed=3)
-    path = str(tmp_path_factory.mktemp("scene") / "scene.tif")
-    write_tif(path, rendered)
-    return path, LabelSet([b.polygon for b in rendered.buildings], [1] * len(rendered.buildings))
+    return write_scene(tmp_path_factory.mktemp("scene"))
 
 
 @pytest.fixture(scope="module")

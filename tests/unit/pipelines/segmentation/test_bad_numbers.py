@@ -12,23 +12,15 @@ pytest.importorskip("segmentation_models_pytorch")
 
 from satseg_plugin.core.errors import InputError
 from satseg_plugin.core.progress import RecordingFeedback
-from satseg_plugin.models.checkpoint import ModelMetadata, model_tensors, save_checkpoint
-from satseg_plugin.models.registry import build_model
 from satseg_plugin.pipelines.segmentation.segment import MASK_NODATA, PROB_NODATA, InferenceConfig, segment_raster
+from tests.unit.pipelines.segmentation.untrained import save_untrained_unet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("unet", "resnet18", in_channels=3, classes=1).eval()
-    meta = ModelMetadata(kind="segmentation", architecture="unet", encoder="resnet18", in_channels=3,
-                         classes=["building"], bands=[1, 2, 3], mean=[100.0] * 3, std=[50.0] * 3, patch_size=64,
-                         pixel_size=(0.5, 0.5), crs_units="metre")
-    path = str(tmp_path_factory.mktemp("model") / "m.satseg")
-    save_checkpoint(path, model_tensors(model), meta)
-    return path
+    return save_untrained_unet(str(tmp_path_factory.mktemp("model")))
 
 
 @pytest.fixture
