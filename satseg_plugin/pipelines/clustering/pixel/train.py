@@ -42,6 +42,8 @@ class FeatureTransform:
 
     whitening: Optional[Whitening]
     normalize: bool
+    #: the whitening as tensors, per device (:meth:`_whitening_on`)
+    _on_device: Dict[str, Tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, features: np.ndarray, whiten: bool, normalize: bool) -> "FeatureTransform":
@@ -67,12 +69,11 @@ class FeatureTransform:
         """The whitening's mean and matrix as float32 tensors on ``device``, copied there once (a map assigns
         ids block after block: one blocking host-to-device copy per block otherwise)."""
         torch = require("torch")
-        cache = self.__dict__.setdefault("_on_device", {})
         key = str(device)
-        if key not in cache:
-            cache[key] = tuple(torch.as_tensor(v, dtype=torch.float32, device=device)
-                               for v in (self.whitening.mean, self.whitening.matrix))
-        return cache[key]
+        if key not in self._on_device:
+            self._on_device[key] = tuple(torch.as_tensor(v, dtype=torch.float32, device=device)
+                                         for v in (self.whitening.mean, self.whitening.matrix))
+        return self._on_device[key]
 
     def tensors(self) -> Dict[str, np.ndarray]:
         """The arrays stored in the model file (``extra.*``)."""
