@@ -31,7 +31,8 @@ class TrainConfig:
         architecture: ``unet``, ``pspnet`` or ``deeplabv3plus``.
         encoder: any segmentation-models-pytorch encoder name.
         bands: 1-based band subset (None: all bands).
-        patch_size: training crop size in pixels.
+        patch_size: training crop size in pixels; lowered automatically (down to ``train.MIN_AUTO_PATCH``) when
+            the raster or the labelled area is too small for two blocks of it.
         batch_size: crops per batch (lowered automatically on CUDA out-of-memory). Small batches and more steps
             learn more from few labels than a few large batches, and cost the same per crop.
         epochs: maximum number of epochs (the schedule's length: ``epochs x batches_per_epoch`` steps).

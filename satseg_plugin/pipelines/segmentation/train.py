@@ -46,6 +46,10 @@ __all__ = ["TrainConfig", "TrainResult", "Block", "MIN_LABELLED_BLOCKS", "split_
 #: Automatic blocks (``block_size`` 0) are twice the patch size unless labelled objects then lie in fewer blocks
 #: than this: then they are one patch, so a small labelled area still gives several validation blocks.
 MIN_LABELLED_BLOCKS = 6
+#: When the labelled area (or the raster) is too small for two blocks of the asked patch size, training tries
+#: smaller crops, multiples of the model's input size, down to this many pixels, rather than refusing: a user
+#: who labelled one small image gets a model (the log says the patch size was lowered) instead of an error.
+MIN_AUTO_PATCH = 64
 #: Fewer labelled objects (overlapping polygons count as one) in the validation blocks and the validation Dice is
 #: too noisy to pick an epoch by: the weights at the end of the (annealed, time-fitted) schedule are kept and early
 #: stopping is off. Measured (bench/RESULTS.md, "few labels" section): two 600 px Yellowstone AOIs with 28-30
@@ -115,8 +119,9 @@ def split_blocks(positive: Sequence[bool], val_fraction: float, rng: np.random.G
     candidates = [i for i in range(total) if positive[i]]
     if len(candidates) < 2:
         raise InputError(f"labelled objects lie in {len(candidates)} block(s) of {block} px; at least two are "
-                         "needed to hold one out for validation. Label objects in more places, or lower "
-                         "PATCH_SIZE (blocks are one or two patches wide).", "LABELS")
+                         "needed to hold one out for validation. Label objects in more places (a larger area), or "
+                         f"lower PATCH_SIZE (blocks are one or two patches wide; crops of {MIN_AUTO_PATCH} px are "
+                         "tried before this error).", "LABELS")
     n_val = min(max(1, int(round(val_fraction * total))), len(candidates) - 1)
     val = sorted(int(i) for i in rng.choice(candidates, size=n_val, replace=False))
     train = [i for i in range(total) if i not in set(val)]
@@ -174,6 +179,33 @@ def _positive_blocks(blocks: List[Block], transform: Affine, labels: LabelSet) -
         out.append([i for i in labels.query(poly.bounds)
                     if labels.geometries[i].intersection(poly).area >= abs(transform.determinant)])
     return out
+
+
+def _patch_sizes(asked: int, multiple: int) -> List[int]:
+    """The asked patch size, then the smaller multiples of ``multiple`` down to :data:`MIN_AUTO_PATCH`, largest
+    first (each about three quarters of the one before, so a few tries span the range)."""
+    sizes = [asked]
+    while True:
+        smaller = int(sizes[-1] * 0.75) // multiple * multiple
+        if smaller < max(MIN_AUTO_PATCH, multiple) or smaller >= sizes[-1]:
+            return sizes
+        sizes.append(smaller)
+
+
+def _plan_blocks(src: rasterio.DatasetReader, labels: LabelSet, size: int, block_size: int
+                 ) -> Tuple[List[Block], List[List[int]], int]:
+    """Blocks for crops of ``size`` px (those with any part inside the AOI), the labels that hit each, and the
+    block side: ``block_size`` when set, else twice the patch unless that leaves fewer than
+    :data:`MIN_LABELLED_BLOCKS` labelled blocks (then one patch)."""
+    for block_px in ([max(block_size, size)] if block_size else [2 * size, size]):
+        blocks = _make_blocks(src.width, src.height, block_px)
+        if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
+            pixel = abs(src.transform.determinant)
+            blocks = [b for b in blocks if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
+        hits = _positive_blocks(blocks, src.transform, labels)
+        if sum(map(bool, hits)) >= MIN_LABELLED_BLOCKS:
+            break
+    return blocks, hits, block_px
 
 
 def _sample_origin(block: Block, size: int, rng: np.random.Generator, point: Optional[Tuple[float, float]] = None
@@ -292,23 +324,28 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         bands = resolve_bands(src, config.bands)
-        size = config.patch_size
-        if src.width < size or src.height < size:
-            raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {size} px training crop. "
-                             "Lower PATCH_SIZE.", "PATCH_SIZE")
         multiple = input_multiple(config.architecture, config.encoder)
-        if size % multiple:
+        if config.patch_size % multiple:
             raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "
-                             f"{multiple} px; {size} is not. Use {size // multiple * multiple or multiple}.", "PATCH_SIZE")
-        for block_px in ([max(config.block_size, size)] if config.block_size else [2 * size, size]):
-            blocks = _make_blocks(src.width, src.height, block_px)
-            if labels.aoi is not None:  # crops outside the area of complete labels would only hold ignored pixels
-                pixel = abs(src.transform.determinant)
-                blocks = [b for b in blocks
-                          if _block_polygon(b, src.transform).intersection(labels.aoi).area >= pixel]
-            hits = _positive_blocks(blocks, src.transform, labels)
-            if sum(map(bool, hits)) >= MIN_LABELLED_BLOCKS:
+                             f"{multiple} px; {config.patch_size} is not. Use "
+                             f"{config.patch_size // multiple * multiple or multiple}.", "PATCH_SIZE")
+        sizes = _patch_sizes(config.patch_size, multiple)
+        fitting = [s for s in sizes if s <= min(src.width, src.height)]
+        if not fitting:
+            raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {sizes[-1]} px training "
+                             "crop. Use a larger raster.", "INPUT")
+        for size in fitting:  # the asked size unless the labelled area is too small for it
+            blocks, hits, block_px = _plan_blocks(src, labels, size, config.block_size)
+            if sum(map(bool, hits)) >= 2:
                 break
+        else:  # too few labelled places at any size: the asked (or largest fitting) size, and split_blocks says so
+            size = fitting[0]
+            blocks, hits, block_px = _plan_blocks(src, labels, size, config.block_size)
+        if size != config.patch_size:
+            why = ("the raster is smaller than one crop" if fitting[0] != config.patch_size else
+                   "labelled objects lie in fewer than two blocks (one is held out for validation)")
+            feedback.warning(f"PATCH_SIZE lowered from {config.patch_size} to {size} px: with {config.patch_size} px "
+                             f"crops {why}. Label a larger area to train on larger crops.")
         if not any(hits):
             if labels.aoi is not None:
                 raise InputError("no label polygon lies inside the area where labels are complete (on the raster). "

@@ -346,6 +346,41 @@ def test_pixel_size_mismatch_warns(trained, make_raster, tmp_path):
     assert any("differ from those the model was trained on" in w for w in fb.warnings)
 
 
+def test_patch_sizes_step_down_in_model_multiples():
+    from satseg_plugin.pipelines.segmentation.train import MIN_AUTO_PATCH, _patch_sizes
+
+    assert _patch_sizes(224, 32) == [224, 160, 96, 64]
+    assert _patch_sizes(320, 32) == [320, 224, 160, 96, 64]
+    assert _patch_sizes(64, 32) == [64] and _patch_sizes(MIN_AUTO_PATCH, 16) == [MIN_AUTO_PATCH]
+    assert all(s % 16 == 0 for s in _patch_sizes(512, 16)) and _patch_sizes(512, 16)[-1] >= MIN_AUTO_PATCH
+
+
+@pytest.mark.parametrize("asked, why", [(224, "fewer than two blocks"), (320, "raster is smaller than one crop")])
+def test_small_labelled_area_lowers_the_patch_size(scene, tmp_path, asked, why):
+    """A 256 px scene holds one block of 224 px (the default) or none of 320 px: training lowers the crops to the
+    largest size that leaves two labelled blocks (96 px) and says so, instead of refusing."""
+    src, labels = scene
+    fb = RecordingFeedback()
+    result = train_segmentation(src, labels, str(tmp_path / "m.satseg"), TrainConfig(**dict(FAST, patch_size=asked)),
+                                "cpu", fb)
+    assert load_checkpoint(result.model_path, kind="segmentation").metadata.patch_size == 96
+    assert any(w.startswith(f"PATCH_SIZE lowered from {asked} to 96 px") and why in w for w in fb.warnings), fb.warnings
+    assert any("Spatial split:" in m and "~96 px" in m for m in fb.infos)
+
+
+def test_raster_smaller_than_the_smallest_crop_is_refused(scene, tmp_path):
+    src, labels = scene
+    small = str(tmp_path / "small.tif")
+    with rasterio.open(src) as ds:
+        profile = dict(ds.profile, width=48, height=48, transform=ds.transform, tiled=False)
+        profile.pop("blockxsize", None), profile.pop("blockysize", None)
+        with rasterio.open(small, "w", **profile) as out:
+            out.write(ds.read(window=((0, 48), (0, 48))))
+    with pytest.raises(InputError, match=r"INPUT: the raster \(48x48\) is smaller than one 64 px training crop"):
+        train_segmentation(small, labels, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
+    assert not os.path.exists(tmp_path / "m.satseg")
+
+
 def test_aoi_without_labels_is_refused(scene, tmp_path):
     from shapely.geometry import box
 
