@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, List, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsProcessing,
@@ -28,12 +29,14 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorLayer,
+    QgsProcessingUtils,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -82,6 +85,21 @@ GROUPS: Dict[str, str] = {
 }
 
 
+def kept_model_path(project_home: str, prefix: str = "model", now: Optional[float] = None) -> str:
+    """Where a model file asked for as a temporary file is kept instead: ``satseg_results/models/<prefix>_<time>
+    .satseg`` beside the project, or under ``~/SatSeg/models`` without a saved project (a trained model is worth
+    keeping; QGIS deletes its temporary folder on exit). Never an existing file."""
+    base = os.path.join(project_home, "satseg_results") if project_home else os.path.join(
+        os.path.expanduser("~"), "SatSeg")
+    folder = os.path.join(base, "models")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    path, n = os.path.join(folder, f"{prefix}_{stamp}.satseg"), 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(folder, f"{prefix}_{stamp}_{n}.satseg")
+    return path
+
+
 class SatSegAlgorithm(QgsProcessingAlgorithm):
     """Base class of SatSeg's Processing algorithms."""
 
@@ -127,6 +145,28 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
 
         self.add_advanced_parameter(QgsProcessingParameterEnum(self.DEVICE, self.tr("Compute device"),
                                                                options=list(DEVICE_CHOICES), defaultValue=0))
+
+    def add_model_destination(self, key: str, description: str) -> None:
+        """Add the model file output ``key`` (``.satseg``); left temporary, it is kept (:meth:`model_destination`)."""
+        param = QgsProcessingParameterFileDestination(key, description, self.tr("SatSeg model (*.satseg)"))
+        param.setHelp(self.tr("Left as a temporary file, the model is kept in satseg_results/models beside the "
+                              "project (or in ~/SatSeg/models), named by the date and time."))
+        self.addParameter(param)
+
+    def model_destination(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext,
+                          feedback: QgisFeedback, prefix: str = "model") -> str:
+        """The path of model file output ``key``; when it was left as a temporary file (QGIS deletes those on
+        exit), a new file in the models folder beside the project (:func:`kept_model_path`), said in the log."""
+        path = self.parameterAsFileOutput(parameters, key, context)
+        temp = os.path.realpath(QgsProcessingUtils.tempFolder())
+        if path and not os.path.realpath(path).startswith(temp + os.sep):
+            return path
+        project = context.project()
+        path = kept_model_path(project.homePath() if project is not None else "", prefix)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        feedback.info(self.tr("Model file: {} (kept; choose the model file output to write it elsewhere).")
+                      .format(path))
+        return path
 
     def raster_layer(self, parameters: Dict[str, Any], key: str, context: QgsProcessingContext) -> QgsRasterLayer:
         """The raster layer parameter ``key``, or QGIS's own "invalid raster" error naming it."""

@@ -74,6 +74,25 @@ def test_training_outputs(trained):
     assert result["OBJECTIVE"] > 0
 
 
+def test_a_model_left_temporary_is_kept_beside_the_project(qgis_app, trained, scene, tmp_path):
+    """QGIS deletes its temporary folder on exit: a ClusterNet asked for as a temporary file is written to
+    satseg_results/models beside the project instead (the same rule as every SatSeg trainer)."""
+    import processing
+    from qgis.core import QgsProcessingContext, QgsProcessingFeedback
+
+    project = QgsProject()
+    project.setPresetHomePath(str(tmp_path))
+    context = QgsProcessingContext()
+    context.setProject(project)
+    result = processing.run("satseg:trainclusternet", dict(FAST, INPUT=[scene["scene"]],
+                                                           OUTPUT_MODEL="TEMPORARY_OUTPUT"),
+                            context=context, feedback=QgsProcessingFeedback())
+    kept = result["OUTPUT_MODEL"]
+    assert os.path.dirname(kept) == str(tmp_path / "satseg_results" / "models")
+    assert os.path.basename(kept).startswith("clusternet_") and os.path.getsize(kept) > 0
+    assert os.listdir(os.path.dirname(kept)) == [os.path.basename(kept)]
+
+
 def test_cluster_raster_styled_on_the_input_grid(qgis_app, trained, scene, tmp_path):
     import processing
 

@@ -10,7 +10,7 @@ import re
 import pytest
 from qgis.core import QgsApplication
 
-from satseg_plugin.processing.algorithms.segmentation.train_segmentation import kept_model_path
+from satseg_plugin.processing.base import kept_model_path
 
 # Algorithms whose help was rewritten for issue 18 (segment/cluster/patch raster belong to other changes).
 REWRITTEN = ("trackcommunities", "populationclusters", "opticalflow", "deepcluster", "extractclusters",

@@ -111,8 +111,7 @@ class PretrainSceneAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(QgsProcessingParameterFile(self.INIT_WEIGHTS, self.tr(
             "Start from a SatSeg scene model"), extension="satseg", optional=True))
         self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
-                                                                self.tr("SatSeg model (*.satseg)")))
+        self.add_model_destination(self.OUTPUT_MODEL, self.tr("Model file"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_LOG, self.tr("Training log"),
                                                                 self.tr("CSV files (*.csv)"), optional=True,
                                                                 createByDefault=True))
@@ -146,7 +145,7 @@ class PretrainSceneAlgorithm(SatSegAlgorithm):
             augment=self.parameterAsBoolean(parameters, self.AUGMENT, context),
             seed=num(parameters, self.SEED, context),
             init_weights=self.parameterAsFile(parameters, self.INIT_WEIGHTS, context) or None)
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        model_path = self.model_destination(parameters, self.OUTPUT_MODEL, context, feedback, "scene_model")
         log_path = self.parameterAsFileOutput(parameters, self.OUTPUT_LOG, context) or None
         result = pretrain_scene(paths, labels, classes, model_path, config, self.device_spec(parameters, context),
                                 feedback, log_path)

@@ -141,8 +141,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.LEARNING_RATE, self.tr("Learning rate"), number.Double,
                                            default["learning_rate"], minValue=0))
         self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
-                                                                self.tr("SatSeg model (*.satseg)")))
+        self.add_model_destination(self.OUTPUT_MODEL, self.tr("Model file"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_LOG, self.tr("Round log"),
                                                                 self.tr("CSV files (*.csv)"), optional=True,
                                                                 createByDefault=True))
@@ -186,7 +185,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
             band_share=self.parameterAsDouble(parameters, self.BAND_SHARE, context),
             learning_rate=self.parameterAsDouble(parameters, self.LEARNING_RATE, context),
             seed=num(parameters, self.SEED, context))
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        model_path = self.model_destination(parameters, self.OUTPUT_MODEL, context, feedback, "clusternet")
         log_path = self.parameterAsFileOutput(parameters, self.OUTPUT_LOG, context) or None
         result = train_clusternet(self.sources(parameters, context), model_path, config,
                                   self.device_spec(parameters, context), feedback, log_path)

@@ -117,8 +117,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
         self.add_advanced_parameter(number(self.PROJECTION_DIM, self.tr("Projection size"), number.Integer,
                                            default["projection_dim"], minValue=1, maxValue=4096))
         self.add_device_parameter()
-        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Encoder model file"),
-                                                                self.tr("SatSeg model (*.satseg)")))
+        self.add_model_destination(self.OUTPUT_MODEL, self.tr("Encoder model file"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_LOG, self.tr("Pretraining log"),
                                                                 self.tr("CSV files (*.csv)"), optional=True,
                                                                 createByDefault=True))
@@ -145,7 +144,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
             projection_dim=num(parameters, self.PROJECTION_DIM, context),
             encoder_weights=encoder_weights_value(self, parameters, context),
             seed=num(parameters, self.SEED, context))
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
+        model_path = self.model_destination(parameters, self.OUTPUT_MODEL, context, feedback, "encoder")
         log_path = self.parameterAsFileOutput(parameters, self.OUTPUT_LOG, context) or None
         result = pretrain_encoder(raster_path(layer, self.INPUT), model_path, config,
                                   self.device_spec(parameters, context), feedback, log_path,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from qgis.core import (
     QgsApplication,
@@ -20,7 +18,6 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingUtils,
 )
 
 from ....models.registry import ARCHITECTURE_NAMES
@@ -38,25 +35,10 @@ from ...parameters import (
     encoder_weights_value,
 )
 
-__all__ = ["TrainSegmentationAlgorithm", "kept_model_path"]
+__all__ = ["TrainSegmentationAlgorithm"]
 
 #: The engine's settings class, whose field defaults are the parameters' defaults.
 CONFIG = TrainConfig
-
-
-def kept_model_path(project_home: str, now: Optional[float] = None) -> str:
-    """Where a model asked for as a temporary file is kept instead: ``satseg_results/models/model_<time>.satseg``
-    beside the project, or under ``~/SatSeg`` without a saved project (a trained model is worth keeping; QGIS
-    deletes its temporary folder on exit)."""
-    base = os.path.join(project_home, "satseg_results") if project_home else os.path.join(
-        os.path.expanduser("~"), "SatSeg")
-    folder = os.path.join(base, "models")
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    path, n = os.path.join(folder, f"model_{stamp}.satseg"), 1
-    while os.path.exists(path):
-        n += 1
-        path = os.path.join(folder, f"model_{stamp}_{n}.satseg")
-    return path
 
 
 class TrainSegmentationAlgorithm(SatSegAlgorithm):
@@ -215,11 +197,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
                                        "or scene model)"),
             extension="satseg", optional=True))
         self.add_device_parameter()
-        model = QgsProcessingParameterFileDestination(self.OUTPUT_MODEL, self.tr("Model file"),
-                                                      self.tr("SatSeg model (*.satseg)"))
-        model.setHelp(self.tr("Left as a temporary file, the model is kept as satseg_results/models/"
-                              "model_<date-time>.satseg beside the project (or in ~/SatSeg/models)."))
-        self.addParameter(model)
+        self.add_model_destination(self.OUTPUT_MODEL, self.tr("Model file"))
         self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT_LOG, self.tr("Training log"),
                                                                 self.tr("CSV files (*.csv)"), optional=True,
                                                                 createByDefault=True))
@@ -269,14 +247,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
             encoder_weights=encoder_weights_value(self, parameters, context),
             init_weights=self.parameterAsFile(parameters, self.INIT_WEIGHTS, context) or None,
         )
-        model_path = self.parameterAsFileOutput(parameters, self.OUTPUT_MODEL, context)
-        temp = os.path.realpath(QgsProcessingUtils.tempFolder())
-        if not model_path or os.path.realpath(model_path).startswith(temp + os.sep):
-            project = context.project()
-            model_path = kept_model_path(project.homePath() if project is not None else "")
-            os.makedirs(os.path.dirname(model_path), exist_ok=True)
-            feedback.info(self.tr("Model file: {} (kept; choose 'Model file' to write it elsewhere).")
-                          .format(model_path))
+        model_path = self.model_destination(parameters, self.OUTPUT_MODEL, context, feedback)
         log_path = self.parameterAsFileOutput(parameters, self.OUTPUT_LOG, context) or None
         plot_path = self.parameterAsFileOutput(parameters, self.OUTPUT_PLOT, context) or None
         result = train_segmentation(raster_path(layer, self.INPUT), labels, model_path, config,
