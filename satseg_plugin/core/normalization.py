@@ -9,7 +9,7 @@ import rasterio
 from rasterio.windows import Window
 
 from .errors import InputError
-from .raster import nodata_pixels
+from .raster import nodata_flags
 
 __all__ = ["band_statistics", "normalize"]
 
@@ -35,9 +35,7 @@ def band_statistics(src: rasterio.DatasetReader, bands: Sequence[int], max_pixel
     count = 0
     for win in chosen:
         data = src.read(list(bands), window=win).astype(np.float64)
-        valid = np.all(np.isfinite(data), axis=0)
-        if src.nodata is not None:
-            valid &= ~nodata_pixels(data, src.nodata)
+        valid = ~nodata_flags(src, bands, win, data)
         values = data[:, valid]
         total += values.sum(axis=1)
         total_sq += (values ** 2).sum(axis=1)

@@ -13,7 +13,8 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import rasterio
 from affine import Affine, TransformNotInvertibleError
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.windows import Window
 
 from .errors import InputError
 from .progress import Feedback
@@ -28,6 +29,7 @@ __all__ = [
     "check_georeferencing",
     "resolve_bands",
     "nodata_pixels",
+    "nodata_flags",
     "geotiff_profile",
     "copy_band_metadata",
     "window_footprint",
@@ -122,6 +124,46 @@ def nodata_pixels(data: np.ndarray, nodata: Optional[float]) -> np.ndarray:
             empty |= data == 0
         return np.all(empty, axis=0)
     return np.all(data == 0, axis=0)
+
+
+def _uses_mask_band(src: rasterio.DatasetReader, bands: Sequence[int]) -> bool:
+    """Whether GDAL masks the bands with a mask or alpha band (not by a nodata value, not all valid)."""
+    flags = src.mask_flag_enums
+    return src.nodata is None and any(
+        MaskFlags.per_dataset in flags[b - 1] or MaskFlags.alpha in flags[b - 1] for b in bands)
+
+
+def nodata_flags(src: rasterio.DatasetReader, bands: Sequence[int], window: Optional[Window], data: np.ndarray
+                 ) -> np.ndarray:
+    """Pixels of ``data`` (``bands`` read at ``window``; None: the whole raster) that hold no data: a boolean
+    ``(H, W)`` mask.
+
+    A pixel is nodata when
+
+    * it is NaN or infinite in any band (a network cannot take it), or
+    * the raster has a nodata value and every band holds it, or
+    * the raster has no nodata value but a mask or alpha band (what QGIS draws as transparent) masks it
+      in every band.
+
+    Every reader of model input uses it: tiles of a sweep, training and pretraining crops, band statistics,
+    ClusterNet crops and scene patches (patching keeps its own documented rule: 0 in every band is nodata when
+    the raster has no nodata value, so black collars are skipped).
+
+    Why this rule: it is what the raster itself declares, which is what a GIS user sees in QGIS. Pixel
+    values are never guessed: 0 is real data in many products (dark water in 8-bit imagery, dB backscatter,
+    indices), and QGIS shows zero pixels as data when no nodata value is set. To make zeros nodata, give the
+    raster a nodata value (``gdal_edit -a_nodata 0``, or Raster > Conversion > Translate with "Assign a
+    specified nodata value").
+    """
+    if np.issubdtype(data.dtype, np.floating):
+        empty = ~np.all(np.isfinite(data), axis=0)
+    else:
+        empty = np.zeros(data.shape[1:], bool)
+    if src.nodata is not None:
+        empty |= nodata_pixels(data, src.nodata)
+    elif _uses_mask_band(src, bands):
+        empty |= ~np.any(src.read_masks(list(bands), window=window), axis=0)
+    return empty
 
 
 def _block(size: int) -> int:

@@ -1,6 +1,6 @@
 """Reading one tile: the window clipped to the raster, padded, nodata flagged and filled with band means.
 
-The nodata rule (:func:`nodata_flags`) is the one every tiled sweep uses.
+The nodata rule is :func:`~..raster.nodata_flags`, the one every reader of model input uses (re-exported here).
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from ..raster import nodata_pixels, raster_env
+from ..raster import nodata_flags, raster_env
 
 __all__ = ["Tile", "TileReader", "nodata_flags"]
 
@@ -25,40 +24,6 @@ class Tile:
     window: Window
     raw: np.ndarray
     empty: np.ndarray
-
-
-def _uses_mask_band(src: rasterio.DatasetReader, bands: Sequence[int]) -> bool:
-    """Whether GDAL masks the bands with a mask or alpha band (not by a nodata value, not all valid)."""
-    flags = src.mask_flag_enums
-    return src.nodata is None and any(
-        MaskFlags.per_dataset in flags[b - 1] or MaskFlags.alpha in flags[b - 1] for b in bands)
-
-
-def nodata_flags(src: rasterio.DatasetReader, bands: Sequence[int], window: Window, data: np.ndarray) -> np.ndarray:
-    """Pixels of ``data`` (``bands`` read at ``window``) that hold no data: a boolean ``(H, W)`` mask.
-
-    A pixel is nodata when
-
-    * it is NaN or infinite in any band (a network cannot take it), or
-    * the raster has a nodata value and every band holds it, or
-    * the raster has no nodata value but a mask or alpha band (what QGIS draws as transparent) masks it
-      in every band.
-
-    Why this rule: it is what the raster itself declares, which is what a GIS user sees in QGIS. Pixel
-    values are never guessed: 0 is real data in many products (dark water in 8-bit imagery, dB backscatter,
-    indices), and QGIS shows zero pixels as data when no nodata value is set. To make zeros nodata, give the
-    raster a nodata value (``gdal_edit -a_nodata 0``, or Raster > Conversion > Translate with "Assign a
-    specified nodata value").
-    """
-    if np.issubdtype(data.dtype, np.floating):
-        empty = ~np.all(np.isfinite(data), axis=0)
-    else:
-        empty = np.zeros(data.shape[1:], bool)
-    if src.nodata is not None:
-        empty |= nodata_pixels(data, src.nodata)
-    elif _uses_mask_band(src, bands):
-        empty |= ~np.any(src.read_masks(list(bands), window=window), axis=0)
-    return empty
 
 
 class TileReader:

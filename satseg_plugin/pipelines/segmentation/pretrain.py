@@ -31,7 +31,7 @@ from ...core.errors import InputError
 from ...core.fit import BestModel, FittedSchedule, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.normalization import band_statistics, normalize
 from ...core.progress import Feedback, NullFeedback, check_canceled
-from ...core.raster import check_georeferencing, crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
+from ...core.raster import check_georeferencing, crs_units, nodata_flags, open_raster, raster_env, resolve_bands
 from ...core.staging import Transaction, stages_outputs
 from .config import PretrainConfig
 
@@ -106,11 +106,9 @@ class CropSampler:
         for _ in range(MAX_DRAWS):
             x = int(self.rng.integers(0, self.src.width - size + 1))
             y = int(self.rng.integers(0, self.src.height - size + 1))
-            data = self.src.read(self.bands, window=Window(x, y, size, size))
-            valid = np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else \
-                np.ones(data.shape[1:], bool)
-            if self.src.nodata is not None:
-                valid &= ~nodata_pixels(data, self.src.nodata)
+            window = Window(x, y, size, size)
+            data = self.src.read(self.bands, window=window)
+            valid = ~nodata_flags(self.src, self.bands, window, data)
             if valid.mean() >= MIN_VALID:
                 return np.where(valid, normalize(data, self.mean, self.std), np.float32(0.0))
         raise InputError(f"{MAX_DRAWS} random {size} px crops in a row were mostly nodata. Give a raster with more "

@@ -29,7 +29,7 @@ from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import (
     check_georeferencing,
     crs_units,
-    nodata_pixels,
+    nodata_flags,
     open_raster,
     raster_env,
     resolve_bands,
@@ -149,12 +149,7 @@ class _CropReader:
         window = Window(x, y, size, size)
         data = self.src.read(list(self.bands), window=window)
         label = self.labels.rasterize(self.src.window_transform(window), (size, size))
-        empty = ~np.all(np.isfinite(data), axis=0) if np.issubdtype(data.dtype, np.floating) else None
-        if self.src.nodata is not None:
-            nod = nodata_pixels(data, self.src.nodata)
-            empty = nod if empty is None else empty | nod
-        if empty is not None:
-            label[empty] = IGNORE
+        label[nodata_flags(self.src, self.bands, window, data)] = IGNORE
         return normalize(data, self.mean, self.std), label
 
 

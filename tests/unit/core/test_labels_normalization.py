@@ -54,6 +54,25 @@ def test_band_statistics_exclude_nodata(make_raster):
         assert sub_mean[0] == pytest.approx(10.0)
 
 
+def test_band_statistics_exclude_pixels_a_mask_band_hides(tmp_path):
+    """An orthophoto with an internal mask (or alpha) band and no nodata value: the transparent collar is not
+    part of the statistics (it used to pull the mean towards the collar's black)."""
+    path = str(tmp_path / "masked.tif")
+    data = np.full((3, 48, 48), 200, "uint8")
+    data[:, :, :24] = 0
+    data[1, :, 24:] = 100
+    mask = np.full((48, 48), 255, "uint8")
+    mask[:, :24] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=48, height=48, count=3, dtype="uint8") as dst:
+            dst.write(data)
+            dst.write_mask(mask)
+    with rasterio.open(path) as src:
+        mean, std = band_statistics(src, [1, 2, 3], tile=16)
+    np.testing.assert_allclose(mean, [200.0, 100.0, 200.0])
+    np.testing.assert_allclose(std, 1e-6, atol=1e-9)
+
+
 def test_all_nodata_is_a_clear_error(make_raster):
     path = make_raster(np.full((1, 8, 8), 7, "uint8"), nodata=7)
     with rasterio.open(path) as src, pytest.raises(InputError, match="no valid pixels"):

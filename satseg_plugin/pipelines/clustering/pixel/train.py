@@ -22,7 +22,7 @@ from ....core.errors import InputError
 from ....core.fit import OomBackoff, choose_precision, seed_everything, write_log
 from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from ....core.raster import check_georeferencing, crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
+from ....core.raster import check_georeferencing, crs_units, nodata_flags, open_raster, raster_env, resolve_bands
 from ....core.scores import nmi
 from ....core.staging import Transaction, stages_outputs
 from .config import ClusterNetConfig
@@ -166,10 +166,9 @@ class _Sources:
         x = int(rng.integers(0, max(src.width - size, 0) + 1))
         y = int(rng.integers(0, max(src.height - size, 0) + 1))
         w, h = min(size, src.width), min(size, src.height)
-        data = src.read(list(self.bands), window=Window(x, y, w, h)).astype(np.float32)
-        valid = np.all(np.isfinite(data), axis=0)
-        if src.nodata is not None:
-            valid &= ~nodata_pixels(data, src.nodata)
+        window = Window(x, y, w, h)
+        data = src.read(list(self.bands), window=window).astype(np.float32)
+        valid = ~nodata_flags(src, self.bands, window, data)
         image = np.zeros((len(self.bands), size, size), np.float32)
         mask = np.zeros((size, size), bool)
         norm = (data - self.mean[:, None, None].astype(np.float32)) / self.std[:, None, None].astype(np.float32)

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
-from rasterio.enums import MaskFlags
 
 from ....core.deps import require
 from ....core.errors import InputError
 from ....core.progress import Feedback, NullFeedback, track
-from ....core.raster import crs_units, nodata_pixels, open_raster, raster_env, resolve_bands
+from ....core.raster import crs_units, nodata_flags, open_raster, raster_env, resolve_bands
 
 __all__ = ["MAX_STACK_BYTES", "PatchStack", "load_patches", "soft_labels"]
 
@@ -95,16 +94,6 @@ class PatchStack:
         return np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _valid_mask(src: Any, data: np.ndarray) -> np.ndarray:
-    """``(H, W)`` True where the pixel holds data in some band (nodata value, NaN and dataset masks)."""
-    valid = np.all(np.isfinite(data), axis=0)
-    if src.nodata is not None:
-        valid &= ~nodata_pixels(data, src.nodata)
-    elif any(flag in (MaskFlags.per_dataset, MaskFlags.alpha) for flag in src.mask_flag_enums[0]):
-        valid &= src.read_masks(1) != 0
-    return valid
-
-
 def load_patches(paths: Sequence[str], bands: Optional[Sequence[int]] = None,
                  feedback: Optional[Feedback] = None, max_bytes: int = MAX_STACK_BYTES) -> PatchStack:
     """Read every patch file into one ``(N, C, H, W)`` float32 array and compute per-band statistics.
@@ -159,7 +148,7 @@ def load_patches(paths: Sequence[str], bands: Optional[Sequence[int]] = None,
                                      "All patches must share one size and band count: write them again with one "
                                      "patch size from the same raster bands.", "PATCH_INDEX")
                 pixels = src.read(list(chosen))
-                mask = _valid_mask(src, pixels)
+                mask = ~nodata_flags(src, chosen, None, pixels)
             data[i] = pixels
             valid[i] = mask
             values = data[i][:, mask].astype(np.float64)

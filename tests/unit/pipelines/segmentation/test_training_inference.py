@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import rasterio
+import rasterio.features
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("segmentation_models_pytorch")
@@ -346,15 +347,6 @@ def test_pixel_size_mismatch_warns(trained, make_raster, tmp_path):
     assert any("differ from those the model was trained on" in w for w in fb.warnings)
 
 
-def test_patch_sizes_step_down_in_model_multiples():
-    from satseg_plugin.pipelines.segmentation.train import MIN_AUTO_PATCH, _patch_sizes
-
-    assert _patch_sizes(224, 32) == [224, 160, 96, 64]
-    assert _patch_sizes(320, 32) == [320, 224, 160, 96, 64]
-    assert _patch_sizes(64, 32) == [64] and _patch_sizes(MIN_AUTO_PATCH, 16) == [MIN_AUTO_PATCH]
-    assert all(s % 16 == 0 for s in _patch_sizes(512, 16)) and _patch_sizes(512, 16)[-1] >= MIN_AUTO_PATCH
-
-
 @pytest.mark.parametrize("asked, why", [(224, "fewer than two blocks"), (320, "raster is smaller than one crop")])
 def test_small_labelled_area_lowers_the_patch_size(scene, tmp_path, asked, why):
     """A 256 px scene holds one block of 224 px (the default) or none of 320 px: training lowers the crops to the
@@ -378,6 +370,24 @@ def test_raster_smaller_than_the_smallest_crop_is_refused(scene, tmp_path):
             out.write(ds.read(window=((0, 48), (0, 48))))
     with pytest.raises(InputError, match=r"INPUT: the raster \(48x48\) is smaller than one 64 px training crop"):
         train_segmentation(small, labels, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
+    assert not os.path.exists(tmp_path / "m.satseg")
+
+
+def test_labels_over_masked_pixels_are_not_learned(scene, tmp_path):
+    """Pixels a mask band hides (transparent in QGIS; no nodata value) are ignored by the loss, like nodata:
+    with every labelled pixel hidden, training has nothing to validate on and says so."""
+    src, labels = scene
+    masked = str(tmp_path / "masked.tif")
+    with rasterio.open(src) as ds:
+        profile = dict(ds.profile, nodata=None)
+        hidden = np.full((ds.height, ds.width), 255, "uint8")
+        hidden[rasterio.features.geometry_mask(labels.geometries, (ds.height, ds.width), ds.transform,
+                                               invert=True)] = 0
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked, "w", **profile) as out:
+            out.write(ds.read())
+            out.write_mask(hidden)
+    with pytest.raises(InputError, match="LABELS: the validation blocks hold no labelled pixels"):
+        train_segmentation(masked, labels, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu")
     assert not os.path.exists(tmp_path / "m.satseg")
 
 
