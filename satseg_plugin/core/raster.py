@@ -28,6 +28,7 @@ __all__ = [
     "open_raster",
     "check_georeferencing",
     "resolve_bands",
+    "model_bands",
     "nodata_pixels",
     "nodata_flags",
     "geotiff_profile",
@@ -104,6 +105,26 @@ def resolve_bands(src: rasterio.DatasetReader, bands: Optional[Sequence[int]], p
     if len(set(out)) != len(out):
         raise InputError(f"band list {list(out)} repeats a band; list each band once.", parameter)
     return out
+
+
+def model_bands(src: rasterio.DatasetReader, bands: Optional[Sequence[int]], parameter: str = "BANDS",
+                feedback: Optional[Feedback] = None) -> Tuple[int, ...]:
+    """The bands a model reads: :func:`resolve_bands`, except that an empty choice leaves out alpha bands.
+
+    An alpha band is transparency, not imagery: a drone orthophoto saved as RGBA would otherwise feed its
+    alpha to the network as a fourth colour (and get a 4-band first convolution instead of ImageNet's RGB
+    one). Its transparency still counts, as the mask of the other bands (:func:`nodata_flags`). A band list
+    given explicitly is used as given.
+    """
+    if bands:
+        return resolve_bands(src, bands, parameter)
+    alpha = [b for b in range(1, src.count + 1) if src.colorinterp[b - 1] == ColorInterp.alpha]
+    if not alpha or len(alpha) == src.count:
+        return resolve_bands(src, None, parameter)
+    if feedback is not None:
+        feedback.info(f"Band(s) {', '.join(map(str, alpha))} (alpha) left out: transparency is not imagery; "
+                      f"transparent pixels count as nodata. Set {parameter} to use them.")
+    return tuple(b for b in range(1, src.count + 1) if b not in alpha)
 
 
 def nodata_pixels(data: np.ndarray, nodata: Optional[float]) -> np.ndarray:

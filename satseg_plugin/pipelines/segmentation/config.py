@@ -30,7 +30,7 @@ class TrainConfig:
     Attributes:
         architecture: ``unet``, ``pspnet`` or ``deeplabv3plus``.
         encoder: any segmentation-models-pytorch encoder name.
-        bands: 1-based band subset (None: all bands).
+        bands: 1-based band subset (None: all bands but alpha, :func:`~...core.raster.model_bands`).
         patch_size: training crop size in pixels; lowered automatically (down to ``train.MIN_AUTO_PATCH``) when
             the raster or the labelled area is too small for two blocks of it.
         batch_size: crops per batch (lowered automatically on CUDA out-of-memory). Small batches and more steps
@@ -133,7 +133,7 @@ class PretrainConfig:
         architecture: the segmentation architecture the encoder is built for (as ``satseg:trainsegmentation``
             builds it). The encoder's weights fit every architecture, so the Processing tool does not ask.
         encoder: the encoder; the same default as training, so the file fits Train segmentation's INIT_WEIGHTS.
-        bands: 1-based band subset (None: all bands).
+        bands: 1-based band subset (None: all bands but alpha, :func:`~...core.raster.model_bands`).
         patch_size: side in pixels of the crop read from the raster; both views are cut from it.
         view_size: side in pixels of each view the encoder sees (a random sub-crop of the crop, resized).
         min_scale: least share of the crop's area a view covers (at 0.4 or more, the two views always overlap).

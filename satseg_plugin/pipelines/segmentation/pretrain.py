@@ -31,7 +31,7 @@ from ...core.errors import InputError
 from ...core.fit import BestModel, FittedSchedule, OomBackoff, choose_precision, run_epochs, seed_everything, write_log
 from ...core.normalization import band_statistics, normalize
 from ...core.progress import Feedback, NullFeedback, check_canceled
-from ...core.raster import check_georeferencing, crs_units, nodata_flags, open_raster, raster_env, resolve_bands
+from ...core.raster import check_georeferencing, crs_units, model_bands, nodata_flags, open_raster, raster_env
 from ...core.staging import Transaction, stages_outputs
 from .config import PretrainConfig
 
@@ -232,7 +232,7 @@ def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = Pret
 
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
-        bands = resolve_bands(src, config.bands)
+        bands = model_bands(src, config.bands, feedback=feedback)
         if src.width < config.patch_size or src.height < config.patch_size:
             raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {config.patch_size} px crop. "
                              "Lower PATCH_SIZE.", "PATCH_SIZE")

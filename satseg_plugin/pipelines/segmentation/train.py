@@ -29,10 +29,10 @@ from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import (
     check_georeferencing,
     crs_units,
+    model_bands,
     nodata_flags,
     open_raster,
     raster_env,
-    resolve_bands,
     window_footprint,
 )
 from ...core.staging import Transaction, stages_outputs
@@ -318,7 +318,7 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
 
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
-        bands = resolve_bands(src, config.bands)
+        bands = model_bands(src, config.bands, feedback=feedback)
         multiple = input_multiple(config.architecture, config.encoder)
         if config.patch_size % multiple:
             raise InputError(f"{config.architecture} with {config.encoder} needs crops that are a multiple of "

@@ -92,3 +92,38 @@ def test_require_same_grid_names_the_parameter_and_what_differs():
         require_same_grid(grid(GRID * Affine.translation(0.5, 0)), ref, "MASK", "the mask", "the image")
     with pytest.raises(InputError, match=r"the mask's CRS \(EPSG:32633\) differs from the image's \(EPSG:3035\)"):
         require_same_grid(grid(crs="EPSG:32633"), ref, "MASK", "the mask", "the image")
+
+
+def _rgba(path, alpha):
+    import numpy as np
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    data = np.full((3, 16, 16), 120, "uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=16, height=16, count=4, dtype="uint8",
+                       photometric="RGB", alpha="YES") as dst:
+        dst.write(data, [1, 2, 3])
+        dst.write(alpha, 4)
+        assert dst.colorinterp[3] == ColorInterp.alpha
+    return path
+
+
+def test_model_bands_leave_out_alpha_unless_asked(tmp_path):
+    """An RGBA orthophoto feeds its three colours to a model; its alpha band is the transparency mask."""
+    import numpy as np
+    import rasterio
+
+    from satseg_plugin.core.progress import RecordingFeedback
+    from satseg_plugin.core.raster import model_bands, nodata_flags, resolve_bands
+
+    alpha = np.full((16, 16), 255, "uint8")
+    alpha[:, :4] = 0
+    path = _rgba(str(tmp_path / "rgba.tif"), alpha)
+    fb = RecordingFeedback()
+    with rasterio.open(path) as src:
+        assert resolve_bands(src, None) == (1, 2, 3, 4)  # patching copies every band
+        assert model_bands(src, None, feedback=fb) == (1, 2, 3)
+        assert model_bands(src, [4, 1]) == (4, 1)  # asked for: used as given
+        empty = nodata_flags(src, [1, 2, 3], None, src.read([1, 2, 3]))
+    assert any("Band(s) 4 (alpha) left out" in m for m in fb.infos)
+    assert empty[:, :4].all() and not empty[:, 4:].any()

@@ -21,7 +21,7 @@ class ClusterNetConfig:
     Attributes:
         architecture: backbone architecture (``unet``, ``deeplabv3plus``, ...; must keep the input size).
         encoder: smp encoder name (random initialisation).
-        bands: 1-based band subset (None: all bands of the first raster).
+        bands: 1-based band subset (None: all bands of the first raster but alpha).
         feature_dim: per-pixel feature channels D.
         num_clusters: k of the k-means and the head's outputs.
         rounds: DeepCluster rounds (k-means + training).

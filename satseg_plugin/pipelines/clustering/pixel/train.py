@@ -22,7 +22,7 @@ from ....core.errors import InputError
 from ....core.fit import OomBackoff, choose_precision, seed_everything, write_log
 from ....core.kmeans import Whitening, kmeans, l2_normalize, nearest_centroid
 from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
-from ....core.raster import check_georeferencing, crs_units, nodata_flags, open_raster, raster_env, resolve_bands
+from ....core.raster import check_georeferencing, crs_units, model_bands, nodata_flags, open_raster, raster_env
 from ....core.scores import nmi
 from ....core.staging import Transaction, stages_outputs
 from .config import ClusterNetConfig
@@ -116,7 +116,7 @@ class _Sources:
                 self.datasets.append(src)
                 if i == 0:
                     check_georeferencing(src, feedback)
-                    self.bands = resolve_bands(src, bands)
+                    self.bands = model_bands(src, bands, feedback=feedback)
                 elif max(self.bands) > src.count:
                     raise InputError(f"'{os.path.basename(path)}' has {src.count} band(s) but bands {self.bands} "
                                      "are used; give rasters with the same bands.", "INPUT")

@@ -33,7 +33,7 @@ class SceneTrainConfig:
         seed: seed of the split, the initial weights and every random draw.
         init_weights: a SatSeg scene model file to start from (loaded strictly; its head is kept when it has
             as many classes, otherwise only its backbone is used).
-        bands: 1-based band subset of the patch files (None: all bands).
+        bands: 1-based band subset of the patch files (None: all bands but alpha).
     """
 
     epochs: int = 30

@@ -18,7 +18,7 @@ import numpy as np
 from ....core.deps import require
 from ....core.errors import InputError
 from ....core.progress import Feedback, NullFeedback, track
-from ....core.raster import crs_units, nodata_flags, open_raster, raster_env, resolve_bands
+from ....core.raster import crs_units, model_bands, nodata_flags, open_raster, raster_env
 
 __all__ = ["MAX_STACK_BYTES", "PatchStack", "load_patches", "soft_labels"]
 
@@ -122,7 +122,7 @@ def load_patches(paths: Sequence[str], bands: Optional[Sequence[int]] = None,
                          "(satseg:patchraster) that lists at least one patch.", "PATCH_INDEX")
     with raster_env():
         with open_raster(files[0], "PATCH_INDEX") as first:
-            chosen = resolve_bands(first, bands)
+            chosen = model_bands(first, bands, feedback=feedback)
             height, width, band_count = first.height, first.width, first.count
             crs = first.crs
             crs_wkt = crs.to_wkt() if crs else None

@@ -108,7 +108,7 @@ class TrainClusterNetAlgorithm(SatSegAlgorithm):
                                                               [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterField(self.PATH_FIELD, self.tr("Patch index field with file paths"),
                                                       "path", self.PATCH_INDEX, optional=True))
-        self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands, e.g. 1,2,3 (empty = all)"),
+        self.addParameter(QgsProcessingParameterString(self.BANDS, self.tr("Bands, e.g. 1,2,3 (empty = all but alpha)"),
                                                        optional=True))
         self.addParameter(number(self.NUM_CLUSTERS, self.tr("Number of clusters"), number.Integer,
                                  default["num_clusters"], minValue=2))

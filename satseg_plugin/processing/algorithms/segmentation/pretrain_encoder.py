@@ -90,7 +90,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
     def initAlgorithm(self, config=None):
         number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all)"), None, self.INPUT,
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all but alpha)"), None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         for definition in encoder_parameters(self.ENCODER, self.tr("Encoder"), default["encoder"]):
             self.addParameter(definition)

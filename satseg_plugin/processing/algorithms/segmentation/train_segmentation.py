@@ -141,7 +141,7 @@ class TrainSegmentationAlgorithm(SatSegAlgorithm):
     def initAlgorithm(self, config=None):
         number, default = QgsProcessingParameterNumber, config_defaults(CONFIG)
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")))
-        self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all)"), None, self.INPUT,
+        self.addParameter(QgsProcessingParameterBand(self.BANDS, self.tr("Bands (empty = all but alpha)"), None, self.INPUT,
                                                      optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterFeatureSource(self.LABELS, self.tr("Label polygons"),
                                                               [QgsProcessing.TypeVectorPolygon]))

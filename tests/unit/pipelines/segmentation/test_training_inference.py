@@ -391,6 +391,28 @@ def test_labels_over_masked_pixels_are_not_learned(scene, tmp_path):
     assert not os.path.exists(tmp_path / "m.satseg")
 
 
+def test_an_rgba_raster_trains_on_its_colours(scene, tmp_path):
+    """An RGBA orthophoto: the model reads bands 1-3 (alpha is transparency, said in the log) and the
+    statistics leave the transparent strip out."""
+    src, labels = scene
+    rgba = str(tmp_path / "rgba.tif")
+    with rasterio.open(src) as ds:
+        data = ds.read()
+        data[:, :, :32] = 0  # a transparent black collar
+        alpha = np.full((ds.height, ds.width), 255, "uint8")
+        alpha[:, :32] = 0
+        with rasterio.open(rgba, "w", driver="GTiff", width=ds.width, height=ds.height, count=4, dtype="uint8",
+                           crs=ds.crs, transform=ds.transform, photometric="RGB", alpha="YES") as out:
+            out.write(data, [1, 2, 3])
+            out.write(alpha, 4)
+        colours = ds.read()[:, :, 32:].reshape(3, -1).astype(float)
+    fb = RecordingFeedback()
+    result = train_segmentation(rgba, labels, str(tmp_path / "m.satseg"), TrainConfig(**FAST), "cpu", fb)
+    meta = load_checkpoint(result.model_path, kind="segmentation").metadata
+    assert meta.bands == [1, 2, 3] and any("Band(s) 4 (alpha) left out" in m for m in fb.infos)
+    np.testing.assert_allclose(meta.mean, colours.mean(axis=1), rtol=1e-6)
+
+
 def test_aoi_without_labels_is_refused(scene, tmp_path):
     from shapely.geometry import box
 
