@@ -212,8 +212,29 @@ def write_polygons(algorithm, parameters: Dict[str, Any], key: str, context: Qgs
     return write_features(algorithm, parameters, key, context, fields, "Polygon", crs, rows())
 
 
-#: Python types -> QVariant type names of :func:`write_features` field specs.
-_FIELD_TYPES = {"int": "Int", "float": "Double", "str": "String", "bool": "Bool"}
+#: Python types -> (QVariant type, QMetaType type) names of :func:`write_features` field specs.
+_FIELD_TYPES = {"int": ("Int", "Int"), "float": ("Double", "Double"), "str": ("String", "QString"),
+                "bool": ("Bool", "Bool")}
+
+
+def field_type(kind: str) -> Any:
+    """The QgsField type of ``kind`` (``int``, ``float``, ``str``, ``bool``): ``QVariant.<Type>`` on Qt 5 (every
+    QGIS 3 release up to 3.40 LTR takes it), ``QMetaType.Type.<Type>`` on Qt 6, whose PyQt has no QVariant types."""
+    from qgis.PyQt.QtCore import QVariant
+
+    qvariant, qmetatype = _FIELD_TYPES[kind]
+    if hasattr(QVariant, qvariant):
+        return getattr(QVariant, qvariant)
+    from qgis.PyQt.QtCore import QMetaType
+
+    return getattr(QMetaType.Type, qmetatype)
+
+
+def qgs_field(name: str, kind: str) -> Any:
+    """A ``QgsField`` named ``name`` of :func:`field_type` ``kind``."""
+    from qgis.core import QgsField
+
+    return QgsField(name, field_type(kind))
 
 
 def write_features(algorithm, parameters: Dict[str, Any], key: str, context: QgsProcessingContext,
@@ -234,12 +255,11 @@ def write_features(algorithm, parameters: Dict[str, Any], key: str, context: Qgs
     Returns:
         The sink's id, or None when the optional output was skipped.
     """
-    from qgis.core import QgsFeatureSink, QgsField, QgsFields, QgsGeometry, QgsWkbTypes
-    from qgis.PyQt.QtCore import QVariant
+    from qgis.core import QgsFeatureSink, QgsFields, QgsGeometry, QgsWkbTypes
 
     qfields = QgsFields()
     for name, kind in fields:
-        qfields.append(QgsField(name, getattr(QVariant, _FIELD_TYPES[kind])))
+        qfields.append(qgs_field(name, kind))
     wkb = {"Point": QgsWkbTypes.Point, "LineString": QgsWkbTypes.LineString, "Polygon": QgsWkbTypes.Polygon,
            "MultiPolygon": QgsWkbTypes.MultiPolygon, "None": QgsWkbTypes.NoGeometry}[geometry_type]
     sink, dest_id = algorithm.parameterAsSink(parameters, key, context, qfields, wkb, crs)

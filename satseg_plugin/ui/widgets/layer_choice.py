@@ -9,7 +9,8 @@ from typing import Callable, Iterable, List, Optional, Tuple
 
 from qgis.core import Qgis, QgsMapLayer, QgsProject, QgsRasterLayer, QgsVectorLayer, QgsWkbTypes
 from qgis.gui import QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QVariant
+
+from ...processing.layers import field_type
 
 __all__ = ["CLASS_FIELD_NAMES", "MAX_CLASSES", "MAX_CLASS_NAME", "looks_like_classes", "guess_class_field",
            "is_cluster_raster", "is_annotation_layer", "keep_fitting", "INTEGER_TYPES"]
@@ -46,7 +47,7 @@ def guess_class_field(layer: Optional[QgsVectorLayer]) -> Tuple[str, str]:
             return fields.at(i).name(), "its value list"
     for i in range(fields.count()):
         field = fields.at(i)
-        if field.name().lower() in CLASS_FIELD_NAMES and field.type() == QVariant.String:
+        if field.name().lower() in CLASS_FIELD_NAMES and field.type() == field_type("str"):
             values = layer.uniqueValues(i, MAX_CLASSES + 1)
             if not any(v not in (None, "") and str(v) != "NULL" for v in values) or looks_like_classes(values):
                 return field.name(), "its name"

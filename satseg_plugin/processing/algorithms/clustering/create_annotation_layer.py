@@ -7,7 +7,6 @@ from typing import Any, Dict
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
-    QgsField,
     QgsFields,
     QgsProcessingContext,
     QgsProcessingException,
@@ -18,11 +17,11 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ....core.staging import StagedFile
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
+from ...layers import qgs_field
 from ...parameters import DEFAULT_CLASSES, parse_classes
 from ...styling import apply_annotation_style_on_load, style_annotation_layer
 
@@ -81,8 +80,8 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
                                          "and drop-down); give a file name ending in .gpkg.")
         layer_name = os.path.splitext(os.path.basename(path))[0]
         fields = QgsFields()
-        fields.append(QgsField(field, QVariant.String))
-        fields.append(QgsField("note", QVariant.String))
+        fields.append(qgs_field(field, "str"))
+        fields.append(qgs_field("note", "str"))
         options = QgsVectorFileWriter.SaveVectorOptions()
         options.driverName = "GPKG"
         options.layerName = layer_name

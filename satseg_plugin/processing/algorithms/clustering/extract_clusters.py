@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsProcessing,
     QgsProcessingContext,
@@ -20,10 +19,10 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
+from ...layers import qgs_field
 from ...parameters import parse_classes
 from ...scene_inputs import index_features, patch_paths
 from ...styling import apply_annotation_style_on_load
@@ -105,8 +104,8 @@ class ExtractClustersAlgorithm(SatSegAlgorithm):
                                          f"patches but the index holds {len(features)}; give the index that was "
                                          "deep-clustered.")
         fields = QgsFields(source.fields())
-        for name, kind in (("group", QVariant.String), ("cluster", QVariant.Int), ("distance", QVariant.Double)):
-            fields.append(QgsField(name, kind))
+        for name, kind in (("group", "str"), ("cluster", "int"), ("distance", "float")):
+            fields.append(qgs_field(name, kind))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
                                              source.sourceCrs())
         if sink is None:

@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsProcessing,
     QgsProcessingContext,
@@ -19,11 +18,10 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
-from ...layers import shapely_features
+from ...layers import qgs_field, shapely_features
 from ...parameters import parse_classes
 from ...styling import apply_annotation_style_on_load
 
@@ -131,9 +129,9 @@ class LabelPatchesAlgorithm(SatSegAlgorithm):
                                 [classes.index(v) for _g, v in rows], len(classes))
         fields = QgsFields(index.fields())
         for name in classes:
-            fields.append(QgsField(fraction_field(name), QVariant.Double))
-        fields.append(QgsField("label", QVariant.String))
-        fields.append(QgsField("labelled", QVariant.Int))
+            fields.append(qgs_field(fraction_field(name), "float"))
+        fields.append(qgs_field("label", "str"))
+        fields.append(qgs_field("labelled", "int"))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, index.wkbType(), crs)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))

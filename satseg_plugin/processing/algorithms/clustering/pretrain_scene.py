@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsProcessing,
     QgsProcessingContext,
@@ -21,11 +20,11 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ....pipelines.clustering.scene.config import SceneTrainConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
+from ...layers import qgs_field
 from ...parameters import config_defaults
 from ...scene_inputs import fraction_classes, index_features, patch_paths, soft_label_matrix
 from ...styling import apply_annotation_style_on_load
@@ -150,9 +149,9 @@ class PretrainSceneAlgorithm(SatSegAlgorithm):
         result = pretrain_scene(paths, labels, classes, model_path, config, self.device_spec(parameters, context),
                                 feedback, log_path)
         fields = QgsFields(source.fields())
-        fields.append(QgsField("pred_class", QVariant.String))
+        fields.append(qgs_field("pred_class", "str"))
         for name in classes:
-            fields.append(QgsField(f"prob_{name}", QVariant.Double))
+            fields.append(qgs_field(f"prob_{name}", "float"))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, source.wkbType(),
                                              source.sourceCrs())
         if sink is None:

@@ -7,7 +7,6 @@ from typing import Any, Dict
 from qgis.core import (
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsGeometry,
     QgsPointXY,
@@ -26,14 +25,13 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ....core.grid import EDGE_MODES
 from ....pipelines.patching.config import PatchConfig
 from ...base import SatSegAlgorithm
 from ...distributed import add_scheduler_parameter, scheduler_value
 from ...feedback import QgisFeedback
-from ...layers import raster_path, source_to_shapely
+from ...layers import qgs_field, raster_path, source_to_shapely
 from ...parameters import config_defaults
 from ...styling import apply_style_on_load
 
@@ -138,10 +136,10 @@ class PatchRasterAlgorithm(SatSegAlgorithm):
         """Fields of the patch index layer."""
         fields = QgsFields()
         for name in ("patch_id", "row", "col", "x_off", "y_off", "width", "height"):
-            fields.append(QgsField(name, QVariant.Int))
-        fields.append(QgsField("path", QVariant.String))
-        fields.append(QgsField("nodata_frac", QVariant.Double))
-        fields.append(QgsField("pad_frac", QVariant.Double))
+            fields.append(qgs_field(name, "int"))
+        fields.append(qgs_field("path", "str"))
+        fields.append(qgs_field("nodata_frac", "float"))
+        fields.append(qgs_field("pad_frac", "float"))
         return fields
 
     def run_algorithm(self, parameters: Dict[str, Any], context: QgsProcessingContext,

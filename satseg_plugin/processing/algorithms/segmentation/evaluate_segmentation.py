@@ -8,7 +8,6 @@ from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFeature,
     QgsFeatureSink,
-    QgsField,
     QgsFields,
     QgsProcessing,
     QgsProcessingContext,
@@ -21,11 +20,10 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
-from ...layers import raster_path, source_to_shapely
+from ...layers import qgs_field, raster_path, source_to_shapely
 
 __all__ = ["EvaluateSegmentationAlgorithm"]
 
@@ -139,8 +137,8 @@ class EvaluateSegmentationAlgorithm(SatSegAlgorithm):
         outputs: Dict[str, Any] = {key: getattr(result, field) for key, field in self.SCORES.items()}
 
         fields = QgsFields()
-        fields.append(QgsField("metric", QVariant.String))
-        fields.append(QgsField("value", QVariant.Double))
+        fields.append(qgs_field("metric", "str"))
+        fields.append(qgs_field("value", "float"))
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT_TABLE, context, fields, QgsWkbTypes.NoGeometry,
                                              QgsCoordinateReferenceSystem())
         if sink is None and parameters.get(self.OUTPUT_TABLE) not in (None, ""):
