@@ -12,6 +12,13 @@ Runs on a machine with CUDA (or, for a dry run, on the CPU with ``--device cpu -
    ``cluster_raster`` over the whole raster, timed, against the bare feature forward of the same tiles (issue
    16's target for it: >= 0.5 too).
 
+6. with ``--threads-sweep``: the pipeline again with reader threads x read-ahead (``SATSEG_SWEEP_THREADS``,
+   :data:`SWEEP_READERS` x :data:`SWEEP_READ_AHEAD`), to pick :data:`~satseg_plugin.core.tiling.GPU_THREADS` from
+   measurements;
+7. with ``--ensemble``: the seed-like ensemble of issue 16 (:data:`ENSEMBLE`, random weights) over an
+   ``--ensemble-size`` px raster, pipeline against the bare forward of its three models, and against the original
+   competition script's :data:`ORIGINAL_ENSEMBLE_MPX_S` (measured once on an H200 in issue 16, not in this run).
+
 Everything is written to ``--out-dir`` (``--out`` is the same flag; ``results.json``, ``profile.txt``); the numbers
 are printed too, and ``--write-results FILE`` puts them in the ``gpu`` section of that file. Needs neither QGIS
 nor ``/usr/bin/time``: everything runs in this process.
@@ -58,6 +65,14 @@ ORIGIN = (500000.0, 5000000.0)
 PIXEL = 0.5
 #: Edge of the corner the warm-up run predicts.
 WARM_EDGE = 1024
+#: ``--threads-sweep``: reader threads and batches read ahead tried (issue 16: readers 2/4/8 x read-ahead 1/2/4).
+SWEEP_READERS = (2, 4, 8)
+SWEEP_READ_AHEAD = (1, 2, 4)
+#: ``--ensemble``: issue 16's seed-like ensemble, ``(architecture, encoder, weight)``.
+ENSEMBLE = (("pspnet", "densenet161", 0.7), ("deeplabv3plus", "tu-mobilenetv3_large_100", 0.15),
+            ("unet", "resnet50", 0.15))
+#: The original competition script's throughput with that ensemble on an H200 (issue 16; the target is 10x).
+ORIGINAL_ENSEMBLE_MPX_S = 2.4
 
 
 def write_raster(path: str, size: int, seed: int = 0) -> None:
@@ -83,8 +98,8 @@ def write_raster(path: str, size: int, seed: int = 0) -> None:
             dst.write(data, window=Window(0, top, size, rows.shape[0]))
 
 
-def write_model(path: str, encoder: str, tile: int) -> None:
-    """U-Net/``encoder`` with seeded random weights as a segmentation model file."""
+def write_model(path: str, encoder: str, tile: int, architecture: str = "unet") -> None:
+    """``architecture``/``encoder`` with seeded random weights as a segmentation model file."""
     import torch
     from rasterio.crs import CRS
 
@@ -92,8 +107,8 @@ def write_model(path: str, encoder: str, tile: int) -> None:
     from satseg_plugin.models.registry import build_model
 
     torch.manual_seed(0)
-    model = build_model("unet", encoder, in_channels=3, classes=1).eval()
-    meta = ModelMetadata(kind="segmentation", architecture="unet", encoder=encoder, in_channels=3,
+    model = build_model(architecture, encoder, in_channels=3, classes=1).eval()
+    meta = ModelMetadata(kind="segmentation", architecture=architecture, encoder=encoder, in_channels=3,
                          classes=["building"], bands=[1, 2, 3], mean=[128.0, 128.0, 128.0], std=[40.0, 40.0, 40.0],
                          patch_size=tile, pixel_size=(PIXEL, PIXEL), crs_wkt=CRS.from_epsg(32633).to_wkt(),
                          crs_units="metre", threshold=0.5, extra={"note": "random weights; bench_gpu.py"})
@@ -117,20 +132,22 @@ def timed_batches(step: Callable[[int], Any], tiles: int, batch: int, device: st
     return time.perf_counter() - t0
 
 
-def bare_forward(model_path: str, tiles: int, tile: int, batch: int, device: str, amp: bool) -> float:
-    """Seconds for ``tiles`` tiles through the model, inputs already on the device (no IO, no blending)."""
+def bare_forward(model_paths: Sequence[str], tiles: int, tile: int, batch: int, device: str, amp: bool) -> float:
+    """Seconds for ``tiles`` tiles through the models (each tile through every one), inputs already on the device
+    (no IO, no blending, no ensemble weighting)."""
     import torch
 
     from satseg_plugin.models.checkpoint import build_from_checkpoint, load_checkpoint
 
-    model = build_from_checkpoint(load_checkpoint(model_path)).to(device).eval()
+    models = [build_from_checkpoint(load_checkpoint(p)).to(device).eval() for p in model_paths]
     x = torch.randn(batch, 3, tile, tile, device=device)
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = amp and device == "cuda"
+    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = amp and device.startswith("cuda")
 
     def step(n: int) -> None:
         with torch.no_grad(), torch.autocast(device_type="cuda", dtype=dtype, enabled=use_amp):
-            model(x[:n])
+            for model in models:
+                model(x[:n])
 
     return timed_batches(step, tiles, batch, device)
 
@@ -189,6 +206,30 @@ def device_line(device: str) -> str:
     return f"torch {torch.__version__}, numpy {np.__version__}; device CPU ({torch.get_num_threads()} threads)"
 
 
+def extra_tables(results: Dict[str, Any]) -> List[str]:
+    """The ``--threads-sweep`` and ``--ensemble`` parts of the section (nothing when they did not run)."""
+    lines: List[str] = []
+    if "threads_sweep" in results:
+        lines += ["Reader threads x batches read ahead (`SATSEG_SWEEP_THREADS`, the same pipeline run; the default "
+                  "`GPU_THREADS` is 4 x 2):", "",
+                  "| Readers | Read-ahead | Pipeline (s) | Pipeline Mpx/s | Pipeline / bare |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['readers']} | {r['read_ahead']} | {r['pipeline_s']:.2f} | {r['pipeline_mpx_s']:.2f} | "
+                  f"{r['ratio']:.3f} |" for r in results["threads_sweep"]]
+        lines.append("")
+    if "ensemble_s" in results:
+        members = ", ".join(f"{a}/{e} {w}" for a, e, w in ENSEMBLE)
+        size = results["ensemble_size"]
+        lines += [f"Seed-like ensemble ({members}; random weights) over a {size}x{size} raster, "
+                  f"{results['ensemble_tiles']} tiles: pipeline {results['ensemble_s']:.2f} s "
+                  f"({results['ensemble_mpx_s']:.2f} Mpx/s), bare forward of the three models "
+                  f"{results['ensemble_bare_s']:.2f} s ({results['ensemble_bare_mpx_s']:.2f} Mpx/s), pipeline / bare "
+                  f"**{results['ensemble_ratio']:.3f}**; **{results['ensemble_x_original']:.1f}x** the original "
+                  f"competition script's {ORIGINAL_ENSEMBLE_MPX_S} Mpx/s (issue 16's target: >= 10x; that reference "
+                  "was measured in the issue, not in this run).", ""]
+    return lines
+
+
 def section(results: Dict[str, Any], profile: List[str], command: str, minutes: float, note: str) -> str:
     """The ``gpu`` section of RESULTS.md (Markdown, without its markers)."""
 
@@ -228,6 +269,7 @@ def section(results: Dict[str, Any], profile: List[str], command: str, minutes: 
         f"({num('cluster_bare_mpx_s')} Mpx/s), `cluster_raster` / bare **{num('cluster_ratio', '.3f')}** "
         "(issue 16's target: >= 0.5).",
         "",
+        *extra_tables(results),
         f"Where the pipeline's time goes: one more `segment_raster` run under cProfile, the top {len(profile) - 2} "
         "functions by cumulative time (CUDA work is asynchronous: it shows where the host waits for it):",
         "",
@@ -246,6 +288,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--encoder", default="resnet34", help="U-Net encoder (resnet34)")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run")
     parser.add_argument("--no-cluster", action="store_true", help="skip the ClusterNet part")
+    parser.add_argument("--threads-sweep", action="store_true", help="also time the pipeline with reader threads "
+                        f"{'/'.join(map(str, SWEEP_READERS))} x read-ahead {'/'.join(map(str, SWEEP_READ_AHEAD))}")
+    parser.add_argument("--ensemble", action="store_true", help="also time issue 16's seed-like ensemble "
+                        "(PSPNet/densenet161, DeepLabV3+/mobilenetv3_large, U-Net/resnet50)")
+    parser.add_argument("--ensemble-size", type=int, default=4096, help="raster edge of the ensemble run (4096)")
     add_common_args(parser, "gpu", note=True, out_dir=os.path.join(DEFAULT_OUT, "gpu"))
     parser.add_argument("--out", dest="out_dir", default=argparse.SUPPRESS, help="the same as --out-dir")
     return parser.parse_args(argv)
@@ -298,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     result = run_pipeline("full")
     pipeline_s = time.perf_counter() - t0
-    bare_s = bare_forward(model, result.tiles, args.tile, args.batch, args.device, amp=True)
+    bare_s = bare_forward([model], result.tiles, args.tile, args.batch, args.device, amp=True)
     results.update(tiles=result.tiles, pipeline_s=round(pipeline_s, 3), bare_s=round(bare_s, 3),
                    pipeline_mpx_s=round(mpx / pipeline_s, 2), bare_mpx_s=round(mpx / bare_s, 2),
                    ratio=round(bare_s / pipeline_s, 4))
@@ -315,6 +362,52 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         handle.write(text.getvalue())
     profile = profile_table(profiler, PROFILE_SECTION_ROWS)
     remove_rasters(outputs)  # before the cluster run needs the disk
+
+    if args.threads_sweep:
+        from satseg_plugin.core.tiling.concurrency import THREADS_ENV
+
+        rows = []
+        for readers in SWEEP_READERS:
+            for ahead in SWEEP_READ_AHEAD:
+                os.environ[THREADS_ENV] = f"{readers},{ahead}"
+                try:
+                    t0 = time.perf_counter()
+                    run_pipeline(f"threads_{readers}_{ahead}")
+                    seconds = time.perf_counter() - t0
+                finally:
+                    del os.environ[THREADS_ENV]
+                remove_rasters(outputs)
+                rows.append({"readers": readers, "read_ahead": ahead, "pipeline_s": round(seconds, 3),
+                             "pipeline_mpx_s": round(mpx / seconds, 2), "ratio": round(bare_s / seconds, 4)})
+                log(f"readers {readers}, read-ahead {ahead}: {seconds:.2f} s, ratio {bare_s / seconds:.3f}")
+        results["threads_sweep"] = rows
+
+    if args.ensemble:
+        esrc = path("ensemble_scene.tif")
+        write_raster(esrc, args.ensemble_size, seed=2)
+        members = []
+        for architecture, encoder, _weight in ENSEMBLE:
+            members.append(path(f"{architecture}_{encoder}.satseg"))
+            write_model(members[-1], encoder, args.tile, architecture)
+        weights = tuple(weight for *_, weight in ENSEMBLE)
+        ecfg = InferenceConfig(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True,
+                               weights=weights)
+        eout = [path("ensemble_prob.tif"), path("ensemble_mask.tif")]
+        segment_raster(esrc, members, *eout, InferenceConfig(
+            tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True, weights=weights,
+            bounds=(ORIGIN[0], ORIGIN[1] - WARM_EDGE * PIXEL, ORIGIN[0] + WARM_EDGE * PIXEL, ORIGIN[1])), args.device)
+        t0 = time.perf_counter()
+        eres = segment_raster(esrc, members, *eout, ecfg, args.device)
+        ensemble_s = time.perf_counter() - t0
+        ebare_s = bare_forward(members, eres.tiles, args.tile, args.batch, args.device, amp=True)
+        empx = args.ensemble_size ** 2 / 1e6
+        results.update(ensemble_size=args.ensemble_size, ensemble_tiles=eres.tiles, ensemble_s=round(ensemble_s, 3),
+                       ensemble_mpx_s=round(empx / ensemble_s, 2), ensemble_bare_s=round(ebare_s, 3),
+                       ensemble_bare_mpx_s=round(empx / ebare_s, 2), ensemble_ratio=round(ebare_s / ensemble_s, 4),
+                       ensemble_x_original=round(empx / ensemble_s / ORIGINAL_ENSEMBLE_MPX_S, 2))
+        log(f"ensemble {args.ensemble_size}^2: {ensemble_s:.2f} s ({empx / ensemble_s:.2f} Mpx/s, "
+            f"{empx / ensemble_s / ORIGINAL_ENSEMBLE_MPX_S:.1f}x the original), bare {ebare_s:.2f} s")
+        remove_rasters([esrc, *eout])
 
     if not args.no_cluster:
         from satseg_plugin.pipelines.clustering.pixel.cluster_map import ClusterMapConfig, cluster_raster

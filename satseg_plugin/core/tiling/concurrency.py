@@ -26,10 +26,13 @@ the bottleneck, see :func:`~..raster.geotiff_profile`'s ``compress_threads``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["SweepThreads", "GPU_THREADS", "CPU_THREADS", "DEFAULT_THREADS", "SERIAL", "threads_for"]
+from ..errors import InputError
+
+__all__ = ["SweepThreads", "GPU_THREADS", "CPU_THREADS", "DEFAULT_THREADS", "SERIAL", "THREADS_ENV", "threads_for"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,25 @@ DEFAULT_THREADS = GPU_THREADS
 SERIAL = SweepThreads(readers=0, read_ahead=0, write_queue=0)
 
 
+#: Environment variable that overrides the reader threads and queue depths of every sweep:
+#: ``"readers,read_ahead"`` or ``"readers,read_ahead,write_queue"`` (e.g. ``"8,4"``). For measuring on hardware
+#: these defaults were not measured on (``bench/bench_gpu.py --threads-sweep`` sets it per run); the outputs do
+#: not depend on it.
+THREADS_ENV = "SATSEG_SWEEP_THREADS"
+
+
 def threads_for(device: Any) -> SweepThreads:
-    """The threads of a sweep whose model runs on ``device`` (a ``torch.device`` or its type, e.g. ``"cuda"``)."""
-    return CPU_THREADS if getattr(device, "type", str(device)) == "cpu" else GPU_THREADS
+    """The threads of a sweep whose model runs on ``device`` (a ``torch.device`` or its type, e.g. ``"cuda"``):
+    :data:`CPU_THREADS` or :data:`GPU_THREADS`, with :data:`THREADS_ENV`'s numbers when it is set."""
+    base = CPU_THREADS if getattr(device, "type", str(device)) == "cpu" else GPU_THREADS
+    spec = os.environ.get(THREADS_ENV, "").strip()
+    if not spec:
+        return base
+    try:
+        numbers = [int(part) for part in spec.split(",")]
+        if len(numbers) not in (2, 3):
+            raise ValueError(spec)
+        return replace(base, **dict(zip(("readers", "read_ahead", "write_queue"), numbers)))
+    except ValueError:
+        raise InputError(f"'{spec}' is not 'readers,read_ahead' or 'readers,read_ahead,write_queue' (whole numbers "
+                         "of 0 or more, e.g. '8,4'). Fix or unset the environment variable.", THREADS_ENV) from None

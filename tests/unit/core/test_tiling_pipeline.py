@@ -203,6 +203,24 @@ def test_threads_follow_the_models_device():
         SweepThreads(readers=-1)
 
 
+def test_the_environment_overrides_the_threads_of_every_sweep(monkeypatch):
+    from satseg_plugin.core.errors import InputError
+    from satseg_plugin.core.tiling.concurrency import THREADS_ENV
+
+    monkeypatch.setenv(THREADS_ENV, "8,4")
+    assert threads_for("cuda") == SweepThreads(readers=8, read_ahead=4, write_queue=GPU_THREADS.write_queue,
+                                               span_rows=True)
+    assert threads_for("cpu") == SweepThreads(readers=8, read_ahead=4, write_queue=CPU_THREADS.write_queue)
+    monkeypatch.setenv(THREADS_ENV, " 2,1,0 ")
+    assert (threads_for("cpu").readers, threads_for("cpu").read_ahead, threads_for("cpu").write_queue) == (2, 1, 0)
+    for bad in ("8", "a,b", "1,2,3,4", "-1,2"):
+        monkeypatch.setenv(THREADS_ENV, bad)
+        with pytest.raises(InputError, match=f"{THREADS_ENV}: '{bad}' is not"):
+            threads_for("cuda")
+    monkeypatch.setenv(THREADS_ENV, "")
+    assert threads_for("cuda") == GPU_THREADS
+
+
 # ------------------------------------------------------------------------------------------------ writing
 
 
