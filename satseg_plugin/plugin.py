@@ -8,7 +8,12 @@ from typing import List, Optional
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QMenu, QToolBar
+from qgis.PyQt.QtWidgets import QMenu, QToolBar
+
+try:  # Qt 6 moved QAction to QtGui (qgis.PyQt does not re-export it); Qt 5 has it in QtWidgets
+    from qgis.PyQt.QtGui import QAction
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction
 
 from .processing.base import GROUPS, ICON_PATH, group_icon_path
 from .processing.provider import ALGORITHMS, SatSegProvider
@@ -117,12 +122,12 @@ class SatSegPlugin:
             from .ui.dock import SatSegDock  # lazy: QGIS starts faster
 
             self.dock = SatSegDock(self.iface, parent=self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
             main_window = self.iface.mainWindow()
             if hasattr(main_window, "resizeDocks"):  # open at a width that leaves the map its room
                 from .ui.dock import DOCK_WIDTH
 
-                main_window.resizeDocks([self.dock], [DOCK_WIDTH], Qt.Horizontal)
+                main_window.resizeDocks([self.dock], [DOCK_WIDTH], Qt.Orientation.Horizontal)
             # From now on the dock keeps the action's check state and answers it.
             self.dock_action.triggered.disconnect(self.show_dock)
             self.dock.setToggleVisibilityAction(self.dock_action)

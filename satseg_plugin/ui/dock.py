@@ -83,7 +83,7 @@ class SatSegDock(QgsDockWidget):
         self.tabs = QTabWidget(body)
         self.tabs.setObjectName("satsegTabs")
         self.tabs.setUsesScrollButtons(True)
-        self.tabs.setElideMode(Qt.ElideRight)
+        self.tabs.setElideMode(Qt.TextElideMode.ElideRight)
         self.annotate = AnnotatePanel(self, body)
         self.label_clusters = LabelClustersPanel(self, body)
         self.run_panel = RunPanel(self, body)
@@ -106,7 +106,7 @@ class SatSegDock(QgsDockWidget):
         self.status = QLabel(self.tr("Ready."), body)
         self.status.setObjectName("satsegStatus")
         self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         status_row.addWidget(self.status, 1)
         self.progress = QProgressBar(body)
         self.progress.setRange(0, 100)
@@ -128,19 +128,19 @@ class SatSegDock(QgsDockWidget):
         self.scroll = QScrollArea(self)
         self.scroll.setObjectName("satsegScroll")
         self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.scroll.setWidget(body)
         self.scroll.setMinimumWidth(200)
         self.setWidget(self.scroll)
         for combo in body.findChildren(QComboBox):  # long layer names must not widen the dock either
-            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
 
         self.shortcuts = []
         for number in range(1, 10):
             shortcut = QShortcut(QKeySequence(str(number)), self)
-            shortcut.setContext(Qt.WidgetWithChildrenShortcut)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(lambda n=number: self.select_class(n))
             self.shortcuts.append(shortcut)
 

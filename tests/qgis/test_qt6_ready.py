@@ -26,3 +26,20 @@ def test_no_qvariant_types_outside_the_helper():
                 text = open(path, encoding="utf-8").read()
                 offenders += [f"{name}: {m.group(0)}" for m in re.finditer(r"QVariant\.\w+", text)]
     assert offenders == []
+
+
+#: Enum types themselves (not members) that the plugin names.
+ENUM_TYPES = {"Qt.Orientations", "Qt.Orientation", "Qt.Key", "QMetaType.Type"}
+
+
+def test_qt_enum_members_are_scoped():
+    """PyQt6 knows ``Qt.AlignmentFlag.AlignRight`` but not ``Qt.AlignRight``; PyQt5 knows both. QGIS's own enums
+    (``Qgis.Warning``, ``QgsProcessing.TypeRaster``) are QGIS's to keep working and are left alone."""
+    offenders = []
+    for dirpath, _dirs, files in os.walk(PLUGIN):
+        for name in files:
+            if name.endswith(".py"):
+                text = open(os.path.join(dirpath, name), encoding="utf-8").read()
+                offenders += [f"{name}: {m.group(0)}" for m in re.finditer(r"\bQ(?!gs|gis\b)[A-Za-z]+\.[A-Z]\w*\b(?!\.)",
+                                                                             text) if m.group(0) not in ENUM_TYPES]
+    assert offenders == []

@@ -183,7 +183,7 @@ class AnnotatePanel(QWidget):
         self.start_note.setWordWrap(True)
         layout.addWidget(self.start_note)
         form = QFormLayout()
-        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         row = QHBoxLayout()
         self.layer_combo = QgsMapLayerComboBox(self)
         self.layer_combo.setObjectName("satsegAnnotationLayer")
@@ -210,7 +210,7 @@ class AnnotatePanel(QWidget):
 
         self.new_box = QGroupBox(self.tr("New annotation layer"), self)
         new_form = QFormLayout(self.new_box)
-        new_form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        new_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.task_combo = QComboBox(self.new_box)
         self.task_combo.setObjectName("satsegNewTask")
         for label, classes in CLASS_PRESETS:
@@ -271,9 +271,9 @@ class AnnotatePanel(QWidget):
         self.table.setObjectName("satsegClassCounts")
         self.table.setHorizontalHeaderLabels([self.tr("Class"), self.tr("Polygons"), self.tr("Area"),
                                               self.tr("Patches")])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         layout.addWidget(self.table, 1)
 
         self.draw_tool = PolygonCaptureTool(self.canvas)
@@ -464,7 +464,7 @@ class AnnotatePanel(QWidget):
         existing = self._same_footprint(layer, footprint)
         index = layer.fields().lookupField(self.class_field())
         name = self.picker.current_class()
-        if button == int(Qt.RightButton):
+        if button == int(Qt.MouseButton.RightButton):
             if existing is not None:
                 layer.beginEditCommand(self.tr("Remove patch annotation"))
                 layer.deleteFeature(existing.id())
@@ -529,12 +529,12 @@ class AnnotatePanel(QWidget):
             count = self.counts.get(name, ClassCount())
             item = QTableWidgetItem(swatch(self.picker.colour(name)), name or self.tr("(no class)"))
             area = QTableWidgetItem(area_text(count.area_m2))
-            area.setData(Qt.UserRole, count.area_m2)
+            area.setData(Qt.ItemDataRole.UserRole, count.area_m2)
             cells = [item, QTableWidgetItem(str(count.polygons)), area,
                      QTableWidgetItem(str(count.patches) if self.patch_combo.currentLayer() is not None else "–")]
             for column, cell in enumerate(cells):
                 if column:
-                    cell.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+                    cell.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
                 self.table.setItem(row, column, cell)
         return self.counts
 

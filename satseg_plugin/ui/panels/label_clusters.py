@@ -135,7 +135,7 @@ class LabelClustersPanel(QWidget):
         self.raster_combo.setAllowEmptyLayer(True)
         self.raster_combo.setToolTip(self.tr("Integer single-band rasters (what Cluster raster writes)"))
         self.refresh_layer_choices = keep_fitting(self.raster_combo, is_cluster_raster)
-        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         form.addRow(self.tr("Cluster raster"), self.raster_combo)
         self.classes_edit = QLineEdit("building, other", self)
         self.classes_edit.setObjectName("satsegClusterClasses")
@@ -161,10 +161,10 @@ class LabelClustersPanel(QWidget):
         self.table = QTableWidget(0, 2, self)
         self.table.setObjectName("satsegClusterTable")
         self.table.setHorizontalHeaderLabels([self.tr("Cluster"), self.tr("Class")])
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
-        self.table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.table.setSelectionBehavior(QTableWidget.SelectRows)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         layout.addWidget(self.table, 1)
         self.mapping_edit = QLineEdit(self)
         self.mapping_edit.setObjectName("satsegMappingText")
@@ -267,7 +267,7 @@ class LabelClustersPanel(QWidget):
         if cluster is None:
             self.host.message(self.tr("No cluster there (outside the raster or nodata)."), Qgis.Info)
             return None
-        if button == int(Qt.RightButton):
+        if button == int(Qt.MouseButton.RightButton):
             self.unassign(cluster)
         else:
             name = self.picker.current_class()

@@ -247,7 +247,7 @@ class TrackForm(WorkflowForm):
         super().__init__(host, parent)
         self.frames = QListWidget(self)
         self.frames.setObjectName("satsegTrackFrames")
-        self.frames.setDragDropMode(QAbstractItemView.InternalMove)
+        self.frames.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
         self.frames.setToolTip(self.tr("Tick the frames, drag them into time order"))
         self.form.addRow(self.tr("Frames (in time order)"), self.frames)
         self.refresh_button = QPushButton(self.tr("Refresh the list"), self)
@@ -269,7 +269,7 @@ class TrackForm(WorkflowForm):
 
     def refresh_frames(self) -> None:
         """List the project's raster layers (keeping ticks and order of those already listed)."""
-        ticked = {self.frames.item(i).data(Qt.UserRole): self.frames.item(i).checkState()
+        ticked = {self.frames.item(i).data(Qt.ItemDataRole.UserRole): self.frames.item(i).checkState()
                   for i in range(self.frames.count())}
         order = list(ticked)
         layers = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsRasterLayer)]
@@ -277,15 +277,15 @@ class TrackForm(WorkflowForm):
         self.frames.clear()
         for layer in layers:
             item = QListWidgetItem(layer.name())
-            item.setData(Qt.UserRole, layer.id())
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(ticked.get(layer.id(), Qt.Unchecked))
+            item.setData(Qt.ItemDataRole.UserRole, layer.id())
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(ticked.get(layer.id(), Qt.CheckState.Unchecked))
             self.frames.addItem(item)
 
     def frame_ids(self) -> List[str]:
         """The ticked frames' layer ids, in list order."""
-        return [self.frames.item(i).data(Qt.UserRole) for i in range(self.frames.count())
-                if self.frames.item(i).checkState() == Qt.Checked]
+        return [self.frames.item(i).data(Qt.ItemDataRole.UserRole) for i in range(self.frames.count())
+                if self.frames.item(i).checkState() == Qt.CheckState.Checked]
 
     def steps(self, folder: str) -> List[Step]:
         frames = self.frame_ids()

@@ -64,10 +64,10 @@ class ClassPicker(QWidget):
         for i, name in enumerate(self.names):
             button = QToolButton(self)
             button.setCheckable(True)
-            button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+            button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
             button.setIcon(swatch(self.colours[name]))
             button.setIconSize(QSize(14, 14))
-            label = metrics.elidedText(name, Qt.ElideMiddle, MAX_LABEL_PX)
+            label = metrics.elidedText(name, Qt.TextElideMode.ElideMiddle, MAX_LABEL_PX)
             button.setText(f"{i + 1}  {label}" if i < 9 else label)
             button.setToolTip(self.tr("Class '{}' (key {})").format(name, i + 1) if i < 9 else name)
             button.setObjectName(f"satsegClass_{i + 1}")

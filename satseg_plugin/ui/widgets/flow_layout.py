@@ -13,6 +13,11 @@ from qgis.PyQt.QtWidgets import QLayout, QLayoutItem, QSizePolicy, QStyle, QWidg
 
 __all__ = ["FlowLayout", "fixed_height_for_width"]
 
+try:  # no expanding direction: Qt 5's flags type; Qt 6 (PyQt6) names the flags by the enum itself
+    NO_ORIENTATION = Qt.Orientations(0)
+except AttributeError:
+    NO_ORIENTATION = Qt.Orientation(0)
+
 
 class FlowLayout(QLayout):
     """Left-to-right rows that wrap; the height follows the width (``hasHeightForWidth``).
@@ -40,8 +45,8 @@ class FlowLayout(QLayout):
     def takeAt(self, index: int) -> Optional[QLayoutItem]:  # noqa: N802
         return self._items.pop(index) if 0 <= index < len(self._items) else None
 
-    def expandingDirections(self) -> Qt.Orientations:  # noqa: N802
-        return Qt.Orientations(0)
+    def expandingDirections(self) -> "Qt.Orientations":  # noqa: N802
+        return NO_ORIENTATION
 
     def hasHeightForWidth(self) -> bool:  # noqa: N802
         return True
@@ -70,7 +75,8 @@ class FlowLayout(QLayout):
         parent = self.parentWidget()
         if parent is None:
             return 4
-        metric = QStyle.PM_LayoutHorizontalSpacing if orientation == Qt.Horizontal else QStyle.PM_LayoutVerticalSpacing
+        metric = (QStyle.PixelMetric.PM_LayoutHorizontalSpacing if orientation == Qt.Orientation.Horizontal
+                  else QStyle.PixelMetric.PM_LayoutVerticalSpacing)
         gap = parent.style().pixelMetric(metric, None, parent)
         return gap if gap >= 0 else 4
 
@@ -78,7 +84,7 @@ class FlowLayout(QLayout):
         margins = self.contentsMargins()
         area = rect.adjusted(margins.left(), margins.top(), -margins.right(), -margins.bottom())
         x, y, row_height = area.x(), area.y(), 0
-        gap_x, gap_y = self._gap(Qt.Horizontal), self._gap(Qt.Vertical)
+        gap_x, gap_y = self._gap(Qt.Orientation.Horizontal), self._gap(Qt.Orientation.Vertical)
         for item in self._items:
             hint = item.sizeHint()
             width = min(hint.width(), max(area.width(), 1))
@@ -93,6 +99,6 @@ class FlowLayout(QLayout):
 
 def fixed_height_for_width(widget: QWidget) -> None:
     """Size policy for a widget holding a :class:`FlowLayout`: as wide as it is given, as tall as it needs."""
-    policy = QSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
+    policy = QSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
     policy.setHeightForWidth(True)
     widget.setSizePolicy(policy)

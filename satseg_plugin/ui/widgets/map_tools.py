@@ -15,7 +15,7 @@ from qgis.PyQt.QtGui import QColor, QKeyEvent
 
 __all__ = ["SatSegMapTool", "PolygonCaptureTool", "PointClickTool"]
 
-_DIGITS = {getattr(Qt, f"Key_{i}"): i for i in range(1, 10)}
+_DIGITS = {getattr(Qt.Key, f"Key_{i}"): i for i in range(1, 10)}
 
 
 class SatSegMapTool(QgsMapTool):
@@ -25,7 +25,8 @@ class SatSegMapTool(QgsMapTool):
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         number = _DIGITS.get(event.key())
-        if number is not None and not event.modifiers() & (Qt.ControlModifier | Qt.AltModifier):
+        shortcut = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.AltModifier
+        if number is not None and not event.modifiers() & shortcut:
             self.classKeyPressed.emit(number)
             event.accept()
             return
@@ -51,7 +52,7 @@ class PolygonCaptureTool(SatSegMapTool):
         self.band.setStrokeColor(QColor(255, 80, 0, 220))
         self.band.setWidth(2)
         self.snap_indicator = QgsSnapIndicator(canvas)
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def flags(self):
         return super().flags() | QgsMapTool.EditTool
@@ -63,21 +64,21 @@ class PolygonCaptureTool(SatSegMapTool):
         self._draw(point)
 
     def canvasReleaseEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() == Qt.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             self.points.append(QgsPointXY(event.snapPoint()))
             self._draw()
-        elif event.button() == Qt.RightButton:
+        elif event.button() == Qt.MouseButton.RightButton:
             self.finish()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.key() in (Qt.Key_Backspace, Qt.Key_Delete) and self.points:
+        if event.key() in (Qt.Key.Key_Backspace, Qt.Key.Key_Delete) and self.points:
             self.points.pop()
             self._draw()
             event.accept()
-        elif event.key() == Qt.Key_Escape:
+        elif event.key() == Qt.Key.Key_Escape:
             self.reset()
             event.accept()
-        elif event.key() in (Qt.Key_Return, Qt.Key_Enter):
+        elif event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self.finish()
             event.accept()
         else:
@@ -133,8 +134,8 @@ class PointClickTool(SatSegMapTool):
 
     def __init__(self, canvas: QgsMapCanvas) -> None:
         super().__init__(canvas)
-        self.setCursor(Qt.PointingHandCursor)
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
 
     def canvasReleaseEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() in (Qt.LeftButton, Qt.RightButton):
+        if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.RightButton):
             self.clicked.emit(QgsPointXY(event.mapPoint()), int(event.button()))
