@@ -20,6 +20,13 @@ __all__ = ["IGNORE", "LabelSet"]
 IGNORE = 255
 
 
+def _valid(geometry):
+    """``geometry`` itself when valid, else its repair (``shapely.make_valid``: a bow-tie becomes two triangles)."""
+    import shapely
+
+    return geometry if shapely.is_valid(geometry) else shapely.make_valid(geometry)
+
+
 @dataclass
 class LabelSet:
     """Labelled polygons in the raster's CRS, with an optional AOI where the labels are complete.
@@ -42,7 +49,10 @@ class LabelSet:
         if len(self.geometries) != len(self.classes):
             raise ValueError("geometries and classes differ in length")
         keep = [i for i, g in enumerate(self.geometries) if g is not None and not g.is_empty]
-        self.geometries = [self.geometries[i] for i in keep]
+        # hand-drawn polygons cross themselves (a bow-tie, a ring drawn over itself): GEOS refuses to intersect
+        # such a geometry, so every invalid one is repaired here, whoever built the set (Processing's reader does
+        # so too; scripts and work units may not)
+        self.geometries = [_valid(self.geometries[i]) for i in keep]
         self.classes = [int(self.classes[i]) for i in keep]
         if not self.geometries:
             raise InputError("the label layer holds no polygons. Draw building polygons (or select a layer "
@@ -52,6 +62,7 @@ class LabelSet:
             raise InputError(f"class indices {bad} are outside 1..{len(self.class_names)}.", "LABELS")
         self.tree = shapely.STRtree(self.geometries)
         if self.aoi is not None:
+            self.aoi = _valid(self.aoi)
             shapely.prepare(self.aoi)
 
     @property

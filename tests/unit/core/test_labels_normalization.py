@@ -32,6 +32,24 @@ def test_rasterize_window_classes_and_aoi():
     assert shifted.tolist() == np.ones((4, 4)).tolist()
 
 
+def test_self_intersecting_polygons_are_repaired():
+    """A bow-tie drawn by hand (invalid: GEOS refuses to intersect it) and an AOI drawn over itself still label
+    their pixels."""
+    from shapely.geometry import Polygon
+
+    def bow_tie(c0, r0, c1, r1):  # the pixel rectangle's corners in crossing order
+        return Polygon([T * (c0, r0), T * (c1, r1), T * (c1, r0), T * (c0, r1)])
+
+    bow, aoi = bow_tie(2, 2, 6, 6), bow_tie(0, 0, 10, 10)
+    assert not bow.is_valid and not aoi.is_valid
+    labels = LabelSet([bow], [1], aoi=aoi)
+    assert labels.geometries[0].is_valid and labels.aoi.is_valid
+    assert labels.geometries[0].area == pytest.approx(8 * 0.25)  # two triangles of 4 px each, 0.5 m pixels
+    out = labels.rasterize(T, (10, 10))
+    assert 4 <= (out == 1).sum() <= 10 and (out == IGNORE).sum() > 0  # the triangles; outside the AOI's two
+    assert labels.query(labels.geometries[0].bounds) == [0]
+
+
 def test_empty_labels_name_the_parameter():
     with pytest.raises(InputError, match="LABELS: the label layer holds no polygons"):
         LabelSet([], [])
