@@ -21,10 +21,18 @@ IGNORE = 255
 
 
 def _valid(geometry):
-    """``geometry`` itself when valid, else its repair (``shapely.make_valid``: a bow-tie becomes two triangles)."""
+    """``geometry`` if it is a valid (multi)polygon; else its repair (``shapely.make_valid``: a bow-tie becomes two
+    triangles) reduced to its polygonal parts (a ring drawn flat repairs to a line, and a collection may hold
+    lines or points: they label no area; nothing left: an empty geometry)."""
     import shapely
+    from shapely.geometry import MultiPolygon
 
-    return geometry if shapely.is_valid(geometry) else shapely.make_valid(geometry)
+    if not shapely.is_valid(geometry):
+        geometry = shapely.make_valid(geometry)
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [part for part in shapely.get_parts(geometry) if part.geom_type in ("Polygon", "MultiPolygon")]
+    return MultiPolygon([poly for part in parts for poly in getattr(part, "geoms", [part])])
 
 
 @dataclass
@@ -48,11 +56,12 @@ class LabelSet:
 
         if len(self.geometries) != len(self.classes):
             raise ValueError("geometries and classes differ in length")
-        keep = [i for i, g in enumerate(self.geometries) if g is not None and not g.is_empty]
         # hand-drawn polygons cross themselves (a bow-tie, a ring drawn over itself): GEOS refuses to intersect
         # such a geometry, so every invalid one is repaired here, whoever built the set (Processing's reader does
         # so too; scripts and work units may not)
-        self.geometries = [_valid(self.geometries[i]) for i in keep]
+        repaired = [None if g is None else _valid(g) for g in self.geometries]
+        keep = [i for i, g in enumerate(repaired) if g is not None and not g.is_empty]
+        self.geometries = [repaired[i] for i in keep]
         self.classes = [int(self.classes[i]) for i in keep]
         if not self.geometries:
             raise InputError("the label layer holds no polygons. Draw building polygons (or select a layer "

@@ -48,6 +48,16 @@ def test_self_intersecting_polygons_are_repaired():
     out = labels.rasterize(T, (10, 10))
     assert 4 <= (out == 1).sum() <= 10 and (out == IGNORE).sum() > 0  # the triangles; outside the AOI's two
     assert labels.query(labels.geometries[0].bounds) == [0]
+    # a "polygon" drawn flat repairs to a line, which labels no area: left out like an empty geometry
+    flat = Polygon([T * (1, 1), T * (5, 1), T * (3, 1)])
+    assert not flat.is_valid
+    labels = LabelSet([flat, bow], [1, 1])
+    assert len(labels.geometries) == 1 and labels.geometries[0].geom_type == "MultiPolygon"
+    # a valid collection (what a repair upstream may hand over) keeps only its polygons
+    from shapely.geometry import GeometryCollection, LineString
+
+    mixed = GeometryCollection([LineString([T * (0, 0), T * (9, 9)]), pix_box(2, 2, 4, 4)])
+    assert LabelSet([mixed], [1]).rasterize(T, (10, 10)).sum() == 4
 
 
 def test_empty_labels_name_the_parameter():
