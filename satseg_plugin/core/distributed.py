@@ -36,11 +36,11 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 
 from .deps import python_interpreter, require
 from .errors import InputError, OutputError, SatSegError
-from .progress import Feedback, check_canceled
+from .progress import Feedback, SubFeedback, check_canceled
 
 __all__ = ["SCHEDULER_PARAMETER", "CONNECT_TIMEOUT", "DEFAULT_RETRIES", "UNITS_PER_WORKER", "Scheduler",
            "ClusterError", "UnitFeedback", "parse_scheduler", "cluster_client", "check_shared_storage", "run_units",
-           "parts_folder", "cluster_with_parts", "assemble_part", "worker_slots", "unit_count", "tile_units",
+           "parts_folder", "checked_client", "run_tile_units", "assemble_part", "worker_slots", "unit_count", "tile_units",
            "describe_tile_units"]
 
 #: The Processing parameter every message about the scheduler names.
@@ -241,17 +241,34 @@ def parts_folder(transaction: Any, final: str, parameter: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def cluster_with_parts(scheduler: Scheduler, feedback: Feedback, inputs: Sequence[Tuple[str, str]], final: str,
-                       parameter: str, transaction: Any) -> Iterator[Tuple[Any, str]]:
-    """``(client, parts folder)`` of a run whose units write parts beside the output ``final``.
-
-    Connects (:func:`cluster_client`), makes the parts folder (:func:`parts_folder`) and checks that every
-    worker reads ``inputs`` and writes into it (:func:`check_shared_storage`); the folder and the client go
-    when the block ends.
-    """
-    with cluster_client(scheduler, feedback) as client, parts_folder(transaction, final, parameter) as folder:
+def checked_client(scheduler: Scheduler, feedback: Feedback, inputs: Sequence[Tuple[str, str]], folder: str,
+                   parameter: str) -> Iterator[Any]:
+    """A client (:func:`cluster_client`) whose every worker was checked to read ``inputs`` and write into
+    ``folder`` (:func:`check_shared_storage`); it closes when the block ends."""
+    with cluster_client(scheduler, feedback) as client:
         check_shared_storage(client, inputs, folder, parameter)
-        yield client, folder
+        yield client
+
+
+def run_tile_units(scheduler: Scheduler, feedback: Feedback, inputs: Sequence[Tuple[str, str]], final: str,
+                   parameter: str, transaction: Any, grid: Any, band_columns: int,
+                   make_unit: Callable[[Tuple[int, int], Tuple[int, int], str], U],
+                   function: Callable[[U, Feedback], T], assemble: Callable[[Sequence[U]], None]) -> List[T]:
+    """Run a tiled sweep's work units (column bands x row ranges, :func:`tile_units`) on a cluster.
+
+    The units write parts into a folder beside the output ``final`` (:func:`parts_folder`), which every worker
+    must read ``inputs`` for and write into; ``make_unit(band, rows, folder)`` builds a unit, ``function`` runs
+    it on a worker (progress 0..90 %), and ``assemble(units)`` copies the parts into the output before the folder
+    goes. Returns ``function``'s results, in the units' order.
+    """
+    with parts_folder(transaction, final, parameter) as folder, \
+            checked_client(scheduler, feedback, inputs, folder, parameter) as client:
+        cells = tile_units(grid, band_columns, unit_count(client))
+        units = [make_unit(band, rows, folder) for band, rows in cells]
+        feedback.info(describe_tile_units(cells, band_columns))
+        results = run_units(client, function, units, SubFeedback(feedback, 0, 90), what="work unit")
+        assemble(units)
+    return results
 
 
 def assemble_part(part_path: str, dst: Any, col_off: int, row_off: int = 0, rows: int = 256) -> None:

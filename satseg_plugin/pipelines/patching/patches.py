@@ -23,8 +23,7 @@ from rasterio.windows import Window
 
 from ...core.distributed import (
     Scheduler,
-    check_shared_storage,
-    cluster_client,
+    checked_client,
     parse_scheduler,
     run_units,
     unit_count,
@@ -254,8 +253,7 @@ def _write_on_cluster(scheduler: Scheduler, source: str, bands: Tuple[int, ...],
     order are removed again, so the sample is the one an in-process run draws.
     """
     staged_dir, final_dir = staging.staged_path(""), staging.final_path("")
-    with cluster_client(scheduler, feedback) as client:
-        check_shared_storage(client, [(source, "INPUT")], staged_dir, "OUTPUT_DIR")
+    with checked_client(scheduler, feedback, [(source, "INPUT")], staged_dir, "OUTPUT_DIR") as client:
         size = min(UNIT_PATCHES, -(-len(windows) // unit_count(client)))
         units = [PatchRows(os.path.abspath(source), bands, config, staged_dir, final_dir, name_format, group)
                  for group in _row_groups(windows, size)]

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 import rasterio
 
-from ...core.distributed import Scheduler, check_shared_storage, cluster_client, run_units
+from ...core.distributed import Scheduler, checked_client, run_units
 from ...core.progress import Feedback
 from ...core.raster import Grid, geotiff_profile, raster_env
 from .communities import FrameCommunities, frame_communities
@@ -64,8 +64,8 @@ def flow_pair(unit: FlowPairUnit, feedback: Feedback) -> FlowResult:
 def flows_on_cluster(scheduler: Scheduler, units: Sequence[FlowPairUnit], staged_dir: str,
                      feedback: Feedback) -> List[FlowResult]:
     """Run the pairs' units on a Dask cluster (their flow files land in ``staged_dir``); the flows in order."""
-    with cluster_client(scheduler, feedback) as client:
-        check_shared_storage(client, [(p, "FRAMES") for p in units[0].frames], staged_dir, "OUTPUT_DIR")
+    with checked_client(scheduler, feedback, [(p, "FRAMES") for p in units[0].frames], staged_dir,
+                        "OUTPUT_DIR") as client:
         feedback.info(f"{len(units)} frame pairs run as Dask work units.")
         return run_units(client, flow_pair, units, feedback, what="frame pair")
 
@@ -130,7 +130,6 @@ def communities_on_cluster(scheduler: Scheduler, units: Sequence[FrameUnit], sta
                            ) -> List[Tuple[List[Any], List[Dict[str, float]], Dict[str, Any]]]:
     """Run the frames' units on a Dask cluster (their segment rasters land in ``staged_dir``); their outcomes."""
     inputs = [(p, "FRAMES") for p in units[0].frames] + [(p, "FLOWS") for p in sorted({u.flow for u in units})]
-    with cluster_client(scheduler, feedback) as client:
-        check_shared_storage(client, inputs, staged_dir, "OUTPUT_DIR")
+    with checked_client(scheduler, feedback, inputs, staged_dir, "OUTPUT_DIR") as client:
         feedback.info(f"{len(units)} frames run as Dask work units.")
         return run_units(client, frame_unit, units, feedback, what="frame")

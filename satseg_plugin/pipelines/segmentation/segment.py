@@ -26,18 +26,9 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from ...core.distributed import (
-    Scheduler,
-    assemble_part,
-    cluster_with_parts,
-    describe_tile_units,
-    parse_scheduler,
-    run_units,
-    tile_units,
-    unit_count,
-)
+from ...core.distributed import Scheduler, assemble_part, parse_scheduler, run_tile_units
 from ...core.errors import InputError
-from ...core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
+from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import (
     bounds_region,
     check_georeferencing,
@@ -237,21 +228,23 @@ def _segment_on_cluster(scheduler: Scheduler, src: rasterio.DatasetReader, plan:
     """Run the plan's units (column bands x row ranges) on a Dask cluster and assemble their parts into the
     staged outputs."""
     region = plan.grid.region
-    inputs = [(plan.source, "INPUT")] + [(p, "MODELS") for p in plan.model_paths]
-    with cluster_with_parts(scheduler, feedback, inputs, probability_path, "OUTPUT_PROBABILITY",
-                            current_transaction()) as (client, folder):
-        cells = tile_units(plan.grid, plan.band_columns, unit_count(client))
-        units = [SegmentBand(plan, band, os.path.join(folder, f"probability-{band[0]}-{rows[0]}.tif"),
-                             os.path.join(folder, f"mask-{band[0]}-{rows[0]}.tif"), rows) for band, rows in cells]
-        feedback.info(describe_tile_units(cells, plan.band_columns))
-        results = run_units(client, segment_band, units, SubFeedback(feedback, 0, 90), what="work unit")
+
+    def unit(band: Tuple[int, int], rows: Tuple[int, int], folder: str) -> SegmentBand:
+        return SegmentBand(plan, band, os.path.join(folder, f"probability-{band[0]}-{rows[0]}.tif"),
+                           os.path.join(folder, f"mask-{band[0]}-{rows[0]}.tif"), rows)
+
+    def assemble(units: Sequence[SegmentBand]) -> None:
         with _open_outputs(src, region, classes, prob_tmp, mask_tmp) as (prob_dst, mask_dst):
-            for unit in units:
+            for done in units:
                 check_canceled(feedback)
-                offset = unit.band[0] - int(region.col_off), unit.rows[0] - int(region.row_off)
-                assemble_part(unit.probability_part, prob_dst, *offset)
-                assemble_part(unit.mask_part, mask_dst, *offset)
-        feedback.set_progress(95.0)
+                offset = done.band[0] - int(region.col_off), done.rows[0] - int(region.row_off)
+                assemble_part(done.probability_part, prob_dst, *offset)
+                assemble_part(done.mask_part, mask_dst, *offset)
+
+    inputs = [(plan.source, "INPUT")] + [(p, "MODELS") for p in plan.model_paths]
+    results = run_tile_units(scheduler, feedback, inputs, probability_path, "OUTPUT_PROBABILITY",
+                             current_transaction(), plan.grid, plan.band_columns, unit, segment_band, assemble)
+    feedback.set_progress(95.0)
     return sum(r[0] for r in results), any(r[1] for r in results)
 
 

@@ -28,19 +28,10 @@ import rasterio
 from rasterio.windows import Window
 
 from ....core.deps import require
-from ....core.distributed import (
-    Scheduler,
-    assemble_part,
-    cluster_with_parts,
-    describe_tile_units,
-    parse_scheduler,
-    run_units,
-    tile_units,
-    unit_count,
-)
+from ....core.distributed import Scheduler, assemble_part, parse_scheduler, run_tile_units
 from ....core.errors import InputError
 from ....core.fit import choose_precision
-from ....core.progress import Feedback, NullFeedback, SubFeedback, check_canceled
+from ....core.progress import Feedback, NullFeedback, check_canceled
 from ....core.raster import (
     bounds_region,
     check_georeferencing,
@@ -375,19 +366,20 @@ def _cluster_on_cluster(scheduler: Scheduler, plan: ClusterPlan, dst, output_pat
     """Run the plan's units (column bands x row ranges) on a Dask cluster and assemble their parts into the open
     output ``dst``."""
     region = plan.grid.region
+
+    def unit(band: Tuple[int, int], rows: Tuple[int, int], folder: str) -> ClusterBand:
+        return ClusterBand(plan, band, os.path.join(folder, f"ids-{band[0]}-{rows[0]}.tif"), rows)
+
+    def assemble(units: Sequence[ClusterBand]) -> None:
+        for done in units:
+            check_canceled(feedback)
+            assemble_part(done.part, dst, done.band[0] - int(region.col_off), done.rows[0] - int(region.row_off))
+
     inputs = [(plan.source, "INPUT"), (plan.model_path, "MODEL")]
     if plan.keep_nodata_of:
         inputs.append((plan.keep_nodata_of, "INPUT"))
-    with cluster_with_parts(scheduler, feedback, inputs, output_path, "OUTPUT",
-                            current_transaction()) as (client, folder):
-        cells = tile_units(plan.grid, plan.band_columns, unit_count(client))
-        units = [ClusterBand(plan, band, os.path.join(folder, f"ids-{band[0]}-{rows[0]}.tif"), rows)
-                 for band, rows in cells]
-        feedback.info(describe_tile_units(cells, plan.band_columns))
-        results = run_units(client, cluster_band, units, SubFeedback(feedback, 0, 90), what="work unit")
-        for unit in units:
-            check_canceled(feedback)
-            assemble_part(unit.part, dst, unit.band[0] - int(region.col_off), unit.rows[0] - int(region.row_off))
+    results = run_tile_units(scheduler, feedback, inputs, output_path, "OUTPUT", current_transaction(), plan.grid,
+                             plan.band_columns, unit, cluster_band, assemble)
     return sum(r[0] for r in results), any(r[1] for r in results)
 
 
