@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -393,9 +394,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ecfg = InferenceConfig(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True,
                                weights=weights)
         eout = [path("ensemble_prob.tif"), path("ensemble_mask.tif")]
-        segment_raster(esrc, members, *eout, InferenceConfig(
-            tile_size=args.tile, overlap=args.overlap, batch_size=args.batch, amp=True, weights=weights,
-            bounds=(ORIGIN[0], ORIGIN[1] - WARM_EDGE * PIXEL, ORIGIN[0] + WARM_EDGE * PIXEL, ORIGIN[1])), args.device)
+        segment_raster(esrc, members, *eout, dataclasses.replace(ecfg, bounds=warm.bounds), args.device)
         t0 = time.perf_counter()
         eres = segment_raster(esrc, members, *eout, ecfg, args.device)
         ensemble_s = time.perf_counter() - t0
