@@ -122,6 +122,10 @@ class TrainConfig:
         check_settings(checks, prefix="")
 
 
+#: The smallest pretraining crop (PATCH_SIZE), in pixels; a raster narrower than this cannot be pretrained on.
+MIN_PRETRAIN_CROP = 32
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Contrastive (SimCLR) pretraining of a segmentation encoder on random crops of one raster, without labels.
@@ -134,7 +138,8 @@ class PretrainConfig:
             builds it). The encoder's weights fit every architecture, so the Processing tool does not ask.
         encoder: the encoder; the same default as training, so the file fits Train segmentation's INIT_WEIGHTS.
         bands: 1-based band subset (None: all bands but alpha, :func:`~...core.raster.model_bands`).
-        patch_size: side in pixels of the crop read from the raster; both views are cut from it.
+        patch_size: side in pixels of the crop read from the raster; both views are cut from it. A raster
+            smaller than this is read in crops of its shorter side (at least :data:`MIN_PRETRAIN_CROP`).
         view_size: side in pixels of each view the encoder sees (a random sub-crop of the crop, resized).
         min_scale: least share of the crop's area a view covers (at 0.4 or more, the two views always overlap).
         batch_size: crops per batch (two views each; at least 2: the other crops are the negatives).
@@ -168,7 +173,8 @@ class PretrainConfig:
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first bad setting."""
         checks = [
-            ("PATCH_SIZE", self.patch_size >= 32, "must be at least 32 pixels", self.patch_size),
+            ("PATCH_SIZE", self.patch_size >= MIN_PRETRAIN_CROP, f"must be at least {MIN_PRETRAIN_CROP} pixels",
+             self.patch_size),
             ("VIEW_SIZE", 32 <= self.view_size <= 4 * self.patch_size,
              f"must be 32 to 4 x PATCH_SIZE ({4 * self.patch_size}) pixels", self.view_size),
             ("MIN_SCALE", 0 < self.min_scale <= 1, "must lie in (0, 1]", self.min_scale),

@@ -33,7 +33,7 @@ from ...core.normalization import band_statistics, normalize
 from ...core.progress import Feedback, NullFeedback, check_canceled
 from ...core.raster import check_georeferencing, crs_units, model_bands, nodata_flags, open_raster, raster_env
 from ...core.staging import Transaction, stages_outputs
-from .config import PretrainConfig
+from .config import MIN_PRETRAIN_CROP, PretrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -192,6 +192,25 @@ def nt_xent(first: "torch.Tensor", second: "torch.Tensor", temperature: float) -
     return loss, (similarity.argmax(1) == partner).float().mean()
 
 
+def _crop_size(width: int, height: int, config: PretrainConfig, feedback: Feedback) -> int:
+    """The crop side for a ``width`` x ``height`` raster: PATCH_SIZE, or the raster's shorter side when that is
+    smaller (views are resized from the crop, so a smaller crop still gives views of VIEW_SIZE), never below
+    :data:`MIN_PRETRAIN_CROP`.
+
+    Raises:
+        InputError: (INPUT) the raster is narrower than :data:`MIN_PRETRAIN_CROP`.
+    """
+    side = min(int(width), int(height))
+    if side >= config.patch_size:
+        return config.patch_size
+    if side < MIN_PRETRAIN_CROP:
+        raise InputError(f"the raster ({width}x{height} px) is too small to pretrain on: crops need at least "
+                         f"{MIN_PRETRAIN_CROP} px on each side. Give a larger raster.", "INPUT")
+    feedback.warning(f"The raster ({width}x{height} px) is smaller than one {config.patch_size} px crop (PATCH_SIZE): "
+                     f"crops of {side} px are used, resized to {config.view_size} px views.")
+    return side
+
+
 @stages_outputs
 def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = PretrainConfig(), device: str = "auto",
                      feedback: Optional[Feedback] = None, log_path: Optional[str] = None,
@@ -233,11 +252,9 @@ def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = Pret
     with raster_env(), open_raster(source) as src:
         check_georeferencing(src, feedback)
         bands = model_bands(src, config.bands, feedback=feedback)
-        if src.width < config.patch_size or src.height < config.patch_size:
-            raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {config.patch_size} px crop. "
-                             "Lower PATCH_SIZE.", "PATCH_SIZE")
+        crop = _crop_size(src.width, src.height, config, feedback)
         mean, std = band_statistics(src, bands)
-        sampler = CropSampler(src, bands, mean, std, config.patch_size, rng)
+        sampler = CropSampler(src, bands, mean, std, crop, rng)
 
         encoder = build_model(config.architecture, config.encoder, in_channels=len(bands), classes=1)
         origin = apply_encoder_weights(encoder, config.encoder_weights, config.encoder, weights_dir(profile_dir),
@@ -254,7 +271,7 @@ def pretrain_encoder(source: str, model_path: str, config: PretrainConfig = Pret
                              "ENCODER, or use DEVICE=cpu.", minimum=2)
         precision = choose_precision(torch_device, feedback=feedback)
         feedback.info(f"Pretraining {config.encoder} on {len(bands)} band(s) (SimCLR): {config.epochs} epochs of "
-                      f"{config.batches_per_epoch} batches of {config.batch_size} crops of {config.patch_size} px, "
+                      f"{config.batches_per_epoch} batches of {config.batch_size} crops of {crop} px, "
                       f"two {config.view_size} px views each.")
 
         def embed(views: "torch.Tensor") -> "torch.Tensor":

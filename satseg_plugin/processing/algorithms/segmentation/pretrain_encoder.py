@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from ....pipelines.segmentation.config import PretrainConfig
+from ....pipelines.segmentation.config import MIN_PRETRAIN_CROP, PretrainConfig
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
 from ...layers import raster_path
@@ -101,7 +101,7 @@ class PretrainEncoderAlgorithm(SatSegAlgorithm):
                                  default["batches_per_epoch"], minValue=1))
         self.addParameter(number(self.SEED, self.tr("Random seed"), number.Integer, default["seed"]))
         self.add_advanced_parameter(number(self.PATCH_SIZE, self.tr("Crop size (pixels)"), number.Integer,
-                                           default["patch_size"], minValue=32))
+                                           default["patch_size"], minValue=MIN_PRETRAIN_CROP))
         self.add_advanced_parameter(number(self.VIEW_SIZE, self.tr("View size (pixels)"), number.Integer,
                                            default["view_size"], minValue=32))
         self.add_advanced_parameter(number(self.MIN_SCALE, self.tr("Least share of the crop a view covers"),

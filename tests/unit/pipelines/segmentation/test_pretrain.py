@@ -114,7 +114,7 @@ def test_views_overlap_in_content_and_loss_rewards_matching_pairs():
 @pytest.mark.parametrize("settings, parameter", [
     (dict(batch_size=1), "BATCH_SIZE"),
     (dict(view_size=48), "VIEW_SIZE"),
-    (dict(patch_size=512), "PATCH_SIZE"),
+    (dict(patch_size=16), "PATCH_SIZE"),
     (dict(temperature=0.0), "TEMPERATURE"),
     (dict(min_scale=0.0), "MIN_SCALE"),
     (dict(epochs=0), "EPOCHS"),
@@ -149,3 +149,26 @@ def test_cancel_before_an_epoch_writes_nothing_and_after_keeps_the_last(scene, t
     assert result.canceled and result.epochs_run == 1 and result.steps == 2
     assert load_checkpoint(result.model_path).metadata.metrics["epochs_run"] == 1
     assert any("keeping the best model so far (epoch 1" in m for m in feedback.warnings)
+
+
+def test_a_raster_smaller_than_a_crop_is_read_in_crops_of_its_shorter_side(tmp_path):
+    path = str(tmp_path / "small.tif")
+    data = np.random.default_rng(0).integers(0, 255, (3, 40, 90), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=90, height=40, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1)) as dst:
+        dst.write(data)
+    feedback = RecordingFeedback()
+    result = pretrain_encoder(path, str(tmp_path / "enc.satseg"), PretrainConfig(**dict(TINY, epochs=1)), "cpu",
+                              feedback)
+    assert os.path.exists(result.model_path)
+    assert any("crops of 40 px are used" in w for w in feedback.warnings)
+
+
+def test_a_raster_narrower_than_the_smallest_crop_is_refused_naming_input(tmp_path):
+    path = str(tmp_path / "strip.tif")
+    with rasterio.open(path, "w", driver="GTiff", width=200, height=20, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 1, 1)) as dst:
+        dst.write(np.full((3, 20, 200), 90, np.uint8))
+    with pytest.raises(InputError, match="too small to pretrain") as err:
+        pretrain_encoder(path, str(tmp_path / "enc.satseg"), PretrainConfig(**TINY), "cpu")
+    assert err.value.parameter == "INPUT" and not (tmp_path / "enc.satseg").exists()
