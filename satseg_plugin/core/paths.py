@@ -14,7 +14,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
 
-__all__ = ["nearest_existing", "same_file_key", "check_outputs", "check_destinations"]
+__all__ = ["LAYER_SEPARATOR", "nearest_existing", "same_file_key", "check_outputs", "check_destinations"]
 
 PathsLike = Union[str, Sequence[str], None]
 
@@ -40,10 +40,23 @@ def _is_local(path: str) -> bool:
         ":" in path and not os.path.splitdrive(path)[0] and not path.startswith("/")))
 
 
+#: How a path names one layer of a GeoPackage (``a.gpkg|layername=b``, as QGIS writes layer sources).
+LAYER_SEPARATOR = "|layername="
+
+
+def _split_layer(key: str) -> Tuple[str, Optional[str]]:
+    path, _, layer = key.partition(LAYER_SEPARATOR)
+    return path, (layer or None)
+
+
 def same_file_key(path: str) -> str:
     """A key equal for two paths that name the same file: links, ``..`` and (where the disk ignores it) case
     resolved. Paths GDAL reads virtually (``/vsizip/...``, ``http://...``) and ``NETCDF:"a.nc":var``-style
-    names are keyed as written, since they cannot be an output file."""
+    names are keyed as written, since they cannot be an output file. One layer of a GeoPackage
+    (``a.gpkg|layername=b``) keeps its layer name, lower-cased as SQLite compares table names."""
+    path, layer = _split_layer(path)
+    if layer:
+        return same_file_key(path) + LAYER_SEPARATOR + layer.lower()
     if not _is_local(path):
         return path
     resolved = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
@@ -60,6 +73,12 @@ def _as_list(paths: PathsLike) -> Tuple[str, ...]:
     return tuple(p for p in paths if p)
 
 
+def _collide(a: str, b: str) -> bool:
+    """Whether two keys name the same data: the same file, unless both name different layers of it."""
+    (file_a, layer_a), (file_b, layer_b) = _split_layer(a), _split_layer(b)
+    return file_a == file_b and (layer_a is None or layer_b is None or layer_a == layer_b)
+
+
 def _inside(path_key: str, folder_key: str) -> bool:
     return path_key == folder_key or path_key.startswith(folder_key.rstrip(os.sep) + os.sep)
 
@@ -71,6 +90,8 @@ def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLi
     Args:
         inputs: parameter name -> the input path(s) it names (layers' files, model files, ...).
         outputs: parameter name -> the output path(s) it names (files or folders); empty ones are skipped.
+            ``a.gpkg|layername=b`` (in both) names one layer of a GeoPackage: an output layer may go into a
+            GeoPackage holding an input or another output as long as the layer names differ.
         cleared_folders: output parameter names whose folder the run replaces as a whole (OVERWRITE): any
             input inside such a folder is refused too.
 
@@ -86,16 +107,18 @@ def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLi
     for name, paths in outputs.items():
         for path in _as_list(paths):
             key = same_file_key(path)
-            if key in input_keys:
-                other, other_path = input_keys[key]
+            hit = next((value for k, value in input_keys.items() if _collide(key, k)), None)
+            if hit is not None:
+                other, other_path = hit
                 raise OutputError(f"the output '{path}' is the input {other} ('{other_path}'); SatSeg never writes "
                                   "over its inputs. Choose another output file name.", name)
-            if key in seen and seen[key] != name:
-                raise OutputError(f"the output '{path}' is also given as {seen[key]}; each output needs its own "
+            twin = next((n for k, n in seen.items() if n != name and _collide(key, k)), None)
+            if twin is not None:
+                raise OutputError(f"the output '{path}' is also given as {twin}; each output needs its own "
                                   "file. Choose another file name.", name)
             seen[key] = name
             if name in cleared:
-                inside = [(n, p) for k, (n, p) in input_keys.items() if _inside(k, key)]
+                inside = [(n, p) for k, (n, p) in input_keys.items() if _inside(_split_layer(k)[0], key)]
                 if inside:
                     other, other_path = inside[0]
                     raise OutputError(f"the folder '{path}' holds the input {other} ('{other_path}'), and "
@@ -132,7 +155,7 @@ def check_destinations(files: Mapping[str, PathsLike], folders: Optional[Mapping
     """
     for kind, named in (("file", files), ("folder", folders or {})):
         for name, paths in named.items():
-            for path in filter(_is_local, _as_list(paths)):
+            for path in filter(_is_local, (_split_layer(p)[0] for p in _as_list(paths))):
                 if kind == "file" and os.path.isdir(path):
                     raise OutputError(f"'{path}' is a folder. Choose a file name.", name)
                 if kind == "folder" and os.path.lexists(path) and not os.path.isdir(path):

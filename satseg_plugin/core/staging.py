@@ -33,6 +33,7 @@ import uuid
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from .errors import OutputError
+from .geopackage import write_layers
 
 __all__ = ["MARKER_NAME", "TEMP_PREFIX", "VECTOR_COMPANIONS", "StagedDirectory", "StagedFile", "Transaction", "current_transaction", "outputs_of",
            "readable_path", "remove_stale_temporaries", "stages_outputs", "use_transaction", "write_csv_rows"]
@@ -158,6 +159,7 @@ class Transaction:
     def __init__(self) -> None:
         self.run_id = uuid.uuid4().hex[:8]
         self._entries: Dict[str, _Entry] = {}
+        self._layers: Dict[Tuple[str, str], str] = {}
         self._temporaries: List[str] = []
         self._created: List[str] = []
         self._swept: Set[str] = set()
@@ -222,6 +224,19 @@ class Transaction:
         pairs = [(tmp, final)] if is_dir else _file_pairs(tmp, final, companions)
         self._entries[final] = _Entry(final, pairs, is_dir, check)
 
+    def stage_layer(self, final: str, layer: str, tmp: str) -> None:
+        """Record that the first layer of the GeoPackage ``tmp`` (complete and closed) becomes layer ``layer``
+        of the GeoPackage ``final`` on commit, as QGIS's "Save to GeoPackage" does: when ``final`` exists its
+        other layers stay and a layer of that name is replaced, inside one SQLite transaction (the file is never
+        replaced: QGIS may hold it open); else ``tmp`` becomes ``final``."""
+        final = os.path.abspath(final)
+        if not os.path.exists(tmp):
+            raise RuntimeError(f"nothing staged at {tmp}")
+        earlier = self._layers.pop((final, layer), None)
+        if earlier is not None and earlier != tmp:
+            _remove(earlier)
+        self._layers[(final, layer)] = tmp
+
     def staged_path(self, final: str) -> Optional[str]:
         """Where the output ``final`` is staged, or None when it is not (yet)."""
         entry = self._entries.get(os.path.abspath(final))
@@ -259,6 +274,15 @@ class Transaction:
                     if os.path.lexists(tmp):
                         os.replace(tmp, final)
                         placed.append((tmp, final))
+            # layers last: a GeoPackage written here cannot be moved back, so nothing may fail after it
+            for final in sorted({f for f, _layer in self._layers}):
+                layers = [(layer, tmp) for (f, layer), tmp in self._layers.items() if f == final]
+                if not os.path.lexists(final):  # a new GeoPackage: its first layer's file moves into place
+                    layer, tmp = layers.pop(0)
+                    os.replace(tmp, final)
+                    placed.append((tmp, final))
+                if layers:
+                    write_layers(final, layers)
         except OSError as exc:
             for tmp, final in reversed(placed):
                 with contextlib.suppress(OSError):
@@ -275,6 +299,9 @@ class Transaction:
                               "space.") from exc
         for _final, backup in aside:
             _remove(backup)
+        for tmp in self._layers.values():
+            _remove(tmp)
+        self._layers.clear()
         self._entries.clear()
         self._temporaries.clear()
         self._created.clear()
@@ -285,6 +312,9 @@ class Transaction:
         for entry in self._entries.values():
             for tmp, _final in entry.pairs:
                 _remove(tmp)
+        for tmp in self._layers.values():
+            _remove(tmp)
+        self._layers.clear()
         for tmp in self._temporaries:
             for path in _file_pairs(tmp, tmp, ()):
                 _remove(path[0])

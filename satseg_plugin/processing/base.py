@@ -27,6 +27,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -35,6 +36,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
@@ -47,12 +49,14 @@ from ..core.errors import CanceledError, OutputError, SatSegError
 from ..core.paths import check_destinations, check_outputs
 from ..core.staging import Transaction, use_transaction
 from .feedback import QgisFeedback
-from .layers import destination_path, layer_file, staged_sink
+from .layers import destination_layer, destination_path, layer_key, layered, staged_sink
 from .parameters import ModelFilesParameter, model_files_value
 
 #: Parameter types whose value names input files (layers are read through their source).
 _LAYER_INPUTS = (QgsProcessingParameterRasterLayer, QgsProcessingParameterVectorLayer,
                  QgsProcessingParameterFeatureSource, QgsProcessingParameterMapLayer)
+#: Destination types that may name one layer of a GeoPackage (written into it, its other layers kept).
+_VECTOR_OUTPUTS = (QgsProcessingParameterFeatureSink, QgsProcessingParameterVectorDestination)
 
 __all__ = ["SatSegAlgorithm", "GROUPS", "ICON_PATH", "PROVIDER_ID", "group_icon_path"]
 
@@ -199,7 +203,8 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
         return staged_sink(super().parameterAsSink, parameters, name, context, *args)
 
     def input_files(self, parameters: Dict[str, Any], context: QgsProcessingContext) -> Dict[str, List[str]]:
-        """Parameter name -> the files its layers or file values read (what no output may overwrite)."""
+        """Parameter name -> the files its layers or file values read (what no output may overwrite); a layer of
+        a GeoPackage as ``path|layername=name`` (:func:`.layers.layer_key`)."""
         inputs: Dict[str, List[str]] = {}
         for definition in self.parameterDefinitions():
             name = definition.name()
@@ -213,9 +218,9 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
                 if definition.layerType() == QgsProcessing.TypeFile:
                     paths = self.parameterAsFileList(parameters, name, context)
                 else:
-                    paths = [layer_file(layer) for layer in self.parameterAsLayerList(parameters, name, context)]
+                    paths = [layer_key(layer) for layer in self.parameterAsLayerList(parameters, name, context)]
             elif isinstance(definition, _LAYER_INPUTS):
-                paths = [layer_file(self.parameterAsLayer(parameters, name, context))]
+                paths = [layer_key(self.parameterAsLayer(parameters, name, context))]
             else:
                 continue
             inputs[name] = [p for p in paths if p]
@@ -238,6 +243,8 @@ class SatSegAlgorithm(QgsProcessingAlgorithm):
                                                          "{}.").format(name, value, definition.defaultValue() or 1))
             elif definition.isDestination():
                 path = destination_path(parameters.get(name), context)
+                if isinstance(definition, _VECTOR_OUTPUTS):  # one layer of a GeoPackage: its other layers stay
+                    path = layered(path, destination_layer(parameters.get(name), context))
                 if path:
                     is_folder = isinstance(definition, QgsProcessingParameterFolderDestination)
                     (folders if is_folder else files)[name] = path

@@ -20,7 +20,8 @@ from qgis.core import (
 from ..core.progress import Feedback
 
 __all__ = ["raster_path", "raster_paths", "qgis_crs", "source_to_shapely", "source_to_labels", "write_polygons",
-           "write_features", "layer_file", "destination_path", "staged_sink"]
+           "write_features", "layer_file", "layer_key", "destination_path", "destination_layer", "layered",
+           "staged_sink"]
 
 
 def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
@@ -40,6 +41,16 @@ def raster_path(layer: QgsRasterLayer, parameter: str) -> str:
     if not os.path.exists(path) and ":" not in path:
         raise QgsProcessingException(f"{parameter}: raster file '{path}' does not exist.")
     return path
+
+
+def layer_key(layer) -> Optional[str]:
+    """The file a layer is read from, as ``path|layername=name`` when it is one layer of a GeoPackage (what an
+    output may not overwrite; other layers of that GeoPackage may be written)."""
+    path = layer_file(layer)
+    if not path or not path.lower().endswith(".gpkg") or layer.providerType() != "ogr":
+        return path
+    parts: Dict[str, Any] = QgsProviderRegistry.instance().decodeUri("ogr", layer.source())
+    return layered(path, parts.get("layerName") or None)
 
 
 def layer_file(layer) -> Optional[str]:
@@ -70,12 +81,45 @@ def destination_path(value: Any, context: QgsProcessingContext) -> Optional[str]
     return os.path.abspath(text.split("|")[0])
 
 
+def destination_layer(value: Any, context: QgsProcessingContext) -> Optional[str]:
+    """The layer a vector destination names inside a GeoPackage (``ogr:dbname='a.gpkg' table="b"``, what QGIS's
+    "Save to GeoPackage..." gives, or ``a.gpkg|layername=b``); None when it names a whole file."""
+    from qgis.core import QgsDataSourceUri, QgsProcessingOutputLayerDefinition, QgsProperty
+
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        value = value.sink
+    if isinstance(value, QgsProperty):
+        value = value.valueAsString(context.expressionContext(), "")[0]
+    text = str(value or "")
+    if text.startswith("ogr:"):
+        uri = QgsDataSourceUri(text[4:])
+        layer = uri.table() if uri.database().lower().endswith(".gpkg") else ""
+    else:
+        path, _, options = text.partition("|")
+        layer = ""
+        if path.lower().endswith(".gpkg"):
+            for option in options.split("|"):
+                key, _, name = option.partition("=")
+                if key.strip().lower() == "layername":
+                    layer = name.strip()
+    return layer or None
+
+
+def layered(path: Optional[str], layer: Optional[str]) -> Optional[str]:
+    """``path|layername=layer`` (one layer of a GeoPackage, as :mod:`~satseg_plugin.core.paths` compares
+    them), or ``path`` when no layer is named."""
+    from ..core.paths import LAYER_SEPARATOR
+
+    return f"{path}{LAYER_SEPARATOR}{layer}" if path and layer else path
+
+
 def staged_sink(create_sink, parameters: Dict[str, Any], key: str, context: QgsProcessingContext, *args):
     """``create_sink(parameters, key, context, *args)`` (``parameterAsSink``), writing to a temporary file of
     the current run's transaction (:mod:`~satseg_plugin.core.staging`) that it moves into place on commit.
 
-    A GeoPackage layer keeps the final file's name; the returned id, and the entry Processing loads on
-    completion, name the final file. Temporary and memory outputs, appends to existing layers, and calls
+    A GeoPackage layer is named as the destination asks (:func:`destination_layer`: written into the existing
+    file on commit, its other layers kept, as QGIS's own algorithms do), else after the final file, which it
+    replaces; the returned id, and the entry Processing loads on completion, name the final file. Temporary and memory outputs, appends to existing layers, and calls
     outside a run are created as asked.
     """
     from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
@@ -92,12 +136,17 @@ def staged_sink(create_sink, parameters: Dict[str, Any], key: str, context: QgsP
     staged = QgsProcessingOutputLayerDefinition(value) if isinstance(value, QgsProcessingOutputLayerDefinition) \
         else QgsProcessingOutputLayerDefinition(tmp)
     staged.sink = QgsProperty.fromValue(tmp)
-    if extension in (".gpkg", ".sqlite"):  # the layer inside is named after the final file, not the temporary one
-        staged.createOptions = dict(staged.createOptions, layerName=os.path.splitext(os.path.basename(final))[0])
+    layer = destination_layer(value, context)
+    if extension in (".gpkg", ".sqlite"):  # the layer inside is named as asked or after the final file
+        staged.createOptions = dict(staged.createOptions,
+                                    layerName=layer or os.path.splitext(os.path.basename(final))[0])
     sink, dest_id = create_sink(dict(parameters, **{key: staged}), key, context, *args)
     if sink is None:
         return sink, dest_id
-    run.stage(final, tmp, companions=VECTOR_COMPANIONS.get(extension, ()))
+    if layer:  # one layer of a GeoPackage: written into it on commit, its other layers kept
+        run.stage_layer(final, layer, tmp)
+    else:
+        run.stage(final, tmp, companions=VECTOR_COMPANIONS.get(extension, ()))
     final_id = dest_id.replace(tmp, final)
     if context.willLoadLayerOnCompletion(dest_id):
         layers = context.layersToLoadOnCompletion()

@@ -100,6 +100,61 @@ def test_staged_shapefile_moves_in_with_its_companions(run_alg, scene, seg_model
     assert QgsVectorLayer(result["OUTPUT_POLYGONS"]).featureCount() == result["POLYGON_COUNT"] >= 1
 
 
+def other_layers_gpkg(path):
+    """A GeoPackage holding a user's layer ("roads", one line) that an output layer must leave alone."""
+    from osgeo import ogr
+
+    data = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    roads = data.CreateLayer("roads", geom_type=ogr.wkbLineString)
+    feature = ogr.Feature(roads.GetLayerDefn())
+    feature.SetGeometry(ogr.CreateGeometryFromWkt("LINESTRING (500000 4000000, 500010 4000010)"))
+    roads.CreateFeature(feature)
+    data = None
+
+
+def gpkg_layers(path):
+    """``{layer name: feature count}`` of a GeoPackage."""
+    from osgeo import ogr
+
+    data = ogr.Open(path)
+    return {data.GetLayer(i).GetName(): data.GetLayer(i).GetFeatureCount() for i in range(data.GetLayerCount())}
+
+
+def test_an_output_layer_goes_into_an_existing_geopackage_keeping_its_other_layers(run_alg, scene, seg_model,
+                                                                                  tmp_path):
+    # "Save to GeoPackage..." in the toolbox gives ogr:dbname=... table=...; before, the staged file replaced the
+    # whole GeoPackage: the user's other layers were lost and the layer name ignored
+    path = str(tmp_path / "project.gpkg")
+    other_layers_gpkg(path)
+    result = run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, THRESHOLD=0.01,
+                     OUTPUT_POLYGONS=f"ogr:dbname='{path}' table=\"buildings\" (geom)"))
+    assert result["OUTPUT_POLYGONS"] == f"{path}|layername=buildings"
+    assert gpkg_layers(path) == {"roads": 1, "buildings": result["POLYGON_COUNT"]} and result["POLYGON_COUNT"] >= 1
+    # the same layer again, as a script writes it: replaced, and the other layer still there
+    again = run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, THRESHOLD=0.9,
+                    OUTPUT_POLYGONS=f"{path}|layername=buildings"))
+    assert again["POLYGON_COUNT"] != result["POLYGON_COUNT"]
+    assert gpkg_layers(path) == {"roads": 1, "buildings": again["POLYGON_COUNT"]} and not leftovers(tmp_path)
+    # a new GeoPackage named with a layer gets that layer
+    fresh = run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, THRESHOLD=0.01,
+                    OUTPUT_POLYGONS=f"{tmp_path / 'new.gpkg'}|layername=houses"))
+    assert gpkg_layers(str(tmp_path / "new.gpkg")) == {"houses": fresh["POLYGON_COUNT"]}
+
+
+def test_a_canceled_run_leaves_the_geopackage_it_would_write_a_layer_into_unchanged(run_alg, scene, seg_model,
+                                                                                    tmp_path):
+    path = str(tmp_path / "project.gpkg")
+    other_layers_gpkg(path)
+    run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path,
+                                                   OUTPUT_POLYGONS=f"{path}|layername=buildings"))
+    before = digest(tmp_path)
+    with pytest.raises(QgsProcessingException, match="Canceled"):
+        run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, TILE_SIZE=32,
+                                                       MIN_AREA=5.0, OUTPUT_POLYGONS=f"{path}|layername=buildings"),
+                feedback=CancelAt(86))
+    assert digest(tmp_path) == before and not leftovers(tmp_path)
+
+
 # 1. an output equal to the input
 
 @pytest.mark.parametrize("alg,key", [("satseg:segmentraster", "OUTPUT_PROBABILITY"), ("satseg:segmentraster",

@@ -158,3 +158,22 @@ def test_qgis_process_runs_exportrle(qgis_process, rasters, tmp_path):
     results = parse_json_output(run.stdout)["results"]
     assert results["TILE_COUNT"] == 12 and results["OUTPUT"] == csv_path
     assert Path(csv_path).read_text().splitlines()[1].startswith("qp_r0000_c0000,")
+
+
+def test_a_table_may_go_into_the_reference_geopackage_but_never_over_the_reference_layer(run_alg, rasters,
+                                                                                          tmp_path):
+    from qgis.core import QgsProcessingException
+
+    pred_path = rasters[0]
+    path = str(tmp_path / "buildings.gpkg")
+    polygon_layer(path, BOXES)
+    reference = f"{path}|layername=buildings"
+    before = QgsVectorLayer(reference, "ref", "ogr").featureCount()
+    params = {"PREDICTION": pred_path, "REFERENCE_POLYGONS": reference, "TILE_SIZE": 16}
+    result = run_alg("satseg:evaluatesegmentation", dict(params, OUTPUT_TABLE=f"{path}|layername=metrics"))
+    assert QgsVectorLayer(result["OUTPUT_TABLE"], "m", "ogr").featureCount() > 0
+    assert QgsVectorLayer(reference, "ref", "ogr").featureCount() == before == len(BOXES)
+    for table in (f"{path}|layername=Buildings", path):  # the reference layer itself, or the whole file
+        with pytest.raises(QgsProcessingException, match="OUTPUT_TABLE.*never writes over its inputs"):
+            run_alg("satseg:evaluatesegmentation", dict(params, OUTPUT_TABLE=table))
+    assert QgsVectorLayer(reference, "ref", "ogr").featureCount() == before

@@ -52,3 +52,21 @@ def test_distinct_paths_virtual_and_empty_ones_pass(tmp_path):
     check_outputs({"INPUT": source, "MODEL": ["/vsizip/m.zip/m.satseg"], "MASK": None},
                   {"OUTPUT": str(tmp_path / "b.tif"), "OUTPUT_POLYGONS": "", "OUTPUT_MASK": None})
     assert same_file_key("/vsicurl/http://x/a.tif") == "/vsicurl/http://x/a.tif"
+
+
+def test_layers_of_one_geopackage_are_told_apart(tmp_path):
+    gpkg = touch(tmp_path / "project.gpkg")
+    labels = f"{gpkg}|layername=labels"
+    check_outputs({"LABELS": labels}, {"OUTPUT": f"{gpkg}|layername=buildings"})  # another layer: fine
+    check_outputs({}, {"A": f"{gpkg}|layername=a", "B": f"{gpkg}|layername=b"})
+    for output in (f"{gpkg}|layername=Labels", gpkg):  # the input layer itself (SQLite ignores case), whole file
+        with pytest.raises(OutputError, match="never writes over its inputs") as err:
+            check_outputs({"LABELS": labels}, {"OUTPUT": output})
+        assert err.value.parameter == "OUTPUT"
+    with pytest.raises(OutputError, match="never writes over its inputs"):  # an input read as the whole file
+        check_outputs({"LABELS": gpkg}, {"OUTPUT": f"{gpkg}|layername=buildings"})
+    with pytest.raises(OutputError, match="also given as A"):
+        check_outputs({}, {"A": gpkg, "B": f"{gpkg}|layername=b"})
+    link = tmp_path / "link.gpkg"
+    os.symlink(gpkg, link)
+    assert same_file_key(f"{link}|layername=X") == same_file_key(f"{gpkg}|layername=x")

@@ -259,3 +259,84 @@ def test_destinations_in_an_unwritable_folder_are_refused(unwritable_dir):
 
     with pytest.raises(OutputError, match="OUTPUT: .*not writable"):
         check_destinations({"OUTPUT": os.path.join(unwritable_dir, "a.tif")})
+
+
+def gpkg(path, layer, count, geometry="POINT (1 2)"):
+    """A GeoPackage with one layer of ``count`` features (a ``v`` field numbering them)."""
+    from osgeo import ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    data = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    target = data.CreateLayer(layer, srs, ogr.wkbPoint)
+    target.CreateField(ogr.FieldDefn("v", ogr.OFTInteger))
+    for i in range(count):
+        feature = ogr.Feature(target.GetLayerDefn())
+        feature.SetField("v", i)
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(geometry))
+        target.CreateFeature(feature)
+    data = None
+    return str(path)
+
+
+def layers_of(path):
+    """``{layer: (feature count, field values of v, EPSG code)}``."""
+    from osgeo import ogr
+
+    data = ogr.Open(str(path))
+    found = {}
+    for i in range(data.GetLayerCount()):
+        layer = data.GetLayer(i)
+        found[layer.GetName()] = (layer.GetFeatureCount(), [f.GetField("v") for f in layer] if
+                                  layer.GetLayerDefn().GetFieldIndex("v") >= 0 else None,
+                                  layer.GetSpatialRef().GetAuthorityCode(None))
+    return found
+
+
+def test_a_staged_layer_goes_into_an_existing_geopackage_and_keeps_its_other_layers(tmp_path):
+    pytest.importorskip("osgeo.ogr")
+    final = gpkg(tmp_path / "project.gpkg", "roads", 2)
+    with Transaction() as run:
+        run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
+        run.commit()
+    assert layers_of(final) == {"roads": (2, [0, 1], "32633"), "buildings": (3, [0, 1, 2], "32633")}
+    with Transaction() as run:  # the same layer again: replaced, not appended to
+        run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 1))
+        run.commit()
+    assert layers_of(final) == {"roads": (2, [0, 1], "32633"), "buildings": (1, [0], "32633")}
+    assert not temporaries(tmp_path)
+
+
+def test_staged_layers_of_a_new_geopackage_all_arrive(tmp_path):
+    pytest.importorskip("osgeo.ogr")
+    final = str(tmp_path / "new.gpkg")
+    with Transaction() as run:
+        run.stage_layer(final, "tracks", gpkg(run.temporary_file(final), "tracks", 2))
+        run.stage_layer(final, "events", gpkg(run.temporary_file(final), "x", 4))
+        run.commit()
+    assert {k: v[0] for k, v in layers_of(final).items()} == {"tracks": 2, "events": 4}
+    assert not temporaries(tmp_path)
+
+
+def test_a_failed_or_unwritable_layer_leaves_the_geopackage_and_every_other_output_as_they_were(tmp_path):
+    pytest.importorskip("osgeo.ogr")
+    previous_outputs(tmp_path)
+    final = gpkg(tmp_path / "project.gpkg", "roads", 2)
+    before = snapshot(tmp_path)
+    with pytest.raises(RuntimeError):  # the run fails before its commit
+        with Transaction() as run:
+            stage_new_outputs(tmp_path, run)
+            run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
+            raise RuntimeError("engine failed")
+    assert snapshot(tmp_path) == before and not temporaries(tmp_path)
+    (tmp_path / "notes.gpkg").write_text("not a GeoPackage")
+    before = snapshot(tmp_path)
+    with Transaction() as run:  # the commit fails at the layer (after the files moved in): all moved back
+        stage_new_outputs(tmp_path, run)
+        run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
+        notes = str(tmp_path / "notes.gpkg")
+        run.stage_layer(notes, "buildings", gpkg(run.temporary_file(notes), "x", 3))
+        with pytest.raises(OutputError, match="previous outputs were left as they were"):
+            run.commit()
+    # GeoPackages are written in name order, so notes.gpkg failed before project.gpkg was touched
+    assert snapshot(tmp_path) == before and not temporaries(tmp_path)

@@ -1,0 +1,77 @@
+"""Writing layers into an existing GeoPackage without replacing the file (what a staged output layer becomes at
+commit, :meth:`~satseg_plugin.core.staging.Transaction.stage_layer`)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Tuple
+
+__all__ = ["write_layers"]
+
+
+def write_layers(path: str, layers: Sequence[Tuple[str, str]]) -> None:
+    """Write the first layer of each GeoPackage ``tmp`` of ``layers`` (``(layer name, tmp)``) into the existing
+    GeoPackage ``path`` as that layer, replacing a layer of the same name, all in one SQLite transaction: the
+    other layers, and on any failure the whole file, stay as they were.
+
+    Hand-written because GDAL's ``CopyLayer`` opens a transaction of its own (it fails inside ours) and
+    ``ogr2ogr -overwrite`` deletes the old layer outside its transaction.
+
+    Raises:
+        OSError: the file could not be opened for writing (busy, read-only) or a write failed; nothing changed.
+    """
+    from osgeo import gdal, ogr  # lazy: GDAL's own bindings, as QGIS ships them
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        target = ogr.Open(path, 1)
+        if target is None or target.StartTransaction() != 0:
+            raise OSError(f"cannot open the GeoPackage '{path}' for writing ({gdal.GetLastErrorMsg() or 'busy'}); "
+                          "is a layer of it being edited in QGIS?")
+        try:
+            for name, tmp in layers:
+                source = ogr.Open(tmp)
+                if source is None or source.GetLayerCount() < 1:
+                    raise OSError(f"the staged layer '{tmp}' cannot be read")
+                _copy_layer(target, source.GetLayer(0), name)
+                source = None
+            if target.CommitTransaction() != 0:
+                raise OSError(gdal.GetLastErrorMsg() or "the transaction could not be committed")
+        except BaseException:
+            target.RollbackTransaction()
+            raise
+        finally:
+            target = None  # closes the file
+    finally:
+        gdal.PopErrorHandler()
+
+
+def _copy_layer(target: Any, source: Any, name: str) -> None:
+    """Replace (or create) layer ``name`` of the open GeoPackage ``target`` with a copy of layer ``source``."""
+    from osgeo import gdal, ogr
+
+    def failed(what: str) -> OSError:
+        return OSError(f"could not {what} layer '{name}' ({gdal.GetLastErrorMsg() or 'GDAL error'})")
+
+    for index in range(target.GetLayerCount()):
+        if target.GetLayer(index).GetName() == name:
+            if target.DeleteLayer(index) != 0:
+                raise failed("replace")
+            break
+    options = [f"GEOMETRY_NAME={source.GetGeometryColumn() or 'geom'}", f"FID={source.GetFIDColumn() or 'fid'}"]
+    layer = target.CreateLayer(name, source.GetSpatialRef(), source.GetGeomType(), options)
+    if layer is None:
+        raise failed("create")
+    definition = source.GetLayerDefn()
+    for i in range(definition.GetFieldCount()):
+        if layer.CreateField(definition.GetFieldDefn(i)) != 0:
+            raise failed("create the fields of")
+    copied = 0
+    for feature in source:
+        out = ogr.Feature(layer.GetLayerDefn())
+        out.SetFrom(feature)
+        out.SetFID(feature.GetFID())
+        if layer.CreateFeature(out) != 0:
+            raise failed("write the features of")
+        copied += 1
+    if copied != source.GetFeatureCount():
+        raise failed("copy every feature of")
