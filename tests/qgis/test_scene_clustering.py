@@ -63,6 +63,12 @@ def test_annotation_layer_is_styled_with_a_drop_down(qgis_app, tmp_path):
     project.clear()
     with pytest.raises(QgsProcessingException, match="CLASSES"):
         processing.run("satseg:createannotationlayer", {"CLASSES": " , ", "OUTPUT": str(tmp_path / "x.gpkg")})
+    # a layer inside an existing GeoPackage ("Save to GeoPackage..."): refused, the GeoPackage left as it was
+    before = open(result["OUTPUT"], "rb").read()
+    for output in (f"ogr:dbname='{result['OUTPUT']}' table=\"more\" (geom)", f"{result['OUTPUT']}|layername=more"):
+        with pytest.raises(QgsProcessingException, match="OUTPUT: an annotation layer is a GeoPackage of its own"):
+            processing.run("satseg:createannotationlayer", {"CLASSES": "a", "CRS": "EPSG:32633", "OUTPUT": output})
+    assert open(result["OUTPUT"], "rb").read() == before
 
 
 def test_labelled_patches_carry_soft_labels(chain):

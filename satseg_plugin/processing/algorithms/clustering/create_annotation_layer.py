@@ -21,7 +21,7 @@ from qgis.core import (
 from ....core.staging import StagedFile
 from ...base import SatSegAlgorithm
 from ...feedback import QgisFeedback
-from ...layers import qgs_field
+from ...layers import destination_layer, qgs_field
 from ...parameters import DEFAULT_CLASSES, parse_classes
 from ...styling import apply_annotation_style_on_load, style_annotation_layer
 
@@ -74,6 +74,10 @@ class CreateAnnotationLayerAlgorithm(SatSegAlgorithm):
         if not crs.isValid():
             raise QgsProcessingException(f"{self.CRS}: choose the CRS to draw in (e.g. the raster's); the project "
                                          "has none.")
+        if destination_layer(parameters.get(self.OUTPUT), context):
+            raise QgsProcessingException(f"{self.OUTPUT}: an annotation layer is a GeoPackage of its own (it keeps "
+                                         "its style and drop-down inside); give a new file name ending in .gpkg "
+                                         "rather than a layer inside an existing GeoPackage.")
         path = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not path.lower().endswith(".gpkg"):
             raise QgsProcessingException(f"{self.OUTPUT}: annotation layers are GeoPackages (they keep their style "
