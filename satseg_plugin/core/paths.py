@@ -110,8 +110,9 @@ def check_outputs(inputs: Mapping[str, PathsLike], outputs: Mapping[str, PathsLi
             hit = next((value for k, value in input_keys.items() if _collide(key, k)), None)
             if hit is not None:
                 other, other_path = hit
+                what = "file or layer name" if _split_layer(key)[1] else "file name"
                 raise OutputError(f"the output '{path}' is the input {other} ('{other_path}'); SatSeg never writes "
-                                  "over its inputs. Choose another output file name.", name)
+                                  f"over its inputs. Choose another output {what}.", name)
             twin = next((n for k, n in seen.items() if n != name and _collide(key, k)), None)
             if twin is not None:
                 raise OutputError(f"the output '{path}' is also given as {twin}; each output needs its own "
