@@ -26,7 +26,11 @@ system-packages:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+# PyTorch with CUDA makes the venv about 6 GB: a first install checks the space before pip fills the disk.
+INSTALL_GB := 7
+
 $(STAMP): requirements.txt
+	@test -x $(PY) && $(PY) -c 'import torch' 2>/dev/null || $(SYS_PY) -c 'import shutil, sys; free = shutil.disk_usage(".").free / 2**30; sys.exit(0 if free >= $(INSTALL_GB) else f"make: installing needs about $(INSTALL_GB) GB free here (PyTorch with CUDA), only {free:.1f} GB are. Free some space and run make again.")'
 	@test -x $(PY) || $(SYS_PY) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) scripts/check_env.py
