@@ -3,45 +3,53 @@ commit, :meth:`~satseg_plugin.core.staging.Transaction.stage_layer`)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+from typing import Any, Mapping, Sequence, Tuple
 
 __all__ = ["write_layers"]
 
 
-def write_layers(path: str, layers: Sequence[Tuple[str, str]]) -> None:
-    """Write the first layer of each GeoPackage ``tmp`` of ``layers`` (``(layer name, tmp)``) into the existing
-    GeoPackage ``path`` as that layer, replacing a layer of the same name, all in one SQLite transaction: the
-    other layers, and on any failure the whole file, stay as they were.
+def write_layers(layers: Mapping[str, Sequence[Tuple[str, str]]]) -> None:
+    """Write staged layers into existing GeoPackages: for each GeoPackage path of ``layers``, the first layer of
+    each staged GeoPackage ``tmp`` of its ``(layer name, tmp)`` pairs becomes that layer, replacing a layer of
+    the same name; the other layers stay as they were.
+
+    Every GeoPackage gets one SQLite transaction, and all of them are written before any is committed: a failed
+    open or write rolls every one back, so all files stay as they were. Only a failed commit after an earlier
+    GeoPackage's commit went through (the disk filling up in between) leaves that earlier one written.
 
     Hand-written because GDAL's ``CopyLayer`` opens a transaction of its own (it fails inside ours) and
     ``ogr2ogr -overwrite`` deletes the old layer outside its transaction.
 
     Raises:
-        OSError: the file could not be opened for writing (busy, read-only) or a write failed; nothing changed.
+        OSError: a file could not be opened for writing (busy, read-only) or a write failed.
     """
     from osgeo import gdal, ogr  # lazy: GDAL's own bindings, as QGIS ships them
 
     gdal.PushErrorHandler("CPLQuietErrorHandler")
+    targets = []
     try:
-        target = ogr.Open(path, 1)
-        if target is None or target.StartTransaction() != 0:
-            raise OSError(f"cannot open the GeoPackage '{path}' for writing ({gdal.GetLastErrorMsg() or 'busy'}); "
-                          "is a layer of it being edited in QGIS?")
         try:
-            for name, tmp in layers:
-                source = ogr.Open(tmp)
-                if source is None or source.GetLayerCount() < 1:
-                    raise OSError(f"the staged layer '{tmp}' cannot be read")
-                _copy_layer(target, source.GetLayer(0), name)
-                source = None
-            if target.CommitTransaction() != 0:
-                raise OSError(gdal.GetLastErrorMsg() or "the transaction could not be committed")
+            for path in sorted(layers):
+                target = ogr.Open(path, 1)
+                if target is None or target.StartTransaction() != 0:
+                    raise OSError(f"cannot open the GeoPackage '{path}' for writing "
+                                  f"({gdal.GetLastErrorMsg() or 'busy'}); is a layer of it being edited in QGIS?")
+                targets.append(target)
+                for name, tmp in layers[path]:
+                    source = ogr.Open(tmp)
+                    if source is None or source.GetLayerCount() < 1:
+                        raise OSError(f"the staged layer '{tmp}' cannot be read")
+                    _copy_layer(target, source.GetLayer(0), name)
+                    source = None
         except BaseException:
-            target.RollbackTransaction()
+            for target in targets:
+                target.RollbackTransaction()
             raise
-        finally:
-            target = None  # closes the file
+        for path, target in zip(sorted(layers), targets):
+            if target.CommitTransaction() != 0:
+                raise OSError(f"could not commit the layers of '{path}' ({gdal.GetLastErrorMsg() or 'GDAL error'})")
     finally:
+        targets.clear()  # closes the files
         gdal.PopErrorHandler()
 
 

@@ -275,14 +275,15 @@ class Transaction:
                         os.replace(tmp, final)
                         placed.append((tmp, final))
             # layers last: a GeoPackage written here cannot be moved back, so nothing may fail after it
-            for final in sorted({f for f, _layer in self._layers}):
-                layers = [(layer, tmp) for (f, layer), tmp in self._layers.items() if f == final]
+            into: Dict[str, List[Tuple[str, str]]] = {}
+            for (final, layer), tmp in self._layers.items():
                 if not os.path.lexists(final):  # a new GeoPackage: its first layer's file moves into place
-                    layer, tmp = layers.pop(0)
                     os.replace(tmp, final)
                     placed.append((tmp, final))
-                if layers:
-                    write_layers(final, layers)
+                else:
+                    into.setdefault(final, []).append((layer, tmp))
+            if into:
+                write_layers(into)
         except OSError as exc:
             for tmp, final in reversed(placed):
                 with contextlib.suppress(OSError):

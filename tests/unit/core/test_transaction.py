@@ -329,14 +329,14 @@ def test_a_failed_or_unwritable_layer_leaves_the_geopackage_and_every_other_outp
             run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
             raise RuntimeError("engine failed")
     assert snapshot(tmp_path) == before and not temporaries(tmp_path)
-    (tmp_path / "notes.gpkg").write_text("not a GeoPackage")
+    (tmp_path / "zz_notes.gpkg").write_text("not a GeoPackage")
     before = snapshot(tmp_path)
     with Transaction() as run:  # the commit fails at the layer (after the files moved in): all moved back
         stage_new_outputs(tmp_path, run)
         run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
-        notes = str(tmp_path / "notes.gpkg")
+        notes = str(tmp_path / "zz_notes.gpkg")
         run.stage_layer(notes, "buildings", gpkg(run.temporary_file(notes), "x", 3))
         with pytest.raises(OutputError, match="previous outputs were left as they were"):
             run.commit()
-    # GeoPackages are written in name order, so notes.gpkg failed before project.gpkg was touched
+    # project.gpkg was written first, in a transaction rolled back when zz_notes.gpkg failed
     assert snapshot(tmp_path) == before and not temporaries(tmp_path)
