@@ -3,6 +3,7 @@ commit, :meth:`~satseg_plugin.core.staging.Transaction.stage_layer`)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence, Tuple
 
 __all__ = ["write_layers"]
@@ -19,6 +20,9 @@ def write_layers(layers: Mapping[str, Sequence[Tuple[str, str]]]) -> None:
 
     Hand-written because GDAL's ``CopyLayer`` opens a transaction of its own (it fails inside ours) and
     ``ogr2ogr -overwrite`` deletes the old layer outside its transaction.
+
+    Works whether or not GDAL's Python exceptions are on (``gdal.UseExceptions()`` is process-wide, and other
+    plugins turn it on): either way a failure ends as an OSError.
 
     Raises:
         OSError: a file could not be opened for writing (busy, read-only) or a write failed.
@@ -41,12 +45,19 @@ def write_layers(layers: Mapping[str, Sequence[Tuple[str, str]]]) -> None:
                         raise OSError(f"the staged layer '{tmp}' cannot be read")
                     _copy_layer(target, source.GetLayer(0), name)
                     source = None
-        except BaseException:
+        except BaseException as exc:
             for target in targets:
-                target.RollbackTransaction()
+                with contextlib.suppress(RuntimeError):
+                    target.RollbackTransaction()
+            if isinstance(exc, RuntimeError):  # GDAL's exceptions, when the process turned them on
+                raise OSError(str(exc)) from exc
             raise
         for path, target in zip(sorted(layers), targets):
-            if target.CommitTransaction() != 0:
+            try:
+                committed = target.CommitTransaction() == 0
+            except RuntimeError:
+                committed = False
+            if not committed:
                 raise OSError(f"could not commit the layers of '{path}' ({gdal.GetLastErrorMsg() or 'GDAL error'})")
     finally:
         targets.clear()  # closes the files

@@ -261,6 +261,21 @@ def test_destinations_in_an_unwritable_folder_are_refused(unwritable_dir):
         check_destinations({"OUTPUT": os.path.join(unwritable_dir, "a.tif")})
 
 
+@pytest.fixture(params=[False, True], ids=["gdal-return-codes", "gdal-exceptions"])
+def gdal_exceptions(request):
+    """GDAL's Python exceptions off, then on (process-wide: another plugin may have turned them on)."""
+    pytest.importorskip("osgeo.gdal")
+    from osgeo import gdal, ogr, osr
+
+    modules = (gdal, ogr, osr)  # one switch per module before GDAL 3.7
+    was = [m.GetUseExceptions() for m in modules]
+    for module in modules:
+        (module.UseExceptions if request.param else module.DontUseExceptions)()
+    yield request.param
+    for module, on in reversed(list(zip(modules, was))):  # GDAL keeps the modules' handlers on a stack
+        (module.UseExceptions if on else module.DontUseExceptions)()
+
+
 def gpkg(path, layer, count, geometry="POINT (1 2)"):
     """A GeoPackage with one layer of ``count`` features (a ``v`` field numbering them)."""
     from osgeo import ogr, osr
@@ -293,8 +308,7 @@ def layers_of(path):
     return found
 
 
-def test_a_staged_layer_goes_into_an_existing_geopackage_and_keeps_its_other_layers(tmp_path):
-    pytest.importorskip("osgeo.ogr")
+def test_a_staged_layer_goes_into_an_existing_geopackage_and_keeps_its_other_layers(tmp_path, gdal_exceptions):
     final = gpkg(tmp_path / "project.gpkg", "roads", 2)
     with Transaction() as run:
         run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 3))
@@ -307,8 +321,7 @@ def test_a_staged_layer_goes_into_an_existing_geopackage_and_keeps_its_other_lay
     assert not temporaries(tmp_path)
 
 
-def test_staged_layers_of_a_new_geopackage_all_arrive(tmp_path):
-    pytest.importorskip("osgeo.ogr")
+def test_staged_layers_of_a_new_geopackage_all_arrive(tmp_path, gdal_exceptions):
     final = str(tmp_path / "new.gpkg")
     with Transaction() as run:
         run.stage_layer(final, "tracks", gpkg(run.temporary_file(final), "tracks", 2))
@@ -318,8 +331,8 @@ def test_staged_layers_of_a_new_geopackage_all_arrive(tmp_path):
     assert not temporaries(tmp_path)
 
 
-def test_a_failed_or_unwritable_layer_leaves_the_geopackage_and_every_other_output_as_they_were(tmp_path):
-    pytest.importorskip("osgeo.ogr")
+def test_a_failed_or_unwritable_layer_leaves_the_geopackage_and_every_other_output_as_they_were(tmp_path,
+                                                                                            gdal_exceptions):
     previous_outputs(tmp_path)
     final = gpkg(tmp_path / "project.gpkg", "roads", 2)
     before = snapshot(tmp_path)
