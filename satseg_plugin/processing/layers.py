@@ -62,16 +62,23 @@ def layer_file(layer) -> Optional[str]:
     return path if path and os.path.exists(path) else None
 
 
-def destination_path(value: Any, context: QgsProcessingContext) -> Optional[str]:
-    """The file or folder a destination parameter's value names; None for temporary and memory outputs, which
-    Processing places itself."""
-    from qgis.core import QgsDataSourceUri, QgsProcessing, QgsProcessingOutputLayerDefinition, QgsProperty
+def _destination_text(value: Any, context: QgsProcessingContext) -> str:
+    """A destination parameter's value as the text it names (a path, ``ogr:...`` or ``memory:``)."""
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
 
     if isinstance(value, QgsProcessingOutputLayerDefinition):
         value = value.sink
     if isinstance(value, QgsProperty):
         value = value.valueAsString(context.expressionContext(), "")[0]
-    text = str(value or "")
+    return str(value or "")
+
+
+def destination_path(value: Any, context: QgsProcessingContext) -> Optional[str]:
+    """The file or folder a destination parameter's value names; None for temporary and memory outputs, which
+    Processing places itself."""
+    from qgis.core import QgsDataSourceUri, QgsProcessing
+
+    text = _destination_text(value, context)
     if not text or text == QgsProcessing.TEMPORARY_OUTPUT or text.startswith("memory:"):
         return None
     if text.startswith("ogr:"):
@@ -84,25 +91,20 @@ def destination_path(value: Any, context: QgsProcessingContext) -> Optional[str]
 def destination_layer(value: Any, context: QgsProcessingContext) -> Optional[str]:
     """The layer a vector destination names inside a GeoPackage (``ogr:dbname='a.gpkg' table="b"``, what QGIS's
     "Save to GeoPackage..." gives, or ``a.gpkg|layername=b``); None when it names a whole file."""
-    from qgis.core import QgsDataSourceUri, QgsProcessingOutputLayerDefinition, QgsProperty
+    from qgis.core import QgsDataSourceUri
 
-    if isinstance(value, QgsProcessingOutputLayerDefinition):
-        value = value.sink
-    if isinstance(value, QgsProperty):
-        value = value.valueAsString(context.expressionContext(), "")[0]
-    text = str(value or "")
+    text = _destination_text(value, context)
     if text.startswith("ogr:"):
         uri = QgsDataSourceUri(text[4:])
-        layer = uri.table() if uri.database().lower().endswith(".gpkg") else ""
-    else:
-        path, _, options = text.partition("|")
-        layer = ""
-        if path.lower().endswith(".gpkg"):
-            for option in options.split("|"):
-                key, _, name = option.partition("=")
-                if key.strip().lower() == "layername":
-                    layer = name.strip()
-    return layer or None
+        return (uri.table() or None) if uri.database().lower().endswith(".gpkg") else None
+    path, _, options = text.partition("|")
+    if not path.lower().endswith(".gpkg"):
+        return None
+    for option in options.split("|"):
+        key, _, name = option.partition("=")
+        if key.strip().lower() == "layername" and name.strip():
+            return name.strip()
+    return None
 
 
 def layered(path: Optional[str], layer: Optional[str]) -> Optional[str]:
@@ -119,8 +121,8 @@ def staged_sink(create_sink, parameters: Dict[str, Any], key: str, context: QgsP
 
     A GeoPackage layer is named as the destination asks (:func:`destination_layer`: written into the existing
     file on commit, its other layers kept, as QGIS's own algorithms do), else after the final file, which it
-    replaces; the returned id, and the entry Processing loads on completion, name the final file. Temporary and memory outputs, appends to existing layers, and calls
-    outside a run are created as asked.
+    replaces; the returned id, and the entry Processing loads on completion, name the final file. Temporary and
+    memory outputs, appends to existing layers, and calls outside a run are created as asked.
     """
     from qgis.core import QgsProcessingOutputLayerDefinition, QgsProperty
 
