@@ -72,7 +72,7 @@ def _copy_layer(target: Any, source: Any, name: str) -> None:
         return OSError(f"could not {what} layer '{name}' ({gdal.GetLastErrorMsg() or 'GDAL error'})")
 
     for index in range(target.GetLayerCount()):
-        if target.GetLayer(index).GetName() == name:
+        if target.GetLayer(index).GetName().lower() == name.lower():  # SQLite's table names ignore case
             if target.DeleteLayer(index) != 0:
                 raise failed("replace")
             break

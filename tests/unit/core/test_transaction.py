@@ -318,6 +318,10 @@ def test_a_staged_layer_goes_into_an_existing_geopackage_and_keeps_its_other_lay
         run.stage_layer(final, "buildings", gpkg(run.temporary_file(final), "x", 1))
         run.commit()
     assert layers_of(final) == {"roads": (2, [0, 1], "32633"), "buildings": (1, [0], "32633")}
+    with Transaction() as run:  # SQLite's table names ignore case: "Buildings" is that layer too
+        run.stage_layer(final, "Buildings", gpkg(run.temporary_file(final), "x", 2))
+        run.commit()
+    assert layers_of(final) == {"roads": (2, [0, 1], "32633"), "Buildings": (2, [0, 1], "32633")}
     assert not temporaries(tmp_path)
 
 
