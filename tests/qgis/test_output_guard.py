@@ -94,3 +94,21 @@ def test_every_algorithm_has_its_outputs_checked_against_its_inputs(qgis_app, fi
         assert message.startswith(f"{output_name}: ") and input_name in message, (alg_id, input_name, output_name,
                                                                                    message)
         assert os.path.getmtime(path) == before
+
+
+def test_every_algorithm_refuses_two_outputs_on_one_file(qgis_app, tmp_path):
+    provider = QgsApplication.processingRegistry().providerById("satseg")
+    pairs = []
+    for algorithm in provider.algorithms():
+        outputs = [d.name() for d in algorithm.parameterDefinitions()
+                   if d.isDestination() and not isinstance(d, QgsProcessingParameterFolderDestination)]
+        pairs += [(algorithm.id(), a, b) for i, a in enumerate(outputs) for b in outputs[i + 1:]]
+    assert len(pairs) >= 20
+    for alg_id, first, second in pairs:
+        algorithm = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        same = str(tmp_path / "out.dat")
+        with pytest.raises(QgsProcessingException, match=f"^{second}: .*also given as {first}"):
+            algorithm.check_parameters({first: same, second: same}, context)
+        assert not os.path.exists(same)
