@@ -65,7 +65,7 @@ def child_cluster(spec: Dict[str, Any]) -> Dict[str, Any]:
     _, _, width, height = result.window
     return {"engine_s": elapsed, "import_s": import_s, "features_s": spent["features"], "assign_s": spent["assign"],
             "tiles": result.tiles, "width": width, "height": height, "threads": torch.get_num_threads(),
-            "clusters_used": sum(1 for c in result.pixel_counts if c), "gdal_cache_peak": poller.peak,
+            "clusters_used": sum(1 for c in result.pixel_counts if c), "gdal_cache_peak": poller.peak, "heap_peak": poller.heap_peak,
             "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 

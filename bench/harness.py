@@ -193,40 +193,69 @@ class Run:
         return self.summary["width"] * self.summary["height"] / 1e6 / self.engine_s
 
 
-class CachePoller:
-    """Samples GDAL's block-cache usage (bytes) in a background thread and keeps the peak.
+def heap_in_use() -> int:
+    """Bytes malloc has handed out and not got back (glibc's ``mallinfo2``: ``uordblks + hblkhd``, every arena),
+    or -1 where that is not available. Unlike RSS it leaves out memory the allocator keeps after it was freed."""
+    global _MALLINFO2
+    if _MALLINFO2 is None:
+        import ctypes
 
-    Works when ``osgeo.gdal`` loads the same libgdal as rasterio (then the cache is one and the same).
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                              "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                              "keepcost")]
+
+        try:
+            function = ctypes.CDLL(None).mallinfo2
+            function.restype = Mallinfo2
+            _MALLINFO2 = function
+        except (OSError, AttributeError):  # not glibc, or glibc < 2.33
+            _MALLINFO2 = False
+    if not _MALLINFO2:
+        return -1
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
+_MALLINFO2: Any = None
+
+
+class CachePoller:
+    """Samples GDAL's block-cache usage and the heap in use (bytes, :func:`heap_in_use`) in a background thread
+    and keeps their peaks (``peak``, ``heap_peak``; -1 where not measured).
+
+    The cache is read when ``osgeo.gdal`` loads the same libgdal as rasterio (then the cache is one and the same).
     """
 
     def __init__(self, interval: float = 0.1) -> None:
         self.peak = -1
+        self.heap_peak = -1
+        self._gdal = None
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         try:
             import rasterio
             from osgeo import gdal
 
             if gdal.__version__ == rasterio.__gdal_version__:
                 self._gdal = gdal
-                self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
         except ImportError:
             pass
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, int(self._gdal.GetCacheUsed()))
+            if self._gdal is not None:
+                self.peak = max(self.peak, int(self._gdal.GetCacheUsed()))
+            self.heap_peak = max(self.heap_peak, heap_in_use())
             self._stop.wait(interval)
 
     def __enter__(self) -> "CachePoller":
-        if self._thread:
-            self._thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        if self._thread:
-            self._thread.join()
+        self._thread.join()
 
 
 # --------------------------------------------------------------------------------------------------

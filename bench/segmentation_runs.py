@@ -93,7 +93,7 @@ def child_pipeline(spec: Dict[str, Any]) -> Dict[str, Any]:
         profiler.dump_stats(spec["profile"])
     _, _, width, height = result.window
     return {"engine_s": elapsed, "import_s": import_s, "tiles": result.tiles, "width": width, "height": height,
-            "threads": torch.get_num_threads(), "gdal_cache_peak": poller.peak,
+            "threads": torch.get_num_threads(), "gdal_cache_peak": poller.peak, "heap_peak": poller.heap_peak,
             "self_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
