@@ -141,6 +141,36 @@ def test_an_output_layer_goes_into_an_existing_geopackage_keeping_its_other_laye
     assert gpkg_layers(str(tmp_path / "new.gpkg")) == {"houses": fresh["POLYGON_COUNT"]}
 
 
+def test_a_layer_goes_into_a_geopackage_that_qgis_holds_open_with_unsaved_edits(run_alg, scene, seg_model,
+                                                                               tmp_path):
+    # the usual desktop case: the project's GeoPackage is on the map, one of its layers in an edit session
+    from qgis.core import QgsFeature, QgsGeometry, QgsPointXY, QgsProject
+
+    path = str(tmp_path / "project.gpkg")
+    other_layers_gpkg(path)
+    roads = QgsVectorLayer(f"{path}|layername=roads", "roads", "ogr")
+    QgsProject.instance().addMapLayer(roads)
+    try:
+        assert roads.startEditing()
+        feature = QgsFeature(roads.fields())
+        feature.setGeometry(QgsGeometry.fromPolylineXY([QgsPointXY(500000, 4000000), QgsPointXY(500020, 4000005)]))
+        assert roads.addFeature(feature)
+        result = run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, THRESHOLD=0.01,
+                         OUTPUT_POLYGONS=f"ogr:dbname='{path}' table=\"buildings\" (geom)"))
+        assert roads.commitChanges()  # the user's edits still save after SatSeg wrote into the file
+        assert gpkg_layers(path) == {"roads": 2, "buildings": result["POLYGON_COUNT"]}
+        loaded = QgsVectorLayer(result["OUTPUT_POLYGONS"], "buildings", "ogr")
+        assert loaded.isValid() and loaded.featureCount() == result["POLYGON_COUNT"]
+        QgsProject.instance().addMapLayer(loaded)  # the result on the map, then the same layer again
+        again = run_alg("satseg:segmentraster", segment_params(scene["scene"], seg_model, tmp_path, THRESHOLD=0.9,
+                        OUTPUT_POLYGONS=f"{path}|layername=buildings"))
+        assert gpkg_layers(path) == {"roads": 2, "buildings": again["POLYGON_COUNT"]}
+        loaded.reload()
+        assert loaded.isValid() and loaded.featureCount() == again["POLYGON_COUNT"]
+    finally:
+        QgsProject.instance().removeAllMapLayers()
+
+
 def test_a_canceled_run_leaves_the_geopackage_it_would_write_a_layer_into_unchanged(run_alg, scene, seg_model,
                                                                                     tmp_path):
     path = str(tmp_path / "project.gpkg")
