@@ -112,3 +112,23 @@ def test_every_algorithm_refuses_two_outputs_on_one_file(qgis_app, tmp_path):
         with pytest.raises(QgsProcessingException, match=f"^{second}: .*also given as {first}"):
             algorithm.check_parameters({first: same, second: same}, context)
         assert not os.path.exists(same)
+
+
+@pytest.mark.parametrize("value, path, layer", [
+    ("ogr:dbname='/data/project.gpkg' table=\"buildings\" (geom)", "/data/project.gpkg", "buildings"),
+    ("ogr:dbname='/data/my project.gpkg' table=\"Häuser 2\" (geom)", "/data/my project.gpkg", "Häuser 2"),
+    ("/data/project.GPKG|layername=buildings", "/data/project.GPKG", "buildings"),
+    ("/data/project.gpkg|layerid=0", "/data/project.gpkg", None),  # no layer name: the whole file
+    ("/data/project.gpkg", "/data/project.gpkg", None),
+    ("/data/roads.shp|layername=roads", "/data/roads.shp", None),  # only GeoPackages hold named layers here
+    ("ogr:dbname='/data/a.sqlite' table=\"b\" (geom)", "/data/a.sqlite", None),
+    ("TEMPORARY_OUTPUT", None, None),
+    ("memory:", None, None),
+    ("postgres://dbname='x' table=\"y\"", None, None),
+])
+def test_a_destination_names_its_file_and_its_geopackage_layer(qgis_app, value, path, layer):
+    from satseg_plugin.processing.layers import destination_layer, destination_path
+
+    context = QgsProcessingContext()
+    assert destination_path(value, context) == path
+    assert destination_layer(value, context) == layer
