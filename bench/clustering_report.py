@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from clustering_quality import BOX_SIDE_M, DICE_SLACK, KEEP_THRESHOLD, AnnotationRow, enough
-from harness import Measurement, Run, machine_info
+from harness import Measurement, Run, machine_info, spread
 from sources import PLATEAU_LIMIT_MIB, SEAM_LIMIT, TINY_ENCODER, TINY_KWARGS
 
 # Seam verdict (SEAM_LIMIT, as for segmentation): id changes on core-border (and ramp) lines at most this times
@@ -154,16 +154,6 @@ def row_features_mib(width: int, tile: int) -> float:
     return (TINY_FEATURE_CHANNELS * 2 * ramp_half(tile // 4) * band * 4 + (tile + 256) * band * 2) / 2**20
 
 
-def _cache_mib(r: Run) -> float:
-    peak = r.summary.get("gdal_cache_peak", -1)
-    return peak / 2**20 if peak is not None and peak >= 0 else float("nan")
-
-
-def _heap_mib(r: Run) -> float:
-    peak = r.summary.get("heap_peak", -1)
-    return peak / 2**20 if peak is not None and peak >= 0 else float("nan")
-
-
 def memory_table(f: Findings) -> Tuple[List[str], str, str]:
     """The memory table, the memory verdict and the line about the strips."""
     mem, floor = f.memory, f.floor
@@ -174,25 +164,22 @@ def memory_table(f: Findings) -> Tuple[List[str], str, str]:
             "Above the floor, cache excluded (MiB) | x the first run | Carried ramp rows + id buffer, from "
             "the code (MiB) | Peak heap in use, sampled (MiB) |",
             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    ref_no_cache = ref_above - _cache_mib(ref_run)
+    ref_no_cache = ref_above - ref_run.cache_mib
     for label, w, h, r in mem:
         above = r.maxrss_mib - floor.maxrss_mib
-        no_cache = above - _cache_mib(r)
+        no_cache = above - r.cache_mib
         rows.append(f"| {label} | {w * h / 1e6:.0f} | {r.summary['tiles']} | {r.engine_s:.1f} | {r.mpx_s:.2f} | "
                     f"{r.summary['features_s']:.1f} / {r.summary['assign_s']:.1f} | {r.maxrss_mib:.0f} | "
-                    f"{above:.0f} | {above / ref_above:.2f} | {_cache_mib(r):.0f} | {no_cache:.0f} | "
-                    f"{no_cache / ref_no_cache:.2f} | {row_features_mib(w, f.tile):.0f} | {_heap_mib(r):.0f} |")
+                    f"{above:.0f} | {above / ref_above:.2f} | {r.cache_mib:.0f} | {no_cache:.0f} | "
+                    f"{no_cache / ref_no_cache:.2f} | {row_features_mib(w, f.tile):.0f} | {r.heap_mib:.0f} |")
     # As in bench_segmentation.py: runs whose GDAL block cache filled to its cap hold the same cache, so their
     # peak RSS differs only by what grows with the raster; the verdict is that plateau (at least two runs).
     top_cache = max(r.summary.get("gdal_cache_peak", 0) for *_, r in mem)
     capped = [(label, w * h, r) for label, w, h, r in mem
               if top_cache > 0 and r.summary.get("gdal_cache_peak", 0) >= 0.99 * top_cache]
 
-    def spread(values: List[float]) -> float:
-        return max(values) - min(values) if len(values) >= 2 else float("nan")
-
     rss_spread = spread([r.maxrss_mib for *_, r in capped])
-    heap_spread = spread([_heap_mib(r) for *_, r in capped])
+    heap_spread = spread([r.heap_mib for *_, r in capped])
     # The verdict is on the heap in use: peak RSS also counts memory the allocator kept after it was freed, which
     # bench/heap_profile.py showed is what differs between 105 and 419 Mpx (the live heap's high-water mark does
     # not); RSS is reported beside it. Without mallinfo2 (not glibc) the verdict falls back to RSS.
@@ -200,7 +187,7 @@ def memory_table(f: Findings) -> Tuple[List[str], str, str]:
     mem_ok = len(capped) >= 2 and (heap_spread if by_heap else rss_spread) <= PLATEAU_LIMIT_MIB
     span = (f"from {min((p for _, p, _ in capped), default=0) / 1e6:.0f} to "
             f"{max((p for _, p, _ in capped), default=0) / 1e6:.0f} Mpx")
-    runs = ", ".join(f"{label} {_heap_mib(r):.0f} / {r.maxrss_mib:.0f} MiB" for label, _, r in capped)
+    runs = ", ".join(f"{label} {r.heap_mib:.0f} / {r.maxrss_mib:.0f} MiB" for label, _, r in capped)
     verdict = (f"{'PASS' if mem_ok else 'FAIL'}: the {len(capped)} runs whose GDAL block cache reached its cap "
                f"({top_cache / 2**20:.0f} MiB; heap in use / peak RSS: {runs}) "
                + (f"hold a heap within {heap_spread:.0f} MiB of each other (limit {PLATEAU_LIMIT_MIB} MiB), {span}; "
@@ -213,9 +200,9 @@ def memory_table(f: Findings) -> Tuple[List[str], str, str]:
     if tall is not None and wide is not None:
         strip_line = (f"Strips: {tall.maxrss_mib - floor.maxrss_mib:.0f} MiB above the floor for the tall strip "
                       f"({tall.maxrss_mib - ref_run.maxrss_mib:+.0f} MiB against the {mem[0][0]} run; GDAL cache "
-                      f"peak {_cache_mib(tall):.0f} MiB) and {wide.maxrss_mib - floor.maxrss_mib:.0f} MiB for the "
+                      f"peak {tall.cache_mib:.0f} MiB) and {wide.maxrss_mib - floor.maxrss_mib:.0f} MiB for the "
                       f"wide one ({wide.maxrss_mib - ref_run.maxrss_mib:+.0f} MiB; GDAL cache peak "
-                      f"{_cache_mib(wide):.0f} MiB).")
+                      f"{wide.cache_mib:.0f} MiB).")
     return rows, verdict, strip_line
 
 

@@ -8,6 +8,7 @@ runs one measured piece of work and prints its summary as JSON on its last line 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -192,32 +193,51 @@ class Run:
         """Output megapixels (the child's ``width`` x ``height``) per second of :attr:`engine_s`."""
         return self.summary["width"] * self.summary["height"] / 1e6 / self.engine_s
 
+    def _peak_mib(self, key: str) -> float:
+        peak = self.summary.get(key, -1)
+        return peak / 2**20 if peak is not None and peak >= 0 else float("nan")
+
+    @property
+    def cache_mib(self) -> float:
+        """Peak GDAL block cache in the child (MiB; NaN when not measured, :class:`CachePoller`)."""
+        return self._peak_mib("gdal_cache_peak")
+
+    @property
+    def heap_mib(self) -> float:
+        """Peak heap in use in the child (MiB; NaN when not measured, :func:`heap_in_use`)."""
+        return self._peak_mib("heap_peak")
+
+
+def spread(values: Sequence[float]) -> float:
+    """Largest minus smallest of at least two values; NaN for fewer."""
+    return max(values) - min(values) if len(values) >= 2 else float("nan")
+
+
+@functools.lru_cache(maxsize=1)
+def _mallinfo2() -> Optional[Callable[[], Any]]:
+    """glibc's ``mallinfo2`` through ctypes, or None (not glibc, or glibc < 2.33)."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        function = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = Mallinfo2
+    return function
+
 
 def heap_in_use() -> int:
     """Bytes malloc has handed out and not got back (glibc's ``mallinfo2``: ``uordblks + hblkhd``, every arena),
     or -1 where that is not available. Unlike RSS it leaves out memory the allocator keeps after it was freed."""
-    global _MALLINFO2
-    if _MALLINFO2 is None:
-        import ctypes
-
-        class Mallinfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                              "usmblks", "fsmblks", "uordblks", "fordblks",
-                                                              "keepcost")]
-
-        try:
-            function = ctypes.CDLL(None).mallinfo2
-            function.restype = Mallinfo2
-            _MALLINFO2 = function
-        except (OSError, AttributeError):  # not glibc, or glibc < 2.33
-            _MALLINFO2 = False
-    if not _MALLINFO2:
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
         return -1
-    info = _MALLINFO2()
+    info = mallinfo2()
     return int(info.uordblks + info.hblkhd)
-
-
-_MALLINFO2: Any = None
 
 
 class CachePoller:

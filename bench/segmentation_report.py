@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from harness import Measurement, Run, machine_info
+from harness import Measurement, Run, machine_info, spread
 from sources import PLATEAU_LIMIT_MIB, SEAM_LIMIT, TINY_ENCODER, TINY_KWARGS
 
 from satseg_plugin.pipelines.segmentation.segment import BAND_COLUMNS  # rasterio only; torch loads lazily
@@ -171,17 +171,11 @@ def memory_table(f: Findings) -> Tuple[List[str], str, float]:
                 "(MiB) |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
-    def heap_mib(r: Run) -> float:
-        peak = r.summary.get("heap_peak", -1)
-        return peak / 2**20 if peak is not None and peak >= 0 else float("nan")
-
     for label, w, h, r in mem:
-        cache = r.summary.get("gdal_cache_peak", -1)
-        cache_mib = cache / 2**20 if cache >= 0 else float("nan")
         mem_rows.append(f"| {label} | {w * h / 1e6:.0f} | {r.summary['tiles']} | {r.wall_s:.1f} | "
                         f"{w * h / 1e6 / r.engine_s:.2f} | {r.maxrss_mib:.0f} | "
                         f"{r.maxrss_mib - floor.maxrss_mib:.0f} | "
-                        f"{cache_mib:.1f} | {accumulator_mib(w, tile):.0f} | {heap_mib(r):.0f} |")
+                        f"{r.cache_mib:.1f} | {accumulator_mib(w, tile):.0f} | {r.heap_mib:.0f} |")
     height_bounded = tall is None or tall.maxrss_mib - tall.summary["gdal_cache_peak"] / 2**20 <= \
         base_rss - mem[0][3].summary["gdal_cache_peak"] / 2**20 + 32
     width_growth = (wide.maxrss_mib - wide.summary["gdal_cache_peak"] / 2**20) - \
@@ -198,12 +192,9 @@ def memory_table(f: Findings) -> Tuple[List[str], str, float]:
     # pipeline runs peaked 1588-1665 MiB); without mallinfo2 (not glibc) the verdict falls back to RSS.
     # The heap is compared less the width part the code holds by design (one column band's accumulators and
     # row buffers, accumulator_mib), so a 2048 px wide strip and a 20480 px wide raster are judged alike.
-    capped = [(w * h, r.maxrss_mib, heap_mib(r) - accumulator_mib(w, tile)) for _l, w, h, r in mem
+    capped = [(w * h, r.maxrss_mib, r.heap_mib - accumulator_mib(w, tile)) for _l, w, h, r in mem
               if r.summary.get("gdal_cache_peak", 0) >= 0.99 * max(x.summary.get("gdal_cache_peak", 0)
                                                                    for *_, x in mem)]
-
-    def spread(values: List[float]) -> float:
-        return max(values) - min(values) if len(values) >= 2 else float("nan")
 
     rss_spread, heap_spread = spread([m for _p, m, _h in capped]), spread([h for _p, _m, h in capped])
     by_heap = heap_spread == heap_spread

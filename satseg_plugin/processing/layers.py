@@ -17,6 +17,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
+from ..core.paths import LAYER_SEPARATOR
 from ..core.progress import Feedback
 
 __all__ = ["raster_path", "raster_paths", "qgis_crs", "source_to_shapely", "source_to_labels", "write_polygons",
@@ -110,8 +111,6 @@ def destination_layer(value: Any, context: QgsProcessingContext) -> Optional[str
 def layered(path: Optional[str], layer: Optional[str]) -> Optional[str]:
     """``path|layername=layer`` (one layer of a GeoPackage, as :mod:`~satseg_plugin.core.paths` compares
     them), or ``path`` when no layer is named."""
-    from ..core.paths import LAYER_SEPARATOR
-
     return f"{path}{LAYER_SEPARATOR}{layer}" if path and layer else path
 
 

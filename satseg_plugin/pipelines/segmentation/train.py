@@ -329,14 +329,14 @@ def train_segmentation(source: str, labels: LabelSet, model_path: str, config: T
         if not fitting:
             raise InputError(f"the raster ({src.width}x{src.height}) is smaller than one {sizes[-1]} px training "
                              "crop. Use a larger raster.", "INPUT")
-        plans = []
+        first = None
         for size in fitting:  # the asked size unless the labelled area is too small for it
-            plans.append((size, _plan_blocks(src, labels, size, config.block_size)))
-            if sum(map(bool, plans[-1][1][1])) >= 2:
+            blocks, hits, block_px = _plan_blocks(src, labels, size, config.block_size)
+            first = first or (size, blocks, hits, block_px)
+            if sum(map(bool, hits)) >= 2:
                 break
         else:  # too few labelled places at any size: the asked (or largest fitting) size, and split_blocks says so
-            plans.append(plans[0])
-        size, (blocks, hits, block_px) = plans[-1]
+            size, blocks, hits, block_px = first
         if size != config.patch_size:
             why = ("the raster is smaller than one crop" if fitting[0] != config.patch_size else
                    "labelled objects lie in fewer than two blocks (one is held out for validation)")
